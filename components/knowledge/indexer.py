@@ -1,0 +1,339 @@
+"""One index run: detect changes, chunk, embed, publish. Each step is a plain function over an IndexSession.
+
+Crash consistency comes from the order of writes in `publish`: new records are written to Chroma with
+v_min = N (invisible to readers of N-1), removed records get v_max = N (still visible to N-1), then one
+SQLite transaction publishes N. A run killed anywhere before that commit leaves N-1 intact; the next run
+finds the leftovers (records with v_min > published, or v_max marks above it), reuses what it can, and
+clears the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from components.knowledge.chunking import chunk_document
+from components.knowledge.documents import (
+    DocumentError,
+    FileStat,
+    parse_document,
+    read_bytes,
+    scan_documents,
+    sha256_bytes,
+)
+from components.knowledge.manifest import OPEN, DocRow, Record
+from components.knowledge.session import IndexSession
+
+
+@dataclass
+class Changes:
+    base: int
+    collection: str
+    key_changed: bool
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # new path -> old path
+    unchanged: list[str] = field(default_factory=list)
+    still_failing: list[str] = field(default_factory=list)  # same bytes that failed last time: not re-read
+    to_parse: list[str] = field(default_factory=list)
+    refused: list[DocumentError] = field(default_factory=list)
+    files: dict[str, FileStat] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Addition:
+    id: str
+    chunk_id: str
+    doc: str
+    chunk_hash: str
+
+
+@dataclass
+class Plan:
+    changes: Changes
+    version: int
+    kind: str
+    base_docs: dict[str, DocRow]
+    docs: dict[str, DocRow]
+    additions: list[Addition]
+    removals: list[Record]
+    texts: dict[str, str]  # chunk_hash -> text, for every addition
+    reuse: dict[str, str]  # chunk_hash -> record id in the target collection holding its vector
+    present: set[str]  # addition ids already in Chroma (left by a killed run): nothing to write
+    to_embed: list[str]  # distinct chunk hashes that need the model
+    total: int
+    embedder_id: str
+    chunker_id: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to publish: same records, same document rows, and a version already exists."""
+        return self.changes.base > 0 and not self.additions and not self.removals and self.docs == self.base_docs
+
+
+def detect_changes(s: IndexSession) -> Changes:
+    """Compare the docs folder with the published manifest: stat first, sha256 only where the stat moved."""
+    t0 = time.perf_counter()
+    scan = scan_documents(s.docs_root, s.params.index.suffixes)
+    base = s.manifest.published()
+    alive = s.manifest.docs_at(base) if base else {}
+    info = s.manifest.version(base)
+    collection = s.target_collection()
+    ch = Changes(base, collection, bool(info and info.collection != collection), refused=scan.refused)
+    ch.files = scan.files
+    cache = s.manifest.stat_cache()
+    for path, st in scan.files.items():
+        cached = cache.get(path)
+        if cached and cached[:2] == (st.size, st.mtime_ns):
+            ch.hashes[path] = cached[2]
+        elif (digest := _hash_file(s, path)) is not None:
+            ch.hashes[path] = digest
+    refused = {e.path for e in scan.refused}
+    added = [p for p in scan.files if p not in alive]
+    deleted = [p for p in alive if p not in scan.files and p not in refused]
+    by_sha = {alive[p].sha256: p for p in deleted if not alive[p].stale}
+    for path in added:
+        old = by_sha.pop(ch.hashes.get(path, ""), None)
+        if old is not None:
+            ch.renamed[path] = old
+    ch.added = [p for p in added if p not in ch.renamed]
+    ch.deleted = [p for p in deleted if p not in ch.renamed.values()]
+    for path in scan.files:
+        row, digest = alive.get(path), ch.hashes.get(path)
+        if row is None:
+            continue
+        if row.stale and digest is not None and digest == row.bad_sha:
+            ch.still_failing.append(path)
+        elif not row.stale and digest == row.sha256:
+            ch.unchanged.append(path)
+        else:
+            ch.modified.append(path)
+    ch.to_parse = ch.added + ch.modified + [p for p in refused if p in alive]
+    if ch.key_changed:
+        ch.to_parse = sorted(set(ch.to_parse) | set(ch.unchanged) | set(ch.renamed))
+    ch.seconds = time.perf_counter() - t0
+    return ch
+
+
+def _hash_file(s: IndexSession, path: str) -> str | None:
+    try:
+        return sha256_bytes(read_bytes(s.docs_root, path, s.params.index.max_file_bytes))
+    except DocumentError:
+        return None  # reported when the document is read for chunking
+
+
+def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
+    """Parse and chunk what changed, then diff the desired state of the next version against the published."""
+    by_doc: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for r in s.manifest.records_at(ch.base) if ch.base else []:
+        by_doc[r.doc].append((r.chunk_id, r.chunk_hash))
+    base_docs = s.manifest.docs_at(ch.base) if ch.base else {}
+    docs = {p: row for p, row in base_docs.items() if p not in ch.deleted}
+    chunks = {p: by_doc[p] for p in docs}
+    texts: dict[str, str] = {}
+    errors = [{"path": e.path, "error": e.reason} for e in ch.refused]
+    errors += [{"path": p, "error": f"still failing: {base_docs[p].error}"} for p in ch.still_failing]
+    warnings: list[dict[str, str]] = []
+    for new, old in ch.renamed.items():
+        docs[new] = DocRow(new, docs.pop(old).sha256)
+        chunks[new] = _rekey(new, chunks.pop(old))
+    refused = {e.path: e.reason for e in ch.refused}
+    for path in ch.to_parse:
+        try:
+            if path in refused:
+                raise DocumentError(path, refused[path])
+            data = read_bytes(s.docs_root, path, s.params.index.max_file_bytes)
+            parsed = parse_document(path, data)
+        except DocumentError as err:
+            if path not in refused:
+                errors.append({"path": path, "error": err.reason})
+            last_good = base_docs[path].sha256 if path in base_docs else ""
+            docs[path] = DocRow(path, last_good, True, err.reason, ch.hashes.get(path))
+            chunks[path] = by_doc[path]  # the last good chunks stay, marked stale (none for a new document)
+            continue
+        warnings.extend({"path": path, "warning": w} for w in parsed.warnings)
+        pieces = chunk_document(path, parsed.text, s.params.chunking)
+        docs[path] = DocRow(path, sha256_bytes(data))
+        chunks[path] = [(c.chunk_id, c.chunk_hash) for c in pieces]
+        texts.update((c.chunk_hash, c.text) for c in pieces)
+    plan = diff_state(s, ch, base_docs, docs, chunks, texts)
+    plan.errors, plan.warnings = errors, warnings
+    return plan
+
+
+def _rekey(doc: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The chunk ids of a document moved to a new path (same texts, so the same vectors)."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for _, h in pairs:
+        out.append((hashlib.sha256(f"{doc}\0{h}\0{seen[h]}".encode()).hexdigest()[:24], h))
+        seen[h] += 1
+    return out
+
+
+def diff_state(s: IndexSession, ch: Changes, base_docs: dict[str, DocRow], docs: dict[str, DocRow],
+               chunks: dict[str, list[tuple[str, str]]], texts: dict[str, str], kind: str = "index",
+               identity: tuple[str, str] | None = None) -> Plan:  # fmt: skip
+    """The plan that turns the published version into the desired (docs, chunks) state. `identity` is the
+    (embedder, chunker) of the target collection: the session's own unless a rollback restores another."""
+    version = s.manifest.latest_version_id() + 1
+    alive = {r.chunk_id: r for r in s.manifest.records_at(ch.base)} if ch.base else {}
+    wanted = {cid: (doc, h) for doc, pairs in chunks.items() if doc in docs for cid, h in pairs}
+    in_target = {cid for cid, r in alive.items() if r.collection == ch.collection}
+    additions = [
+        Addition(f"{cid}@{version}", cid, doc, h) for cid, (doc, h) in wanted.items() if cid not in in_target
+    ]
+    removals = [r for cid, r in alive.items() if cid not in wanted or cid not in in_target]
+    need = {a.chunk_hash for a in additions}
+    reuse = s.manifest.vector_sources(ch.collection, need)
+    missing_text = need - texts.keys()
+    texts = {**{h: t for h, t in texts.items() if h in need}, **s.manifest.texts(missing_text)}
+    present: set[str] = set()
+    if additions:
+        coll = s.collection(ch.collection)
+        leftovers = set(s.store.ids_where(coll, {"v_min": {"$gt": ch.base}}))
+        present = leftovers & {a.id for a in additions}
+    fresh = {a.chunk_hash for a in additions if a.id not in present and a.chunk_hash not in reuse}
+    embedder_id, chunker_id = identity or (s.embedder_id, s.chunker_id)
+    return Plan(ch, version, kind, base_docs, docs, additions, removals, texts, reuse, present, sorted(fresh),
+                len(wanted), embedder_id, chunker_id)  # fmt: skip
+
+
+def embed_chunks(s: IndexSession, plan: Plan, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Run the model on exactly the texts no stored vector covers."""
+    if not plan.to_embed:
+        return {}
+    vectors = s.embedder.encode([plan.texts[h] for h in plan.to_embed], progress=progress)
+    return dict(zip(plan.to_embed, vectors, strict=True))
+
+
+def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict:
+    """Write the new records, mark the removed ones, then commit version N in one transaction."""
+    from components.knowledge.maintenance import collect_garbage, compact_if_churned, recover_leftovers
+
+    t0 = time.perf_counter()
+    ch = plan.changes
+    if plan.empty:
+        _save_stats(s, ch)
+        collect_garbage(s)
+        return _report(s, plan, ch.base, published=False, seconds=0.0)
+    coll = s.collection(ch.collection)
+    recover_leftovers(s, ch.base, keep={a.id for a in plan.additions})
+    todo = [a for a in plan.additions if a.id not in plan.present]
+    copied = s.store.embeddings(coll, sorted({plan.reuse[a.chunk_hash] for a in todo if a.chunk_hash in plan.reuse}))
+    vecs = [vectors[a.chunk_hash] if a.chunk_hash in vectors else copied[plan.reuse[a.chunk_hash]] for a in todo]
+    meta = [_metadata(plan, a) for a in todo]
+    if todo:
+        s.store.add(coll, [a.id for a in todo], np.asarray(vecs, dtype=np.float32),
+                    [plan.texts[a.chunk_hash] for a in todo], meta, s.params.index.upsert_batch)  # fmt: skip
+    for name, ids in _group_by_collection(plan.removals).items():
+        s.store.set_metadata(s.collection(name), ids, {"v_max": plan.version}, s.params.index.upsert_batch)
+    _commit(s, plan, vectors)
+    collect_garbage(s)
+    compacted = compact_if_churned(s)
+    report = _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
+    report["compacted"] = compacted
+    return report
+
+
+def _metadata(plan: Plan, a: Addition) -> dict:
+    return {"doc": a.doc, "chunk_id": a.chunk_id, "chunk_hash": a.chunk_hash, "v_min": plan.version,
+            "v_max": OPEN, "embedder": plan.embedder_id}  # fmt: skip
+
+
+def _group_by_collection(records: list[Record]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        out[r.collection].append(r.id)
+    return out
+
+
+def _commit(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> None:
+    ch, n = plan.changes, plan.version
+    base_docs = plan.base_docs
+    closed = [p for p in base_docs if plan.docs.get(p) != base_docs[p]]
+    opened = [row for p, row in plan.docs.items() if base_docs.get(p) != row]
+    with s.manifest.transaction() as db:
+        db.execute(
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
+            (n, time.time(), ch.collection, plan.embedder_id, plan.chunker_id, plan.kind,
+             json.dumps({"errors": plan.errors, "warnings": plan.warnings})),
+        )  # fmt: skip
+        db.execute(
+            "INSERT OR IGNORE INTO collections(name, embedder, chunker) VALUES (?,?,?)",
+            (ch.collection, plan.embedder_id, plan.chunker_id),
+        )
+        db.executemany("UPDATE records SET v_max=? WHERE id=?", [(n, r.id) for r in plan.removals])
+        db.executemany(
+            "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?)",
+            [(a.id, ch.collection, a.chunk_id, a.doc, a.chunk_hash, n, OPEN) for a in plan.additions],
+        )
+        db.executemany("INSERT OR IGNORE INTO texts VALUES (?,?)", [(a.chunk_hash, plan.texts[a.chunk_hash])
+                                                                      for a in plan.additions])  # fmt: skip
+        db.executemany("UPDATE docs SET v_max=? WHERE path=? AND v_max=?", [(n, p, OPEN) for p in closed])
+        db.executemany(
+            "INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?)",
+            [(r.path, r.sha256, int(r.stale), r.error, r.bad_sha, n, OPEN) for r in opened],
+        )
+        removed_here = sum(r.collection == ch.collection for r in plan.removals)
+        db.execute(
+            "UPDATE collections SET removed_since_compact = removed_since_compact + ? WHERE name=?",
+            (removed_here, ch.collection),
+        )
+        if plan.kind == "index":
+            _write_stats(db, plan.changes)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('published', ?)", (str(n),))
+
+
+def _save_stats(s: IndexSession, ch: Changes) -> None:
+    with s.manifest.transaction() as db:
+        _write_stats(db, ch)
+
+
+def _write_stats(db: sqlite3.Connection, ch: Changes) -> None:
+    """Remember (size, mtime_ns) -> sha256 of every file hashed, so the next run skips hashing it. Always
+    true of the bytes, so it is safe to write at any time; what is indexed is decided by the docs rows."""
+    rows = [(p, st.size, st.mtime_ns, ch.hashes[p]) for p, st in ch.files.items() if p in ch.hashes]
+    db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?)", rows)
+    gone = [(p,) for (p,) in db.execute("SELECT path FROM stat_cache") if p not in ch.files]
+    db.executemany("DELETE FROM stat_cache WHERE path=?", gone)
+
+
+def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, seconds: float) -> dict:
+    ch = plan.changes
+    embedded_records = sum(1 for a in plan.additions if a.chunk_hash in set(plan.to_embed))
+    now = time.time()
+    changed = [ch.files[p].mtime_ns / 1e9 for p in [*ch.added, *ch.modified, *ch.renamed] if p in ch.files]
+    return {
+        "index_version": version,
+        "published": published,
+        "documents": {
+            "added": len(ch.added), "modified": len(ch.modified), "deleted": len(ch.deleted),
+            "renamed": len(ch.renamed), "unchanged": len(ch.unchanged), "failed": len(plan.errors),
+        },
+        "chunks": {
+            "embedded": len(plan.to_embed) if published else 0,
+            "reused": plan.total - embedded_records if published else plan.total,
+            "deleted": len(plan.removals) if published else 0,
+            "total": plan.total,
+        },
+        "errors": plan.errors,
+        "warnings": plan.warnings,
+        "collection": ch.collection,
+        "embedder": plan.embedder_id,
+        "detect_seconds": round(ch.seconds, 4),
+        "publish_seconds": round(seconds, 4),
+        "freshness_lag_s": round(max((now - t for t in changed), default=0.0), 3) if published else 0.0,
+    }  # fmt: skip

@@ -1,0 +1,214 @@
+"""Keeping the store honest: crash leftovers, garbage collection, compaction, rollback, verify and repair."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+from components.knowledge.indexer import Changes, Plan, diff_state, publish
+from components.knowledge.manifest import OPEN, Record
+from components.knowledge.session import IndexSession, next_generation
+
+
+class RollbackError(ValueError):
+    """The requested index version is not one of the retained versions."""
+
+
+def recover_leftovers(s: IndexSession, base: int, keep: set[str]) -> None:
+    """Undo what a killed run wrote to Chroma after version `base`: unpublished records (except those this
+    run is about to write anyway) and removal marks that were never committed."""
+    existing = set(s.store.collection_names())
+    for name in set(s.manifest.known_collections()) & existing | _unknown_ours(s, existing):
+        coll = s.collection(name)
+        junk = [i for i in s.store.ids_where(coll, {"v_min": {"$gt": base}}) if i not in keep]
+        s.store.delete(coll, junk, s.params.index.upsert_batch)
+        marked = s.store.ids_where(coll, {"$and": [{"v_max": {"$gt": base}}, {"v_max": {"$lt": OPEN}}]})
+        truth = {r.id: r.v_max for r in s.manifest.records_in(name)}
+        by_value: dict[int, list[str]] = defaultdict(list)
+        for rid in marked:
+            by_value[truth.get(rid, OPEN)].append(rid)
+        for value, ids in by_value.items():
+            s.store.set_metadata(coll, ids, {"v_max": value}, s.params.index.upsert_batch)
+
+
+def _unknown_ours(s: IndexSession, existing: set[str]) -> set[str]:
+    prefix = f"{s.params.index.collection}-"
+    return {n for n in existing if n.startswith(prefix) and n not in s.manifest.known_collections()}
+
+
+def collect_garbage(s: IndexSession) -> None:
+    """Delete what no retained version can see: old records, rows, versions and whole collections."""
+    retained = s.manifest.retained_versions(s.params.index.keep_versions)
+    if not retained:
+        return
+    oldest = retained[0]
+    referenced = {v.collection for v in s.manifest.versions() if v.version >= oldest}
+    existing = set(s.store.collection_names())
+    dead: dict[str, list[str]] = defaultdict(list)
+    for rid, name in s.manifest.db.execute("SELECT id, collection FROM records WHERE v_max<=?", (oldest,)):
+        dead[name].append(rid)
+    for name, ids in dead.items():
+        if name in existing and name in referenced:
+            s.store.delete(s.collection(name), ids, s.params.index.upsert_batch)
+    for name in (existing & set(s.manifest.known_collections())) - referenced:
+        s.store.drop(name)
+    with s.manifest.transaction() as db:
+        db.execute("DELETE FROM records WHERE v_max<=?", (oldest,))
+        for name in set(s.manifest.known_collections()) - referenced:
+            db.execute("DELETE FROM records WHERE collection=?", (name,))
+            db.execute("DELETE FROM collections WHERE name=?", (name,))
+        db.execute("DELETE FROM docs WHERE v_max<=?", (oldest,))
+        db.execute("DELETE FROM versions WHERE version<?", (oldest,))
+        db.execute("DELETE FROM texts WHERE chunk_hash NOT IN (SELECT chunk_hash FROM records)")
+    for name in _unknown_ours(s, existing) - {s.target_collection()}:
+        s.store.drop(name)  # a collection a killed compaction or run left behind, referenced by nothing
+
+
+def compact_if_churned(s: IndexSession) -> bool:
+    """HNSW does not shrink after deletes: past the churn threshold, copy the live records (with their stored
+    vectors, no re-embedding) into a fresh collection, switch the manifest to it in one transaction, drop
+    the old one."""
+    published = s.manifest.published()
+    info = s.manifest.version(published)
+    if info is None:
+        return False
+    old = info.collection
+    removed = s.manifest.collection_removed(old)
+    live = len(s.manifest.records_at(published, old))
+    if removed == 0 or removed / max(live, 1) < s.params.index.compact_churn_ratio:
+        return False
+    new = next_generation(old)
+    keep = {r.id for r in s.manifest.records_in(old)}
+    s.store.drop(new)
+    src, dst = s.collection(old), s.collection(new)
+    batch: list[Any] = []
+    for rec in s.store.scan(src, with_embeddings=True):
+        if rec.id in keep:
+            batch.append(rec)
+        if len(batch) >= s.params.index.upsert_batch:
+            _copy(s, dst, batch)
+            batch = []
+    _copy(s, dst, batch)
+    with s.manifest.transaction() as db:
+        db.execute("INSERT INTO collections SELECT ?, embedder, chunker, 0 FROM collections WHERE name=?", (new, old))
+        db.execute("UPDATE versions SET collection=? WHERE collection=?", (new, old))
+        db.execute("UPDATE records SET collection=? WHERE collection=?", (new, old))
+        db.execute("DELETE FROM collections WHERE name=?", (old,))
+    s.store.drop(old)
+    return True
+
+
+def _copy(s: IndexSession, dst: Any, records: list[Any]) -> None:
+    if records:
+        vecs = np.asarray([r.embedding for r in records], dtype=np.float32)
+        s.store.add(dst, [r.id for r in records], vecs, [r.text or "" for r in records],
+                    [r.metadata for r in records], s.params.index.upsert_batch)  # fmt: skip
+
+
+def rollback(s: IndexSession, version: int | None = None) -> dict:
+    """Publish a new version whose content is that of `version` (default: the one before the published)."""
+    published = s.manifest.published()
+    available = [v.version for v in s.manifest.versions() if v.version != published]
+    target = version if version is not None else (available[-1] if available else None)
+    info = s.manifest.version(target) if target is not None else None
+    if target is None or info is None or target == published:
+        raise RollbackError(
+            f"cannot roll back to version {target}: retained versions are {available or 'none'} "
+            f"(published: {published}; index.keep_versions={s.params.index.keep_versions})"
+        )
+    chunks: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for r in s.manifest.records_at(target):
+        chunks[r.doc].append((r.chunk_id, r.chunk_hash))
+    changes = Changes(published, info.collection, info.collection != s.manifest.version(published).collection)  # type: ignore[union-attr]
+    plan = diff_state(s, changes, s.manifest.docs_at(published), s.manifest.docs_at(target), dict(chunks), {},
+                      kind="rollback", identity=(info.embedder, info.chunker))  # fmt: skip
+    if plan.to_embed:
+        raise RollbackError(f"version {target}'s vectors are no longer stored; cannot restore it without re-embedding")
+    report = publish(s, plan, {})
+    report["rolled_back_to"] = target
+    return report
+
+
+def verify(s: IndexSession, repair: bool = False) -> dict:
+    """Check the real store against the manifest (and the docs folder against the published version)."""
+    published = s.manifest.published()
+    info = s.manifest.version(published)
+    if info is None:
+        return _verdict(published, {}, [])
+    coll = s.collection(info.collection)
+    findings = _inspect(s, coll, info.collection, published, info.embedder)
+    if repair and any(findings.values()):
+        _repair(s, coll, info.collection, published, findings)
+        findings = _inspect(s, coll, info.collection, published, info.embedder)
+    return _verdict(published, findings, _pending_documents(s, published))
+
+
+def _inspect(s: IndexSession, coll: Any, name: str, published: int, embedder: str) -> dict[str, list[str]]:
+    known = {r.id: r for r in s.manifest.records_in(name)}
+    expected = {rid for rid, r in known.items() if r.v_min <= published < r.v_max}
+    stored = {rec.id: rec for rec in s.store.scan(coll, with_embeddings=True)}
+    dims = Counter(len(r.embedding) for r in stored.values() if r.embedding is not None)
+    dim = dims.most_common(1)[0][0] if dims else 0
+    visible = {rid for rid, r in stored.items() if r.metadata.get("v_min", OPEN) <= published < r.metadata.get("v_max", 0)}
+    expected_chunks = {known[rid].chunk_id for rid in expected}
+    out: dict[str, list[str]] = {"missing": [], "orphaned": [], "duplicated": [], "foreign_embedder": [],
+                                 "mismatched": []}  # fmt: skip
+    for rid in expected:
+        if rid not in visible:
+            out["missing"].append(rid)
+    for rid, rec in stored.items():
+        if rec.metadata.get("embedder") != embedder or rec.embedding is None or len(rec.embedding) != dim:
+            out["foreign_embedder"].append(rid)
+        elif rid not in known:
+            dup = rid in visible and rec.metadata.get("chunk_id") in expected_chunks
+            out["duplicated" if dup else "orphaned"].append(rid)
+        elif (rec.metadata.get("v_min"), rec.metadata.get("v_max")) != (known[rid].v_min, known[rid].v_max):
+            out["mismatched"].append(rid)
+    return out
+
+
+def _repair(s: IndexSession, coll: Any, name: str, published: int, findings: dict[str, list[str]]) -> None:
+    batch = s.params.index.upsert_batch
+    s.store.delete(coll, findings["orphaned"] + findings["duplicated"] + findings["foreign_embedder"], batch)
+    known = {r.id: r for r in s.manifest.records_in(name)}
+    for rid in findings["mismatched"]:
+        s.store.set_metadata(coll, [rid], {"v_min": known[rid].v_min, "v_max": known[rid].v_max}, batch)
+    gone = set(findings["foreign_embedder"]) | set(findings["missing"])
+    restore = [known[rid] for rid in sorted(gone) if rid in known]
+    if not restore:
+        return
+    sources = {r.chunk_hash: r.id for r in known.values() if r.id not in gone}
+    have = s.store.embeddings(coll, sorted({sources[r.chunk_hash] for r in restore if r.chunk_hash in sources}))
+    need = sorted({r.chunk_hash for r in restore if sources.get(r.chunk_hash) not in have})
+    texts = s.manifest.texts({r.chunk_hash for r in restore})
+    fresh = dict(zip(need, s.embedder.encode([texts[h] for h in need]), strict=True)) if need else {}
+    vecs = np.asarray([fresh[r.chunk_hash] if r.chunk_hash in fresh else have[sources[r.chunk_hash]] for r in restore])
+    metas = [_record_metadata(r, s.manifest.version(published).embedder) for r in restore]  # type: ignore[union-attr]
+    s.store.add(coll, [r.id for r in restore], vecs, [texts[r.chunk_hash] for r in restore], metas, batch)
+
+
+def _record_metadata(r: Record, embedder: str) -> dict[str, Any]:
+    return {"doc": r.doc, "chunk_id": r.chunk_id, "chunk_hash": r.chunk_hash, "v_min": r.v_min, "v_max": r.v_max,
+            "embedder": embedder}  # fmt: skip
+
+
+def _pending_documents(s: IndexSession, published: int) -> list[str]:
+    from components.knowledge.indexer import detect_changes
+
+    ch = detect_changes(s)
+    return sorted([*ch.added, *ch.modified, *ch.deleted, *ch.renamed])
+
+
+def _verdict(published: int, findings: dict[str, list[str]], pending: list[str]) -> dict:
+    counts = {k: len(findings.get(k, [])) for k in ("missing", "orphaned", "duplicated", "foreign_embedder")}
+    mismatched = len(findings.get("mismatched", []))
+    return {
+        "ok": not any(counts.values()) and not mismatched,
+        **counts,
+        "mismatched": mismatched,
+        "index_version": published,
+        "pending_documents": pending,
+        "details": {k: sorted(v)[:20] for k, v in findings.items() if v},
+    }

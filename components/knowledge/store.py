@@ -1,0 +1,147 @@
+"""Chroma, and only here: an embedded PersistentClient by default, an HttpClient when a host is configured.
+
+Each record carries the interval [v_min, v_max) of the index versions it belongs to, so a reader of version V
+filters with `v_min <= V < v_max` and never sees a record of a version that is not yet published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from chromadb import Documents, EmbeddingFunction, Embeddings
+from chromadb.utils.embedding_functions import register_embedding_function
+
+from components.config import EmbedderParams, Settings
+from components.knowledge.embedder import Embedder
+
+PAGE = 2000
+
+
+@register_embedding_function
+class RagloopEmbedding(EmbeddingFunction[Documents]):
+    """The collection's own embedding function (Chroma's default would download a model and fail offline)."""
+
+    def __init__(self, model: str, identity: str, batch_size: int = 32, device: str = "auto") -> None:
+        self.model, self.identity, self.batch_size, self.device = model, identity, batch_size, device
+        self._embedder = Embedder(EmbedderParams(model=model, batch_size=batch_size, device=device), identity)
+
+    def __call__(self, input: Documents) -> Embeddings:
+        return list(self._embedder.encode(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        return "ragloop-sentence-transformers"
+
+    def get_config(self) -> dict[str, Any]:
+        return {"model": self.model, "identity": self.identity, "batch_size": self.batch_size, "device": self.device}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> RagloopEmbedding:
+        return RagloopEmbedding(**config)
+
+    def default_space(self) -> str:  # type: ignore[override]
+        return "cosine"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    id: str
+    metadata: dict[str, Any]
+    text: str | None
+    embedding: np.ndarray | None
+
+
+class Store:
+    def __init__(self, index_dir: Path, settings: Settings) -> None:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        if settings.chroma_host:
+            self.location = f"http{'s' if settings.chroma_ssl else ''}://{settings.chroma_host}:{settings.chroma_port}"
+            self.client = chromadb.HttpClient(
+                host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl, settings=chroma_settings
+            )
+        else:
+            self.location = str(index_dir / "chroma")
+            self.client = chromadb.PersistentClient(path=self.location, settings=chroma_settings)
+
+    def collection(self, name: str, embedding_function: RagloopEmbedding | None = None) -> Any:
+        return self.client.get_or_create_collection(
+            name,
+            embedding_function=embedding_function,  # type: ignore[arg-type]
+            configuration={"hnsw": {"space": "cosine"}},
+        )
+
+    def collection_names(self) -> list[str]:
+        return [c.name for c in self.client.list_collections()]
+
+    def drop(self, name: str) -> None:
+        if name in self.collection_names():
+            self.client.delete_collection(name)
+
+    def add(self, coll: Any, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str],
+            metadatas: Sequence[dict[str, Any]], batch: int) -> None:  # fmt: skip
+        for i in range(0, len(ids), batch):
+            coll.upsert(
+                ids=list(ids[i : i + batch]),
+                embeddings=vectors[i : i + batch],
+                documents=list(texts[i : i + batch]),
+                metadatas=list(metadatas[i : i + batch]),
+            )
+
+    def set_metadata(self, coll: Any, ids: Sequence[str], metadata: dict[str, Any], batch: int) -> None:
+        for i in range(0, len(ids), batch):
+            part = list(ids[i : i + batch])
+            coll.update(ids=part, metadatas=[metadata] * len(part))
+
+    def delete(self, coll: Any, ids: Sequence[str], batch: int) -> None:
+        for i in range(0, len(ids), batch):
+            coll.delete(ids=list(ids[i : i + batch]))
+
+    def existing_ids(self, coll: Any, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), PAGE):
+            found.update(coll.get(ids=list(ids[i : i + PAGE]), include=[])["ids"])
+        return found
+
+    def embeddings(self, coll: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(ids), PAGE):
+            got = coll.get(ids=list(ids[i : i + PAGE]), include=["embeddings"])
+            out.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
+        return out
+
+    def ids_where(self, coll: Any, where: dict[str, Any]) -> list[str]:
+        return list(coll.get(where=where, include=[])["ids"])
+
+    def scan(self, coll: Any, with_embeddings: bool = False) -> Iterator[StoredRecord]:
+        include = ["metadatas", "documents", *(["embeddings"] if with_embeddings else [])]
+        offset = 0
+        while True:
+            got = coll.get(include=include, limit=PAGE, offset=offset)
+            if not got["ids"]:
+                return
+            embs = got["embeddings"] if with_embeddings else [None] * len(got["ids"])
+            for rid, meta, text, emb in zip(got["ids"], got["metadatas"], got["documents"], embs, strict=True):
+                vec = None if emb is None else np.asarray(emb, dtype=np.float32)
+                yield StoredRecord(rid, dict(meta or {}), text, vec)
+            offset += len(got["ids"])
+
+    def query(self, coll: Any, vector: np.ndarray, k: int, version: int) -> list[tuple[StoredRecord, float]]:
+        got = coll.query(
+            query_embeddings=[vector],
+            n_results=k,
+            where=visible_at(version),
+            include=["metadatas", "documents", "distances"],
+        )
+        rows = zip(got["ids"][0], got["metadatas"][0], got["documents"][0], got["distances"][0], strict=True)
+        return [(StoredRecord(rid, dict(m or {}), t, None), 1.0 - float(d)) for rid, m, t, d in rows]
+
+
+def visible_at(version: int) -> dict[str, Any]:
+    return {"$and": [{"v_min": {"$lte": version}}, {"v_max": {"$gt": version}}]}
