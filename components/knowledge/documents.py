@@ -85,9 +85,7 @@ def read_bytes(root: Path, rel: str, max_bytes: int) -> bytes:
     try:
         st = _stat_inside(full, root.resolve(), rel)
         if st.st_size > max_bytes:
-            raise DocumentError(
-                rel, f"file is {st.st_size:,} bytes, over the limit index.max_file_bytes={max_bytes:,}"
-            )
+            raise DocumentError(rel, f"file is {st.st_size:,} bytes, over the limit index.max_file_bytes={max_bytes:,}")
         with open(full, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except FileNotFoundError:
@@ -128,9 +126,7 @@ def _decode_text(rel: str, data: bytes) -> tuple[str, tuple[str, ...]]:
         return data.decode("utf-8-sig"), ()
     except UnicodeDecodeError as exc:
         text = data.decode("cp1252", errors="replace")
-        return text, (
-            f"invalid UTF-8 at byte {exc.start}; decoded as cp1252 with replacement characters",
-        )
+        return text, (f"invalid UTF-8 at byte {exc.start}; decoded as cp1252 with replacement characters",)
 
 
 def _parse_pdf(rel: str, data: bytes) -> ParsedDocument:
@@ -152,9 +148,31 @@ def _parse_pdf(rel: str, data: bytes) -> ParsedDocument:
 
 
 _BLOCK_TAGS = {
-    "p", "div", "section", "article", "br", "li", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4",
-    "h5", "h6", "header", "footer", "main", "blockquote", "pre", "dt", "dd", "title",
-}  # fmt: skip
+    "p",
+    "div",
+    "section",
+    "article",
+    "br",
+    "li",
+    "tr",
+    "table",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "footer",
+    "main",
+    "blockquote",
+    "pre",
+    "dt",
+    "dd",
+    "title",
+}
 _SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head"}
 
 

@@ -54,7 +54,7 @@ def embedder_identity(params: EmbedderParams, cache_file: Path | None = None) ->
 
 def _folder_digest(folder: Path, cache_file: Path | None) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    stats = [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    stats = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(json.dumps([str(folder), stats]).encode()).hexdigest()
     cache: dict[str, str] = {}
     if cache_file is not None and cache_file.exists():
@@ -68,8 +68,7 @@ def _folder_digest(folder: Path, cache_file: Path | None) -> str:
     for path, (rel, _, _) in zip(files, stats, strict=True):
         h.update(rel.encode() + b"\0")
         with open(path, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
+            h.update(hashlib.file_digest(fh, "sha256").digest())
     digest = h.hexdigest()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +117,7 @@ class Embedder:
     def dimension(self) -> int:
         return int(self._load().get_embedding_dimension())
 
-    def encode(
-        self, texts: list[str], progress: Callable[[int], None] | None = None
-    ) -> np.ndarray:
+    def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         model = self._load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

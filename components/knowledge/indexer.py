@@ -183,18 +183,23 @@ def _rekey(doc: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def diff_state(s: IndexSession, ch: Changes, base_docs: dict[str, DocRow], docs: dict[str, DocRow],
-               chunks: dict[str, list[tuple[str, str]]], texts: dict[str, str], kind: str = "index",
-               identity: tuple[str, str] | None = None) -> Plan:  # fmt: skip
+def diff_state(
+    s: IndexSession,
+    ch: Changes,
+    base_docs: dict[str, DocRow],
+    docs: dict[str, DocRow],
+    chunks: dict[str, list[tuple[str, str]]],
+    texts: dict[str, str],
+    kind: str = "index",
+    identity: tuple[str, str] | None = None,
+) -> Plan:
     """The plan that turns the published version into the desired (docs, chunks) state. `identity` is the
     (embedder, chunker) of the target collection: the session's own unless a rollback restores another."""
     version = s.manifest.latest_version_id() + 1
     alive = {r.chunk_id: r for r in s.manifest.records_at(ch.base)} if ch.base else {}
     wanted = {cid: (doc, h) for doc, pairs in chunks.items() if doc in docs for cid, h in pairs}
     in_target = {cid for cid, r in alive.items() if r.collection == ch.collection}
-    additions = [
-        Addition(f"{cid}@{version}", cid, doc, h) for cid, (doc, h) in wanted.items() if cid not in in_target
-    ]
+    additions = [Addition(f"{cid}@{version}", cid, doc, h) for cid, (doc, h) in wanted.items() if cid not in in_target]
     removals = [r for cid, r in alive.items() if cid not in wanted or cid not in in_target]
     need = {a.chunk_hash for a in additions}
     reuse = s.manifest.vector_sources(ch.collection, need)
@@ -207,8 +212,22 @@ def diff_state(s: IndexSession, ch: Changes, base_docs: dict[str, DocRow], docs:
         present = leftovers & {a.id for a in additions}
     fresh = {a.chunk_hash for a in additions if a.id not in present and a.chunk_hash not in reuse}
     embedder_id, chunker_id = identity or (s.embedder_id, s.chunker_id)
-    return Plan(ch, version, kind, base_docs, docs, additions, removals, texts, reuse, present, sorted(fresh),
-                len(wanted), embedder_id, chunker_id)  # fmt: skip
+    return Plan(
+        ch,
+        version,
+        kind,
+        base_docs,
+        docs,
+        additions,
+        removals,
+        texts,
+        reuse,
+        present,
+        sorted(fresh),
+        len(wanted),
+        embedder_id,
+        chunker_id,
+    )
 
 
 def embed_chunks(s: IndexSession, plan: Plan, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -220,37 +239,75 @@ def embed_chunks(s: IndexSession, plan: Plan, progress: Callable[[int], None] | 
 
 
 def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict:
-    """Write the new records, mark the removed ones, then commit version N in one transaction."""
-    from components.knowledge.maintenance import collect_garbage, compact_if_churned, recover_leftovers
+    """Write the new records, mark the removed ones, then commit version N in one transaction. Idempotent:
+    a retry after a failure (or after a kill) converges to the same state."""
+    from components.knowledge.maintenance import recover_leftovers
 
     t0 = time.perf_counter()
     ch = plan.changes
     if plan.empty:
         _save_stats(s, ch)
-        collect_garbage(s)
         return _report(s, plan, ch.base, published=False, seconds=0.0)
+    if s.manifest.published() == plan.version:  # a retried task whose first attempt did commit
+        return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
     coll = s.collection(ch.collection)
     recover_leftovers(s, ch.base, keep={a.id for a in plan.additions})
     todo = [a for a in plan.additions if a.id not in plan.present]
     copied = s.store.embeddings(coll, sorted({plan.reuse[a.chunk_hash] for a in todo if a.chunk_hash in plan.reuse}))
     vecs = [vectors[a.chunk_hash] if a.chunk_hash in vectors else copied[plan.reuse[a.chunk_hash]] for a in todo]
-    meta = [_metadata(plan, a) for a in todo]
     if todo:
-        s.store.add(coll, [a.id for a in todo], np.asarray(vecs, dtype=np.float32),
-                    [plan.texts[a.chunk_hash] for a in todo], meta, s.params.index.upsert_batch)  # fmt: skip
+        s.store.add(
+            coll,
+            [a.id for a in todo],
+            np.asarray(vecs, dtype=np.float32),
+            [plan.texts[a.chunk_hash] for a in todo],
+            [_metadata(plan, a) for a in todo],
+            s.params.index.upsert_batch,
+        )
     for name, ids in _group_by_collection(plan.removals).items():
         s.store.set_metadata(s.collection(name), ids, {"v_max": plan.version}, s.params.index.upsert_batch)
-    _commit(s, plan, vectors)
+    _commit(s, plan)
+    return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
+
+
+def tidy_store(s: IndexSession) -> bool:
+    """After a publish: drop what no retained version sees, and compact when churn passed the threshold."""
+    from components.knowledge.maintenance import collect_garbage, compact_if_churned
+
     collect_garbage(s)
-    compacted = compact_if_churned(s)
-    report = _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
-    report["compacted"] = compacted
+    return compact_if_churned(s)
+
+
+def run_index(s: IndexSession, progress: Callable[[int], None] | None = None) -> dict:
+    """The whole run without an orchestrator (the Prefect flow calls the same steps as tasks)."""
+    t0 = time.perf_counter()
+    changes = detect_changes(s)
+    plan = chunk_changes(s, changes)
+    t_embed = time.perf_counter()
+    vectors = embed_chunks(s, plan, progress)
+    embed_seconds = time.perf_counter() - t_embed
+    report = publish(s, plan, vectors)
+    report["compacted"] = tidy_store(s)
+    return finish_report(report, embed_seconds, time.perf_counter() - t0)
+
+
+def finish_report(report: dict, embed_seconds: float, seconds: float) -> dict:
+    embedded = report["chunks"]["embedded"]
+    report["embed_seconds"] = round(embed_seconds, 3)
+    report["embed_chunks_per_s"] = round(embedded / embed_seconds, 1) if embedded and embed_seconds else 0.0
+    report["duration_s"] = round(seconds, 3)
     return report
 
 
 def _metadata(plan: Plan, a: Addition) -> dict:
-    return {"doc": a.doc, "chunk_id": a.chunk_id, "chunk_hash": a.chunk_hash, "v_min": plan.version,
-            "v_max": OPEN, "embedder": plan.embedder_id}  # fmt: skip
+    return {
+        "doc": a.doc,
+        "chunk_id": a.chunk_id,
+        "chunk_hash": a.chunk_hash,
+        "v_min": plan.version,
+        "v_max": OPEN,
+        "embedder": plan.embedder_id,
+    }
 
 
 def _group_by_collection(records: list[Record]) -> dict[str, list[str]]:
@@ -260,7 +317,7 @@ def _group_by_collection(records: list[Record]) -> dict[str, list[str]]:
     return out
 
 
-def _commit(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> None:
+def _commit(s: IndexSession, plan: Plan) -> None:
     ch, n = plan.changes, plan.version
     base_docs = plan.base_docs
     closed = [p for p in base_docs if plan.docs.get(p) != base_docs[p]]
@@ -268,9 +325,16 @@ def _commit(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> None
     with s.manifest.transaction() as db:
         db.execute(
             "INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
-            (n, time.time(), ch.collection, plan.embedder_id, plan.chunker_id, plan.kind,
-             json.dumps({"errors": plan.errors, "warnings": plan.warnings})),
-        )  # fmt: skip
+            (
+                n,
+                time.time(),
+                ch.collection,
+                plan.embedder_id,
+                plan.chunker_id,
+                plan.kind,
+                json.dumps({"errors": plan.errors, "warnings": plan.warnings}),
+            ),
+        )
         db.execute(
             "INSERT OR IGNORE INTO collections(name, embedder, chunker) VALUES (?,?,?)",
             (ch.collection, plan.embedder_id, plan.chunker_id),
@@ -280,8 +344,10 @@ def _commit(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> None
             "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?)",
             [(a.id, ch.collection, a.chunk_id, a.doc, a.chunk_hash, n, OPEN) for a in plan.additions],
         )
-        db.executemany("INSERT OR IGNORE INTO texts VALUES (?,?)", [(a.chunk_hash, plan.texts[a.chunk_hash])
-                                                                      for a in plan.additions])  # fmt: skip
+        db.executemany(
+            "INSERT OR IGNORE INTO texts VALUES (?,?)",
+            [(a.chunk_hash, plan.texts[a.chunk_hash]) for a in plan.additions],
+        )
         db.executemany("UPDATE docs SET v_max=? WHERE path=? AND v_max=?", [(n, p, OPEN) for p in closed])
         db.executemany(
             "INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?)",
@@ -320,8 +386,12 @@ def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, secon
         "index_version": version,
         "published": published,
         "documents": {
-            "added": len(ch.added), "modified": len(ch.modified), "deleted": len(ch.deleted),
-            "renamed": len(ch.renamed), "unchanged": len(ch.unchanged), "failed": len(plan.errors),
+            "added": len(ch.added),
+            "modified": len(ch.modified),
+            "deleted": len(ch.deleted),
+            "renamed": len(ch.renamed),
+            "unchanged": len(ch.unchanged),
+            "failed": len(plan.errors),
         },
         "chunks": {
             "embedded": len(plan.to_embed) if published else 0,
@@ -336,4 +406,5 @@ def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, secon
         "detect_seconds": round(ch.seconds, 4),
         "publish_seconds": round(seconds, 4),
         "freshness_lag_s": round(max((now - t for t in changed), default=0.0), 3) if published else 0.0,
-    }  # fmt: skip
+        "compacted": False,
+    }

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from components.knowledge.indexer import Changes, Plan, diff_state, publish
+from components.knowledge.indexer import Changes, diff_state, publish, tidy_store
 from components.knowledge.manifest import OPEN, Record
 from components.knowledge.session import IndexSession, next_generation
 
@@ -103,8 +103,14 @@ def compact_if_churned(s: IndexSession) -> bool:
 def _copy(s: IndexSession, dst: Any, records: list[Any]) -> None:
     if records:
         vecs = np.asarray([r.embedding for r in records], dtype=np.float32)
-        s.store.add(dst, [r.id for r in records], vecs, [r.text or "" for r in records],
-                    [r.metadata for r in records], s.params.index.upsert_batch)  # fmt: skip
+        s.store.add(
+            dst,
+            [r.id for r in records],
+            vecs,
+            [r.text or "" for r in records],
+            [r.metadata for r in records],
+            s.params.index.upsert_batch,
+        )
 
 
 def rollback(s: IndexSession, version: int | None = None) -> dict:
@@ -122,11 +128,20 @@ def rollback(s: IndexSession, version: int | None = None) -> dict:
     for r in s.manifest.records_at(target):
         chunks[r.doc].append((r.chunk_id, r.chunk_hash))
     changes = Changes(published, info.collection, info.collection != s.manifest.version(published).collection)  # type: ignore[union-attr]
-    plan = diff_state(s, changes, s.manifest.docs_at(published), s.manifest.docs_at(target), dict(chunks), {},
-                      kind="rollback", identity=(info.embedder, info.chunker))  # fmt: skip
+    plan = diff_state(
+        s,
+        changes,
+        s.manifest.docs_at(published),
+        s.manifest.docs_at(target),
+        dict(chunks),
+        {},
+        kind="rollback",
+        identity=(info.embedder, info.chunker),
+    )
     if plan.to_embed:
         raise RollbackError(f"version {target}'s vectors are no longer stored; cannot restore it without re-embedding")
     report = publish(s, plan, {})
+    report["compacted"] = tidy_store(s)
     report["rolled_back_to"] = target
     return report
 
@@ -151,10 +166,17 @@ def _inspect(s: IndexSession, coll: Any, name: str, published: int, embedder: st
     stored = {rec.id: rec for rec in s.store.scan(coll, with_embeddings=True)}
     dims = Counter(len(r.embedding) for r in stored.values() if r.embedding is not None)
     dim = dims.most_common(1)[0][0] if dims else 0
-    visible = {rid for rid, r in stored.items() if r.metadata.get("v_min", OPEN) <= published < r.metadata.get("v_max", 0)}
+    visible = {
+        rid for rid, r in stored.items() if r.metadata.get("v_min", OPEN) <= published < r.metadata.get("v_max", 0)
+    }
     expected_chunks = {known[rid].chunk_id for rid in expected}
-    out: dict[str, list[str]] = {"missing": [], "orphaned": [], "duplicated": [], "foreign_embedder": [],
-                                 "mismatched": []}  # fmt: skip
+    out: dict[str, list[str]] = {
+        "missing": [],
+        "orphaned": [],
+        "duplicated": [],
+        "foreign_embedder": [],
+        "mismatched": [],
+    }
     for rid in expected:
         if rid not in visible:
             out["missing"].append(rid)
@@ -190,8 +212,14 @@ def _repair(s: IndexSession, coll: Any, name: str, published: int, findings: dic
 
 
 def _record_metadata(r: Record, embedder: str) -> dict[str, Any]:
-    return {"doc": r.doc, "chunk_id": r.chunk_id, "chunk_hash": r.chunk_hash, "v_min": r.v_min, "v_max": r.v_max,
-            "embedder": embedder}  # fmt: skip
+    return {
+        "doc": r.doc,
+        "chunk_id": r.chunk_id,
+        "chunk_hash": r.chunk_hash,
+        "v_min": r.v_min,
+        "v_max": r.v_max,
+        "embedder": embedder,
+    }
 
 
 def _pending_documents(s: IndexSession, published: int) -> list[str]:

@@ -101,8 +101,7 @@ class Manifest:
 
     def version(self, version: int) -> VersionInfo | None:
         row = self.db.execute(
-            "SELECT version, created_at, collection, embedder, chunker, kind, report FROM versions "
-            "WHERE version=?",
+            "SELECT version, created_at, collection, embedder, chunker, kind, report FROM versions WHERE version=?",
             (version,),
         ).fetchone()
         return VersionInfo(*row) if row else None
@@ -119,7 +118,8 @@ class Manifest:
 
     def docs_at(self, version: int) -> dict[str, DocRow]:
         rows = self.db.execute(
-            "SELECT path, sha256, stale, error, bad_sha FROM docs WHERE v_min<=? AND v_max>?", (version, version)
+            "SELECT path, sha256, stale, error, bad_sha FROM docs WHERE v_min<=? AND v_max>?",
+            (version, version),
         )
         return {r[0]: DocRow(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows}
 

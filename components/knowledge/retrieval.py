@@ -31,7 +31,11 @@ def query_index(params: Params, text: str, k: int = 5, settings: Settings | None
     store = Store(params.paths.index, settings or Settings.from_env())
     hits = store.query(store.collection(info.collection), vector, k, published)
     return [
-        {"doc": rec.metadata["doc"], "chunk_id": rec.metadata["chunk_id"], "score": round(score, 6),
-         "text": rec.text or ""}
+        {
+            "doc": rec.metadata["doc"],
+            "chunk_id": rec.metadata["chunk_id"],
+            "score": round(score, 6),
+            "text": rec.text or "",
+        }
         for rec, score in hits
-    ]  # fmt: skip
+    ]

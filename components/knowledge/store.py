@@ -37,7 +37,12 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
         return "ragloop-sentence-transformers"
 
     def get_config(self) -> dict[str, Any]:
-        return {"model": self.model, "identity": self.identity, "batch_size": self.batch_size, "device": self.device}
+        return {
+            "model": self.model,
+            "identity": self.identity,
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> RagloopEmbedding:
@@ -64,7 +69,10 @@ class Store:
         if settings.chroma_host:
             self.location = f"http{'s' if settings.chroma_ssl else ''}://{settings.chroma_host}:{settings.chroma_port}"
             self.client = chromadb.HttpClient(
-                host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl, settings=chroma_settings
+                host=settings.chroma_host,
+                port=settings.chroma_port,
+                ssl=settings.chroma_ssl,
+                settings=chroma_settings,
             )
         else:
             self.location = str(index_dir / "chroma")
@@ -84,8 +92,15 @@ class Store:
         if name in self.collection_names():
             self.client.delete_collection(name)
 
-    def add(self, coll: Any, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str],
-            metadatas: Sequence[dict[str, Any]], batch: int) -> None:  # fmt: skip
+    def add(
+        self,
+        coll: Any,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any]],
+        batch: int,
+    ) -> None:
         for i in range(0, len(ids), batch):
             coll.upsert(
                 ids=list(ids[i : i + batch]),

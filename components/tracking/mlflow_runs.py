@@ -1,0 +1,91 @@
+"""MLflow, and only here: where runs go, and the index run's params, metrics, tags and change report.
+
+Embedded default: a SQLite store and an artifact folder under `paths.mlflow`. `MLFLOW_TRACKING_URI` points
+everything at a tracking server instead (the server then chooses where artifacts go).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.config import Params, Settings
+from components.tracking.lineage import docs_dvc_md5, git_commit
+
+
+def tracking_uri(params: Params, settings: Settings) -> str:
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    params.paths.mlflow.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{params.paths.mlflow / 'mlflow.db'}"
+
+
+def client_for(params: Params, settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(params, settings))
+
+
+def experiment_id(client: Any, params: Params, settings: Settings, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    # Always give an embedded experiment an artifact location, else artifacts land in ./mlruns of the cwd.
+    location = None if settings.mlflow_tracking_uri else (params.paths.mlflow / "artifacts" / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def index_metrics(report: dict) -> dict[str, float]:
+    metrics: dict[str, float] = {
+        "index_version": report["index_version"],
+        "published": int(report["published"]),
+    }
+    for group in ("documents", "chunks"):
+        metrics.update({f"{group}_{k}": v for k, v in report[group].items()})
+    metrics["duration_s"] = report.get("duration_s", 0.0)
+    metrics["embed_chunks_per_s"] = report.get("embed_chunks_per_s", 0.0)
+    metrics["freshness_lag_s"] = report["freshness_lag_s"]
+    metrics["errors"] = len(report["errors"])
+    return metrics
+
+
+def log_index_run(params: Params, settings: Settings, report: dict, markdown: str, reason: str) -> str:
+    """One MLflow run per index run: what changed, what it cost, and what it was built from."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = client_for(params, settings)
+    exp = experiment_id(client, params, settings, params.tracking.knowledge_experiment)
+    tags = {
+        "mlflow.runName": f"index-v{report['index_version']}" + ("" if report["published"] else "-unchanged"),
+        "ragloop.stage": "index",
+        "ragloop.reason": reason,
+        "ragloop.collection": report["collection"],
+        "git_commit": git_commit(params.source.parent),
+        "docs_dvc_md5": docs_dvc_md5(params.paths.docs),
+    }
+    run = client.create_run(exp, tags=tags)
+    run_id = str(run.info.run_id)
+    logged = {
+        "embedder.model": params.embedder.model,
+        "embedder.identity": report["embedder"],
+        "embedder.batch_size": params.embedder.batch_size,
+        "chunking.max_chars": params.chunking.max_chars,
+        "chunking.min_chars": params.chunking.min_chars,
+        "index.keep_versions": params.index.keep_versions,
+    }
+    now = _millis()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in index_metrics(report).items()],
+        params=[Param(k, str(v)) for k, v in logged.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
+    client.log_dict(run_id, report, "change_report.json")
+    client.log_text(run_id, markdown, "change_report.md")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _millis() -> int:
+    import time
+
+    return int(time.time() * 1000)

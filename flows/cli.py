@@ -1,0 +1,193 @@
+"""`ragloop`: one subcommand per job. DVC stages and users call these; `--json` output is a stable contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.config import ParamsError, load_params
+
+app = typer.Typer(
+    name="ragloop",
+    help="Keep a RAG assistant right: re-index when knowledge changes, fine-tune only when behaviour regresses.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params.yaml to use; relative paths in it resolve against its folder.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (a stable contract) instead of a table.")]
+
+
+def _load(params_file: Path):  # type: ignore[no-untyped-def]
+    try:
+        return load_params(params_file)
+    except ParamsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def index(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    rollback: Annotated[
+        str | None,
+        typer.Option(
+            "--rollback",
+            is_flag=False,
+            flag_value="previous",
+            metavar="[VERSION]",
+            help="Publish a new version with the content of VERSION (default: the previous version).",
+        ),
+    ] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Run the steps in-process without Prefect or MLflow (debugging).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
+) -> None:
+    """Bring the index in line with the documents (incremental, crash-safe), or roll it back."""
+    params = _load(params_file)
+    try:
+        if rollback is not None:
+            report = _rollback(params, rollback)
+        elif direct:
+            report = _direct(params)
+        else:
+            from flows.reindex import reindex
+
+            report = reindex(params_file=str(params.source), reason=reason)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] nothing was published: {exc}")
+        raise typer.Exit(1) from None
+    _emit(report, as_json, _index_table)
+
+
+def _direct(params):  # type: ignore[no-untyped-def]
+    from components.knowledge.indexer import run_index
+    from components.knowledge.report import contract
+    from components.knowledge.session import open_index
+
+    with open_index(params) as s:
+        return contract(run_index(s))
+
+
+def _rollback(params, version: str) -> dict:  # type: ignore[no-untyped-def]
+    from components.knowledge.maintenance import rollback
+    from components.knowledge.report import contract
+    from components.knowledge.session import open_index
+
+    if version != "previous" and not version.isdigit():
+        raise ValueError(f"--rollback takes a version number, got {version!r}")
+    with open_index(params) as s:
+        return contract(rollback(s, None if version == "previous" else int(version)))
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="The question or text to search for.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many chunks to return.")] = 5,
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the published index version: the k best chunks, best first."""
+    from components.knowledge.retrieval import IndexNotReadyError, query_index
+
+    params = _load(params_file)
+    try:
+        hits = query_index(params, text, k)
+    except IndexNotReadyError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _emit(hits, as_json, _hits_table)
+
+
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is wrong, without a full rebuild.")] = False,
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the real store against the manifest and the documents (exit 1 when not ok)."""
+    from components.knowledge.maintenance import verify as run_verify
+    from components.knowledge.session import open_index
+
+    params = _load(params_file)
+    with open_index(params) as s:
+        result = run_verify(s, repair=repair)
+    _emit(result, as_json, _verify_table)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """List the retained index versions (the ones `index --rollback` can restore)."""
+    from components.knowledge.manifest import Manifest
+
+    params = _load(params_file)
+    manifest = Manifest(params.paths.index / "manifest.sqlite")
+    published = manifest.published()
+    rows = [
+        {"version": v.version, "published": v.version == published, "kind": v.kind, "created_at": v.created_at,
+         "collection": v.collection, "embedder": v.embedder, "chunker": v.chunker}
+        for v in manifest.versions()
+    ]  # fmt: skip
+    manifest.close()
+    _emit(rows, as_json, _versions_table)
+
+
+def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        Console().print(table(data))
+
+
+def _index_table(r: dict) -> Table:
+    state = "published" if r.get("published", True) else "unchanged"
+    t = Table(title=f"index version {r['index_version']} ({state})")
+    for col in ("", "added", "modified", "deleted", "renamed", "unchanged", "failed"):
+        t.add_column(col)
+    t.add_row("documents", *(str(r["documents"][k]) for k in list(r["documents"])))
+    t.add_row("chunks", *(f"{k} {v}" for k, v in r["chunks"].items()), "", "")
+    for e in r["errors"]:
+        t.add_row("[red]error[/]", f"{e['path']}: {e['error']}")
+    return t
+
+
+def _hits_table(hits: list[dict]) -> Table:
+    t = Table("score", "doc", "text")
+    for h in hits:
+        t.add_row(f"{h['score']:.3f}", h["doc"], h["text"][:160].replace("\n", " "))
+    return t
+
+
+def _verify_table(r: dict) -> Table:
+    t = Table(title=f"verify index version {r['index_version']}: {'ok' if r['ok'] else 'NOT OK'}")
+    t.add_column("check")
+    t.add_column("count")
+    for key in ("missing", "orphaned", "duplicated", "foreign_embedder", "mismatched"):
+        t.add_row(key, str(r[key]))
+    t.add_row("documents changed since publish", str(len(r["pending_documents"])))
+    return t
+
+
+def _versions_table(rows: list[dict]) -> Table:
+    t = Table("version", "published", "kind", "embedder", "collection")
+    for r in rows:
+        t.add_row(str(r["version"]), "*" if r["published"] else "", r["kind"], r["embedder"], r["collection"])
+    return t
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,4 @@
+"""Event names, in one place: flows emit them, deployment triggers in prefect.yaml match them by name."""
+
+DOCUMENTS_CHANGED = "ragloop.documents.changed"
+INDEX_PUBLISHED = "ragloop.index.published"

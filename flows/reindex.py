@@ -1,0 +1,104 @@
+"""The knowledge path as a Prefect flow: detect changes, chunk, embed, publish; then tidy, record, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from components.config import Params, Settings, load_params
+from components.knowledge import indexer
+from components.knowledge.report import contract, to_markdown
+from components.knowledge.session import IndexSession, open_index
+from components.tracking.mlflow_runs import log_index_run
+from flows.events import INDEX_PUBLISHED
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+
+@task(name="detect changes", cache_policy=NO_CACHE, **IO_RETRIES)
+def detect_changes(session: IndexSession) -> indexer.Changes:
+    return indexer.detect_changes(session)
+
+
+@task(name="chunk changed documents", cache_policy=NO_CACHE, **IO_RETRIES)
+def chunk(session: IndexSession, changes: indexer.Changes) -> indexer.Plan:
+    return indexer.chunk_changes(session, changes)
+
+
+@task(name="embed new chunks", cache_policy=NO_CACHE)
+def embed(session: IndexSession, plan: indexer.Plan) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    with _progress(len(plan.to_embed)) as advance:
+        vectors = indexer.embed_chunks(session, plan, advance)
+    return vectors, time.perf_counter() - t0
+
+
+@task(name="publish index version", cache_policy=NO_CACHE, **IO_RETRIES)
+def publish(session: IndexSession, plan: indexer.Plan, vectors: dict) -> dict:
+    return indexer.publish(session, plan, vectors)
+
+
+@task(name="tidy store", cache_policy=NO_CACHE, **IO_RETRIES)
+def tidy(session: IndexSession) -> bool:
+    return indexer.tidy_store(session)
+
+
+@task(name="record run in mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
+def record(params: Params, settings: Settings, report: dict, reason: str) -> str:
+    return log_index_run(params, settings, report, to_markdown(report), reason)
+
+
+@task(name="write dvc metrics", cache_policy=NO_CACHE)
+def write_metrics(params: Params, report: dict) -> None:
+    params.paths.metrics.mkdir(parents=True, exist_ok=True)
+    keep = {k: report[k] for k in ("index_version", "documents", "chunks", "duration_s", "freshness_lag_s")}
+    (params.paths.metrics / "index.json").write_text(json.dumps(keep, indent=2) + "\n")
+
+
+@flow(name="reindex", log_prints=True)
+def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
+    """Bring the index in line with the documents. Returns the `ragloop index --json` report."""
+    t0 = time.perf_counter()
+    params, settings = load_params(params_file), Settings.from_env()
+    with open_index(params, settings) as session:
+        changes = detect_changes(session)
+        plan = chunk(session, changes)
+        vectors, embed_seconds = embed(session, plan)
+        report = publish(session, plan, vectors)
+        report["compacted"] = tidy(session)
+    report = indexer.finish_report(report, embed_seconds, time.perf_counter() - t0)
+    report["mlflow_run_id"] = record(params, settings, report, reason)
+    write_metrics(params, report)
+    _announce(report)
+    return contract(report)
+
+
+def _announce(report: dict) -> None:
+    create_markdown_artifact(key="reindex-report", markdown=to_markdown(report), description="Index change report")
+    if report["published"]:
+        emit_event(
+            event=INDEX_PUBLISHED,
+            resource={"prefect.resource.id": f"ragloop.index.{report['collection']}"},
+            payload={"index_version": report["index_version"], "chunks": report["chunks"]},
+        )
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A Rich progress bar on an interactive terminal; nothing in logs, CI or `--json` pipelines."""
+    if not total or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("[bold]embedding", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+        job = bar.add_task("embed", total=total)
+        yield lambda n: bar.advance(job, n)
