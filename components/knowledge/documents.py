@@ -220,6 +220,6 @@ def _html_to_text(html: str) -> str:
     while "\n\n\n" in body:
         body = body.replace("\n\n\n", "\n\n")
     title = " ".join(parser.title.split())
-    if title and not body.lstrip().startswith("#"):
+    if title and not body.lstrip().startswith("# "):
         body = f"# {title}\n\n{body}"
     return body.strip()

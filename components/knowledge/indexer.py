@@ -28,6 +28,7 @@ from components.knowledge.documents import (
     scan_documents,
     sha256_bytes,
 )
+from components.knowledge.failpoints import failpoint
 from components.knowledge.manifest import OPEN, DocRow, Record
 from components.knowledge.session import IndexSession
 
@@ -250,6 +251,7 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
         return _report(s, plan, ch.base, published=False, seconds=0.0)
     if s.manifest.published() == plan.version:  # a retried task whose first attempt did commit
         return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
+    failpoint("after-chunk")
     coll = s.collection(ch.collection)
     recover_leftovers(s, ch.base, keep={a.id for a in plan.additions})
     todo = [a for a in plan.additions if a.id not in plan.present]
@@ -263,10 +265,14 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
             [plan.texts[a.chunk_hash] for a in todo],
             [_metadata(plan, a) for a in todo],
             s.params.index.upsert_batch,
+            after_batch=lambda: failpoint("mid-add"),
         )
+    failpoint("after-add")
     for name, ids in _group_by_collection(plan.removals).items():
         s.store.set_metadata(s.collection(name), ids, {"v_max": plan.version}, s.params.index.upsert_batch)
+    failpoint("after-marks")
     _commit(s, plan)
+    failpoint("after-commit")
     return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
 
 

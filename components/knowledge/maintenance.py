@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from components.knowledge.failpoints import failpoint
 from components.knowledge.indexer import Changes, diff_state, publish, tidy_store
 from components.knowledge.manifest import OPEN, Record
 from components.knowledge.session import IndexSession, next_generation
@@ -90,6 +91,7 @@ def compact_if_churned(s: IndexSession) -> bool:
         if len(batch) >= s.params.index.upsert_batch:
             _copy(s, dst, batch)
             batch = []
+            failpoint("mid-compaction")
     _copy(s, dst, batch)
     with s.manifest.transaction() as db:
         db.execute("INSERT INTO collections SELECT ?, embedder, chunker, 0 FROM collections WHERE name=?", (new, old))

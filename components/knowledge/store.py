@@ -6,7 +6,7 @@ filters with `v_min <= V < v_max` and never sees a record of a version that is n
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ class Store:
         texts: Sequence[str],
         metadatas: Sequence[dict[str, Any]],
         batch: int,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         for i in range(0, len(ids), batch):
             coll.upsert(
@@ -108,6 +109,8 @@ class Store:
                 documents=list(texts[i : i + batch]),
                 metadatas=list(metadatas[i : i + batch]),
             )
+            if after_batch is not None:
+                after_batch()
 
     def set_metadata(self, coll: Any, ids: Sequence[str], metadata: dict[str, Any], batch: int) -> None:
         for i in range(0, len(ids), batch):

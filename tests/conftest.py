@@ -1,0 +1,42 @@
+"""Shared fixtures. The offline/quiet environment is set before anything imports Prefect, MLflow or HF."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(_QUIET)
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"))
+for _server_var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAGLOOP_CHROMA_HOST"):
+    os.environ.pop(_server_var, None)  # tests use the embedded defaults unless a test sets these itself
+
+import pytest  # noqa: E402
+
+from tests.helpers import Deployment  # noqa: E402
+
+
+@pytest.fixture
+def deployment(tmp_path) -> Deployment:
+    """An isolated deployment (its own params.yaml, docs, index and MLflow store) with three small documents."""
+    return Deployment.create(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,96 @@
+"""Tiny real deployments for tests: a params.yaml in a temp folder, a few documents, the real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import Params, load_params
+from components.knowledge.indexer import run_index
+from components.knowledge.maintenance import verify
+from components.knowledge.session import IndexSession, open_index
+
+REPO = Path(__file__).resolve().parents[1]
+
+DOCS = {
+    "fees.md": (
+        "# Fees\n\nATM withdrawals in the euro area cost 2 EUR each after the fifth withdrawal of the month.\n\n"
+        "## Foreign exchange\n\nCard payments in other currencies carry a 1.5 percent exchange fee.\n\n"
+        "## Transfers\n\nSEPA transfers are free. International SWIFT transfers cost 9 EUR.\n"
+    ),
+    "cards/lost-card.md": (
+        "# Lost or stolen card\n\nFreeze the card in the app at once under Cards, then Freeze.\n\n"
+        "## Replacement\n\nA replacement card arrives within 5 working days and costs nothing the first time.\n"
+    ),
+    "support.txt": "Support is open from 8:00 to 20:00 on working days.\n\nCall +00 100 200 300 for urgent help.\n",
+}
+
+
+@dataclass
+class Deployment:
+    root: Path
+
+    @classmethod
+    def create(cls, root: Path, docs: dict[str, str] | None = None, **sections: dict) -> Deployment:
+        dep = cls(root)
+        dep.write_params(**sections)
+        for rel, text in (DOCS if docs is None else docs).items():
+            dep.write(rel, text)
+        return dep
+
+    @property
+    def docs(self) -> Path:
+        return self.root / "docs"
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    def write_params(self, **sections: dict) -> None:
+        base = {"paths": {"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow"}}
+        base.update(sections)
+        self.params_file.write_text(json.dumps(base))  # JSON is YAML
+
+    def params(self) -> Params:
+        return load_params(self.params_file)
+
+    def write(self, rel: str, text: str | bytes) -> Path:
+        path = self.docs / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    def session(self) -> open_index:  # type: ignore[valid-type]
+        return open_index(self.params())
+
+    def index(self) -> dict:
+        with self.session() as s:
+            return run_index(s)
+
+    def verify(self, repair: bool = False) -> dict:
+        with self.session() as s:
+            return verify(s, repair=repair)
+
+    def alive(self) -> dict[str, str]:
+        """chunk_id -> doc of the published version, read from Chroma itself (not the manifest)."""
+        with self.session() as s:
+            return _visible(s)
+
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "flows.cli", *args, "--params", str(self.params_file)]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def _visible(s: IndexSession) -> dict[str, str]:
+    from components.knowledge.store import visible_at
+
+    published = s.manifest.published()
+    info = s.manifest.version(published)
+    assert info is not None
+    got = s.collection(info.collection).get(where=visible_at(published), include=["metadatas"])
+    return {m["chunk_id"]: m["doc"] for m in got["metadatas"]}

@@ -1,0 +1,56 @@
+from components.config import ChunkingParams
+from components.knowledge.chunking import chunk_document, chunker_identity, split_text, text_hash
+
+P = ChunkingParams(max_chars=300, min_chars=50)
+
+
+def _doc(sections: dict[str, list[str]]) -> str:
+    return "\n\n".join(f"## {h}\n\n" + "\n\n".join(paras) for h, paras in sections.items())
+
+
+SECTIONS = {
+    "Fees": ["ATM withdrawals cost 2 EUR after five a month. " * 3, "Exchange fee is 1.5 percent."],
+    "Cards": ["Freeze a lost card in the app. " * 4, "Replacements arrive in 5 days. " * 3],
+    "Support": ["Open 8 to 20 on working days."],
+}
+
+
+def test_an_edit_in_one_section_leaves_every_other_chunk_identical() -> None:
+    before = {c.chunk_hash for c in chunk_document("d.md", _doc(SECTIONS), P)}
+    edited = {**SECTIONS, "Cards": [SECTIONS["Cards"][0], "Replacements arrive in 3 days now."]}
+    after = {c.chunk_hash for c in chunk_document("d.md", _doc(edited), P)}
+    changed = after - before
+    assert changed, "the edited section must produce a new chunk"
+    new_texts = [t for t in split_text(_doc(edited), P) if text_hash(t) in changed]
+    assert all(t.startswith("## Cards") for t in new_texts)
+    assert len(before - after) == len(changed)  # exactly the edited section's chunks were replaced
+
+
+def test_chunks_respect_max_chars_and_repeat_the_heading() -> None:
+    chunks = split_text(_doc(SECTIONS), P)
+    assert all(len(c) <= P.max_chars + 20 for c in chunks)
+    assert all(c.startswith("## ") for c in chunks)
+
+
+def test_a_long_paragraph_without_breaks_is_split() -> None:
+    text = "word " * 400
+    chunks = split_text(text, P)
+    assert len(chunks) > 1 and all(len(c) <= P.max_chars for c in chunks)
+    assert " ".join(" ".join(chunks).split()) == " ".join(text.split())  # nothing lost
+
+
+def test_chunk_ids_depend_on_doc_and_text_and_duplicates_stay_distinct() -> None:
+    text = "# T\n\n" + "same paragraph here. " * 10 + "\n\n# U\n\n" + "same paragraph here. " * 10
+    a = chunk_document("a.md", text, P)
+    b = chunk_document("b.md", text, P)
+    assert [c.chunk_hash for c in a] == [c.chunk_hash for c in b]
+    assert {c.chunk_id for c in a}.isdisjoint({c.chunk_id for c in b})
+    assert len({c.chunk_id for c in a}) == len(a)
+
+
+def test_heading_only_sections_make_no_chunk() -> None:
+    assert split_text("# Title\n\n## Sub\n\nBody text.", P) == ["## Sub\n\nBody text."]
+
+
+def test_identity_changes_with_the_parameters() -> None:
+    assert chunker_identity(P) != chunker_identity(ChunkingParams(max_chars=301, min_chars=50))
