@@ -80,8 +80,9 @@ class Deployment:
         with self.session() as s:
             return _visible(s)
 
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "flows.cli", *args, "--params", str(self.params_file)]
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 300, prefix: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess:  # fmt: skip
+        cmd = [*prefix, sys.executable, "-m", "flows.cli", *args, "--params", str(self.params_file)]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})  # fmt: skip
 

@@ -388,16 +388,17 @@ def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, secon
     embedded_records = sum(1 for a in plan.additions if a.chunk_hash in set(plan.to_embed))
     now = time.time()
     changed = [ch.files[p].mtime_ns / 1e9 for p in [*ch.added, *ch.modified, *ch.renamed] if p in ch.files]
+    failed = {e["path"] for e in plan.errors}  # counted once, as failed, not also as added or modified
     return {
         "index_version": version,
         "published": published,
         "documents": {
-            "added": len(ch.added),
-            "modified": len(ch.modified),
+            "added": len(set(ch.added) - failed),
+            "modified": len(set(ch.modified) - failed),
             "deleted": len(ch.deleted),
             "renamed": len(ch.renamed),
             "unchanged": len(ch.unchanged),
-            "failed": len(plan.errors),
+            "failed": len(failed),
         },
         "chunks": {
             "embedded": len(plan.to_embed) if published else 0,
