@@ -73,7 +73,7 @@ def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
         plan = chunk(session, changes)
         vectors, embed_seconds = embed(session, plan)
         report = publish(session, plan, vectors)
-        report["compacted"] = tidy(session)
+        report["compacted"] = tidy(session) if report["published"] else False
     report = indexer.finish_report(report, embed_seconds, time.perf_counter() - t0)
     report["mlflow_run_id"] = record(params, settings, report, reason)
     write_metrics(params, report)

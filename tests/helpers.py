@@ -37,6 +37,7 @@ class Deployment:
     @classmethod
     def create(cls, root: Path, docs: dict[str, str] | None = None, **sections: dict) -> Deployment:
         dep = cls(root)
+        root.mkdir(parents=True, exist_ok=True)
         dep.write_params(**sections)
         for rel, text in (DOCS if docs is None else docs).items():
             dep.write(rel, text)

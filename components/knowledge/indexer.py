@@ -293,7 +293,7 @@ def run_index(s: IndexSession, progress: Callable[[int], None] | None = None) ->
     vectors = embed_chunks(s, plan, progress)
     embed_seconds = time.perf_counter() - t_embed
     report = publish(s, plan, vectors)
-    report["compacted"] = tidy_store(s)
+    report["compacted"] = tidy_store(s) if report["published"] else False
     return finish_report(report, embed_seconds, time.perf_counter() - t0)
 
 

@@ -29,7 +29,10 @@ def query_index(params: Params, text: str, k: int = 5, settings: Settings | None
     )
     vector = Embedder(embedder_params, info.embedder).encode([text])[0]
     store = Store(params.paths.index, settings or Settings.from_env())
-    hits = store.query(store.collection(info.collection), vector, k, published)
+    try:
+        hits = store.query(store.collection(info.collection), vector, k, published)
+    finally:
+        store.close()
     return [
         {
             "doc": rec.metadata["doc"],

@@ -82,6 +82,7 @@ def open_index(params: Params, settings: Settings | None = None, *, lock: bool =
     index_dir.mkdir(parents=True, exist_ok=True)
     handle = _lock(index_dir / ".lock") if lock else None
     manifest = Manifest(index_dir / "manifest.sqlite")
+    session: IndexSession | None = None
     try:
         session = IndexSession(
             params=params,
@@ -92,6 +93,8 @@ def open_index(params: Params, settings: Settings | None = None, *, lock: bool =
         )
         yield session
     finally:
+        if session is not None and session._store is not None:
+            session._store.close()
         manifest.close()
         if handle is not None:
             handle.close()

@@ -78,6 +78,11 @@ class Store:
             self.location = str(index_dir / "chroma")
             self.client = chromadb.PersistentClient(path=self.location, settings=chroma_settings)
 
+    def close(self) -> None:
+        """Release the embedded system: the next Store re-reads the files, so writes made meanwhile by another
+        process (a killed run, a second CLI) are seen instead of a stale in-process cache."""
+        self.client.close()
+
     def collection(self, name: str, embedding_function: RagloopEmbedding | None = None) -> Any:
         return self.client.get_or_create_collection(
             name,

@@ -36,8 +36,10 @@ def test_markdown_and_text_pass_through() -> None:
 
 
 def test_html_keeps_headings_and_tables_and_drops_scripts() -> None:
-    html = (b"<html><head><title>Fees</title><style>p{}</style></head><body><script>var x=1;</script>"
-            b"<h2>ATM</h2><p>Two euro.</p><table><tr><td>SEPA</td><td>free</td></tr></table></body></html>")  # fmt: skip
+    html = (
+        b"<html><head><title>Fees</title><style>p{}</style></head><body><script>var x=1;</script>"
+        b"<h2>ATM</h2><p>Two euro.</p><table><tr><td>SEPA</td><td>free</td></tr></table></body></html>"
+    )
     text = parse_document("f.html", html).text
     assert text.startswith("# Fees")
     assert "## ATM" in text and "Two euro." in text and "SEPA | free" in text.replace("|  ", "| ")
@@ -103,7 +105,7 @@ def test_scan_refuses_symlinks_that_escape_and_skips_other_suffixes(tmp_path: Pa
 
 def test_read_enforces_the_size_limit_and_reports_vanished_files(tmp_path: Path) -> None:
     (tmp_path / "big.md").write_text("x" * 101)
-    with pytest.raises(DocumentError, match="over the limit index.max_file_bytes=100"):
+    with pytest.raises(DocumentError, match=r"over the limit index\.max_file_bytes=100"):
         read_bytes(tmp_path, "big.md", 100)
     with pytest.raises(DocumentError, match="vanished"):
         read_bytes(tmp_path, "gone.md", 100)
