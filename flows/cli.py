@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to use; relative paths in it resolve against its folder.")
@@ -44,10 +44,8 @@ def index(
         str | None,
         typer.Option(
             "--rollback",
-            is_flag=False,
-            flag_value="previous",
             metavar="[VERSION]",
-            help="Publish a new version with the content of VERSION (default: the previous version).",
+            help="Publish a new version with the content of VERSION (alone: the previous version).",
         ),
     ] = None,
     direct: Annotated[
@@ -189,5 +187,19 @@ def _versions_table(rows: list[dict]) -> Table:
     return t
 
 
+def optional_rollback_value(args: list[str]) -> list[str]:
+    """`--rollback` with no VERSION means the previous version (click options cannot take an optional value)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--rollback" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "previous")
+            break
+    return out
+
+
+def main() -> None:
+    app(args=optional_rollback_value(sys.argv[1:]), prog_name="ragloop")
+
+
 if __name__ == "__main__":
-    app()
+    main()

