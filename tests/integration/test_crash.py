@@ -88,8 +88,8 @@ def test_kill_at_random_moments_then_converge(tmp_path: Path) -> None:
     rng = random.Random(7)
     for i in range(3):
         dep.write(f"extra-{i}.md", f"# Extra {i}\n\n" + "\n\n".join(f"Paragraph {j} of {i}." * 8 for j in range(6)))
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "index", "--direct", "--params",
-                                 str(dep.params_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        cmd = [sys.executable, "-m", "flows.cli", "index", "--direct", "--params", str(dep.params_file)]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(4.0, 9.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

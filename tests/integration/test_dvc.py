@@ -1,0 +1,74 @@
+"""`dvc repro` runs the index stage through the CLI and the Prefect flow, and reruns only when inputs change."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import DOCS, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(cwd: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(cwd / ".prefect")}  # fmt: skip
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh git + DVC project with the repo's dvc.yaml and params.yaml and a tiny knowledge base."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("components", "flows"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, text in DOCS.items():
+        (tmp_path / "data" / "docs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "docs" / rel).write_text(text)
+    _sh(tmp_path, "git", "init", "-q")
+    _sh(tmp_path, "dvc", "init", "-q")
+    _sh(tmp_path, "dvc", "config", "core.analytics", "false")
+    _sh(tmp_path, "git", "add", "-A")
+    _sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return tmp_path
+
+
+def _index_runs(project: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / '.mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ragloop-knowledge")
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+
+
+def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project: Path) -> None:
+    _sh(project, "dvc", "repro")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    docs_dep = next(d for d in lock["stages"]["index"]["deps"] if d["path"] == "data/docs")
+    (run,) = _index_runs(project)
+    assert run.data.tags["docs_dvc_md5"] == docs_dep["md5"]  # MLflow's lineage tag is DVC's own hash
+    assert run.data.tags["ragloop.reason"] == "dvc-repro"
+    metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
+    assert metrics["chunks"]["total"] == 6
+
+    assert "up to date" in _sh(project, "dvc", "repro")
+    assert len(_index_runs(project)) == 1  # nothing changed: the stage did not run
+
+    doc = project / "data" / "docs" / "support.txt"
+    doc.write_text(doc.read_text() + "\nWeekend support is available by chat.\n")
+    _sh(project, "dvc", "repro")
+    metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
+    assert metrics["documents"]["modified"] == 1
+    assert metrics["chunks"]["embedded"] == 1  # incremental: only the changed chunk
+    assert "index.json" in _sh(project, "dvc", "metrics", "show")
+    status = _sh(project, "dvc", "status")
+    assert "up to date" in status or status.strip() == ""
