@@ -66,6 +66,7 @@ class Store:
         from chromadb.config import Settings as ChromaSettings
 
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        self.client: Any  # the concrete clients have close(); the ClientAPI protocol does not declare it
         if settings.chroma_host:
             self.location = f"http{'s' if settings.chroma_ssl else ''}://{settings.chroma_host}:{settings.chroma_port}"
             self.client = chromadb.HttpClient(
@@ -86,7 +87,7 @@ class Store:
     def collection(self, name: str, embedding_function: RagloopEmbedding | None = None) -> Any:
         return self.client.get_or_create_collection(
             name,
-            embedding_function=embedding_function,  # type: ignore[arg-type]
+            embedding_function=embedding_function,
             configuration={"hnsw": {"space": "cosine"}},
         )
 
