@@ -15,6 +15,21 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# Offline and quiet: Prefect, MLflow, DVC, Chroma and Hugging Face all phone home otherwise, and an HF hub
+# lookup with no route to the hub hangs ~70 s. The Makefile exports the same block; tests and benchmarks apply it.
+QUIET_OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 
 class ParamsError(ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
