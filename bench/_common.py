@@ -20,20 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "ANONYMIZED_TELEMETRY": "False",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-for _key, _value in ENV.items():
-    os.environ.setdefault(_key, _value)
 # A benchmark measures the embedded store; a Chroma server configured in the shell would skew it.
 for _key in ("RAGLOOP_CHROMA_HOST", "MLFLOW_TRACKING_URI"):
     os.environ.pop(_key, None)
@@ -41,6 +27,11 @@ for _key in ("RAGLOOP_CHROMA_HOST", "MLFLOW_TRACKING_URI"):
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from components.config import QUIET_OFFLINE_ENV  # noqa: E402  (needs ROOT on sys.path)
+
+for _key, _value in QUIET_OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 
