@@ -154,6 +154,14 @@ class Timer:
         self.others = round(max(0.0, busy / max(self.seconds * (os.cpu_count() or 1), 1e-9)), 3)
 
 
+_START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """A progress line with the seconds since the benchmark started."""
+    print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
 

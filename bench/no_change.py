@@ -118,19 +118,22 @@ def main() -> None:
     with c.workdir("no-change") as work:
         print(f"warm-up (imports, Chroma, model): {c.warm_process(work / 'warm'):.1f} s")
         params = c.deployment(work / "deploy", {path_of(i): document(i) for i in range(args.docs)})
+        c.log(f"wrote {args.docs:,} documents")
         with open_index(params) as s:
             c.warm_model(s)
             c.wait_quiet()
-            print(f"full index of {args.docs:,} documents ...", flush=True)
+            c.log(f"full index of {args.docs:,} documents ...")
             with c.Timer() as t_full:
                 full = run_index(s)
-        print(f"  {t_full.seconds:.1f} s, {full['chunks']['embedded']:,} chunks embedded")
+        c.log(f"full index: {t_full.seconds:.1f} s, {full['chunks']['embedded']:,} chunks embedded")
         detect = timed_sessions(params, "detect", args.repeats)
         noop = timed_sessions(params, "run", max(3, args.repeats // 2))
+        c.log(f"no-change detect_changes {detect['median_s']} s, run_index {noop['median_s']} s (medians)")
         breakdown = steps(params)
 
         touched = sorted(random.Random(7).sample(range(args.docs), int(args.docs * args.touch)))
         c.write_docs(params.paths.docs, {path_of(i): document(i, revision=2) for i in touched})
+        c.log(f"modified {len(touched)} files")
         with open_index(params) as s:
             c.warm_model(s)
             c.wait_quiet()
@@ -138,7 +141,9 @@ def main() -> None:
                 inc = run_index(s)
         with open_index(params) as s, c.Timer() as t_load:
             s.embedder._load()
+        c.log(f"incremental run_index: {t_inc.seconds:.2f} s; removing the temp deployment")
 
+    c.log("done")
     fraction = t_inc.seconds / t_full.seconds
     rows = [
         ["full index", round(t_full.seconds, 2), full["chunks"]["embedded"], full["documents"]["added"], "-"],
