@@ -32,7 +32,7 @@ from components.config import QUIET_OFFLINE_ENV  # noqa: E402  (needs ROOT on sy
 
 for _key, _value in QUIET_OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("RAGLOOP_BENCH_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
 
 PARAMS_TEMPLATE = """\
@@ -51,7 +51,8 @@ def require_shared(*relative: str) -> list[Path]:
         sys.exit(
             "benchmark data not found: "
             + ", ".join(str(p) for p in missing)
-            + f"\nThis benchmark needs the shared data folder ({SHARED}), which is not part of a fresh clone."
+            + f"\nThis benchmark needs the shared data folder ({SHARED}), which is not part of a fresh clone;"
+            " set RAGLOOP_BENCH_DATA to its location if it lives elsewhere."
         )
     return paths
 

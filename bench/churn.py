@@ -123,7 +123,7 @@ def main() -> None:
     ]  # fmt: skip
     print("\n" + c.table(["run", "files", "chunks total", "embedded", "expected", "seconds"], rows))
     drows = [[k, got_docs[k], expected_docs[k], git_counts(name_status).get(k, "-")] for k in expected_docs]
-    print("\n" + c.table(["documents", "ragloop", "expected (exact bytes)", "git name-status"], drows))
+    print("\n" + c.table(["documents", "ragloop", "expected (exact bytes)", "git diff --name-status (no -M)"], drows))
     print(
         f"\nsnapshot 2: {second['chunks']['reused']} chunks reused, {second['chunks']['deleted']} records retired;"
         f" re-index took {t2.seconds / t1.seconds:.0%} of the full index time"

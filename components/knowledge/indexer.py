@@ -385,7 +385,8 @@ def _write_stats(db: sqlite3.Connection, ch: Changes) -> None:
 
 def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, seconds: float) -> dict:
     ch = plan.changes
-    embedded_records = sum(1 for a in plan.additions if a.chunk_hash in set(plan.to_embed))
+    fresh = set(plan.to_embed)  # built once: the report must stay linear in the number of chunks
+    embedded_records = sum(1 for a in plan.additions if a.chunk_hash in fresh)
     now = time.time()
     changed = [ch.files[p].mtime_ns / 1e9 for p in [*ch.added, *ch.modified, *ch.renamed] if p in ch.files]
     failed = {e["path"] for e in plan.errors}  # counted once, as failed, not also as added or modified
