@@ -262,7 +262,6 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
             coll,
             [a.id for a in todo],
             np.asarray(vecs, dtype=np.float32),
-            [plan.texts[a.chunk_hash] for a in todo],
             [_metadata(plan, a) for a in todo],
             s.params.index.upsert_batch,
             after_batch=lambda: failpoint("mid-add"),

@@ -109,7 +109,6 @@ def _copy(s: IndexSession, dst: Any, records: list[Any]) -> None:
             dst,
             [r.id for r in records],
             vecs,
-            [r.text or "" for r in records],
             [r.metadata for r in records],
             s.params.index.upsert_batch,
         )
@@ -210,7 +209,7 @@ def _repair(s: IndexSession, coll: Any, name: str, published: int, findings: dic
     fresh = dict(zip(need, s.embedder.encode([texts[h] for h in need]), strict=True)) if need else {}
     vecs = np.asarray([fresh[r.chunk_hash] if r.chunk_hash in fresh else have[sources[r.chunk_hash]] for r in restore])
     metas = [_record_metadata(r, s.manifest.version(published).embedder) for r in restore]  # type: ignore[union-attr]
-    s.store.add(coll, [r.id for r in restore], vecs, [texts[r.chunk_hash] for r in restore], metas, batch)
+    s.store.add(coll, [r.id for r in restore], vecs, metas, batch)
 
 
 def _record_metadata(r: Record, embedder: str) -> dict[str, Any]:

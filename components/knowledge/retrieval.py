@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from components.config import Params, Settings
 from components.knowledge.embedder import Embedder
-from components.knowledge.manifest import Manifest
-from components.knowledge.store import Store
+from components.knowledge.manifest import Manifest, VersionInfo
+from components.knowledge.store import Store, StoredRecord
 
 
 class IndexNotReadyError(RuntimeError):
@@ -19,10 +19,21 @@ def query_index(params: Params, text: str, k: int = 5, settings: Settings | None
     try:
         published = manifest.published()
         info = manifest.version(published)
+        if info is None:
+            raise IndexNotReadyError(f"no index published under {params.paths.index}: run `ragloop index` first")
+        hits = _search(params, info, published, text, k, settings)
+        texts = manifest.texts({rec.metadata["chunk_hash"] for rec, _ in hits})
     finally:
         manifest.close()
-    if info is None:
-        raise IndexNotReadyError(f"no index published under {params.paths.index}: run `ragloop index` first")
+    return [
+        {"doc": rec.metadata["doc"], "chunk_id": rec.metadata["chunk_id"], "score": round(score, 6),
+         "text": texts.get(rec.metadata["chunk_hash"], "")}
+        for rec, score in hits
+    ]  # fmt: skip
+
+
+def _search(params: Params, info: VersionInfo, published: int, text: str, k: int, settings: Settings | None
+            ) -> list[tuple[StoredRecord, float]]:  # fmt: skip
     model, _, revision = info.embedder.rpartition("@")
     embedder_params = params.embedder.model_copy(
         update={"model": model, "revision": None if revision.startswith("sha256:") else revision}
@@ -30,15 +41,6 @@ def query_index(params: Params, text: str, k: int = 5, settings: Settings | None
     vector = Embedder(embedder_params, info.embedder).encode([text])[0]
     store = Store(params.paths.index, settings or Settings.from_env())
     try:
-        hits = store.query(store.collection(info.collection), vector, k, published)
+        return store.query(store.collection(info.collection), vector, k, published)
     finally:
         store.close()
-    return [
-        {
-            "doc": rec.metadata["doc"],
-            "chunk_id": rec.metadata["chunk_id"],
-            "score": round(score, 6),
-            "text": rec.text or "",
-        }
-        for rec, score in hits
-    ]

@@ -2,6 +2,8 @@
 
 Each record carries the interval [v_min, v_max) of the index versions it belongs to, so a reader of version V
 filters with `v_min <= V < v_max` and never sees a record of a version that is not yet published.
+Records hold vectors and metadata only: chunk texts live once, in the manifest (Chroma's full-text index of
+documents was three quarters of the write cost on short chunks, and nothing here searches text in Chroma).
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
 class StoredRecord:
     id: str
     metadata: dict[str, Any]
-    text: str | None
     embedding: np.ndarray | None
 
 
@@ -103,7 +104,6 @@ class Store:
         coll: Any,
         ids: Sequence[str],
         vectors: np.ndarray,
-        texts: Sequence[str],
         metadatas: Sequence[dict[str, Any]],
         batch: int,
         after_batch: Callable[[], None] | None = None,
@@ -112,7 +112,6 @@ class Store:
             coll.upsert(
                 ids=list(ids[i : i + batch]),
                 embeddings=vectors[i : i + batch],
-                documents=list(texts[i : i + batch]),
                 metadatas=list(metadatas[i : i + batch]),
             )
             if after_batch is not None:
@@ -144,16 +143,16 @@ class Store:
         return list(coll.get(where=where, include=[])["ids"])
 
     def scan(self, coll: Any, with_embeddings: bool = False) -> Iterator[StoredRecord]:
-        include = ["metadatas", "documents", *(["embeddings"] if with_embeddings else [])]
+        include = ["metadatas", *(["embeddings"] if with_embeddings else [])]
         offset = 0
         while True:
             got = coll.get(include=include, limit=PAGE, offset=offset)
             if not got["ids"]:
                 return
             embs = got["embeddings"] if with_embeddings else [None] * len(got["ids"])
-            for rid, meta, text, emb in zip(got["ids"], got["metadatas"], got["documents"], embs, strict=True):
+            for rid, meta, emb in zip(got["ids"], got["metadatas"], embs, strict=True):
                 vec = None if emb is None else np.asarray(emb, dtype=np.float32)
-                yield StoredRecord(rid, dict(meta or {}), text, vec)
+                yield StoredRecord(rid, dict(meta or {}), vec)
             offset += len(got["ids"])
 
     def query(self, coll: Any, vector: np.ndarray, k: int, version: int) -> list[tuple[StoredRecord, float]]:
@@ -161,10 +160,10 @@ class Store:
             query_embeddings=[vector],
             n_results=k,
             where=visible_at(version),
-            include=["metadatas", "documents", "distances"],
+            include=["metadatas", "distances"],
         )
-        rows = zip(got["ids"][0], got["metadatas"][0], got["documents"][0], got["distances"][0], strict=True)
-        return [(StoredRecord(rid, dict(m or {}), t, None), 1.0 - float(d)) for rid, m, t, d in rows]
+        rows = zip(got["ids"][0], got["metadatas"][0], got["distances"][0], strict=True)
+        return [(StoredRecord(rid, dict(m or {}), None), 1.0 - float(d)) for rid, m, d in rows]
 
 
 def visible_at(version: int) -> dict[str, Any]:
