@@ -86,6 +86,27 @@ class EmbedderParams(_Section):
 
 class TrackingParams(_Section):
     knowledge_experiment: str = "ragloop-knowledge"
+    evaluation_experiment: str = "ragloop-evaluation"
+    finetune_experiment: str = "ragloop-finetune"
+    registered_model: str = "ragloop-assistant"
+
+
+class RegressionParams(_Section):
+    """When a behaviour slice counts as regressed, and when a candidate may replace the champion."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired per-case test (McNemar exact)
+    min_cases: int = Field(20, ge=1)  # a slice with fewer paired cases never triggers or blocks anything
+    min_effect: float = Field(0.05, ge=0, le=1)  # smallest pass-rate change that counts, on top of significance
+    confidence: float = Field(0.95, gt=0, lt=1)  # of the per-slice pass-rate intervals
+    floors: dict[str, float] = Field(default_factory=dict)  # slice -> minimum acceptable pass rate
+
+    @field_validator("floors")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: r for k, r in v.items() if not 0 <= r <= 1}
+        if bad:
+            raise ValueError(f"floors are pass rates between 0 and 1, got {bad}")
+        return v
 
 
 class Params(_Section):
@@ -94,6 +115,7 @@ class Params(_Section):
     chunking: ChunkingParams = ChunkingParams()
     embedder: EmbedderParams = EmbedderParams()
     tracking: TrackingParams = TrackingParams()
+    regression: RegressionParams = RegressionParams()
     source: Path = Path("params.yaml")
 
 
