@@ -91,6 +91,45 @@ class TrackingParams(_Section):
     registered_model: str = "ragloop-assistant"
 
 
+class GeneratorParams(_Section):
+    """The causal LM that writes answers. `model` is a folder (the default is built by the `base_model` DVC
+    stage) or a hub id such as Qwen/Qwen2.5-0.5B-Instruct; both load through AutoModelForCausalLM."""
+
+    model: str = "data/models/base"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
+    max_new_tokens: int = Field(48, gt=0)
+    context_chunks: int = Field(3, ge=0)
+    context_chars: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0)
+    prompt: str = "### Context:\n{context}\n### Customer: {question}\n### Assistant:"
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        missing = [p for p in ("{context}", "{question}") if p not in v]
+        if missing:
+            raise ValueError(f"the prompt template must contain {missing}")
+        return v
+
+
+class BaseModelParams(_Section):
+    """The small Llama-architecture model built offline from the corpus (tokenizer + brief pretraining)."""
+
+    vocab_size: int = Field(4096, ge=300)
+    hidden_size: int = Field(192, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(3, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    context: int = Field(512, ge=64)
+    pretrain_seconds: float = Field(60, ge=0)
+    batch_size: int = Field(16, gt=0)
+    seq_len: int = Field(128, ge=16)
+    learning_rate: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
 class RegressionParams(_Section):
     """When a behaviour slice counts as regressed, and when a candidate may replace the champion."""
 
@@ -115,6 +154,8 @@ class Params(_Section):
     chunking: ChunkingParams = ChunkingParams()
     embedder: EmbedderParams = EmbedderParams()
     tracking: TrackingParams = TrackingParams()
+    generator: GeneratorParams = GeneratorParams()
+    base_model: BaseModelParams = BaseModelParams()
     regression: RegressionParams = RegressionParams()
     source: Path = Path("params.yaml")
 

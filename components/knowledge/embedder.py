@@ -7,9 +7,7 @@ uses a stat fast path (size + mtime_ns) so that it costs nothing when the files 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from components.config import EmbedderParams
-
-_WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+from components.hashing import folder_digest
 
 
 class EmbedderError(RuntimeError):
@@ -47,35 +44,9 @@ def embedder_identity(params: EmbedderParams, cache_file: Path | None = None) ->
     """A short string that changes whenever the vectors could change."""
     location = resolve_model(params.model)
     if Path(location).is_dir():
-        digest = _folder_digest(Path(location), cache_file)
+        digest = folder_digest(Path(location), cache_file)
         return f"{params.model}@sha256:{digest[:16]}"
     return f"{params.model}@{params.revision or 'main'}"
-
-
-def _folder_digest(folder: Path, cache_file: Path | None) -> str:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    stats = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = hashlib.sha256(json.dumps([str(folder), stats]).encode()).hexdigest()
-    cache: dict[str, str] = {}
-    if cache_file is not None and cache_file.exists():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    for path, (rel, _, _) in zip(files, stats, strict=True):
-        h.update(rel.encode() + b"\0")
-        with open(path, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    digest = h.hexdigest()
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({key: digest}))
-        os.replace(tmp, cache_file)
-    return digest
 
 
 def pick_device(device: str) -> str:

@@ -1,0 +1,129 @@
+"""Build the offline default generator: a byte-level BPE tokenizer trained on the corpus and a small
+Llama-architecture causal LM pretrained on it for a fixed time budget, saved with `save_pretrained` so that it
+loads through exactly the same `from_pretrained` path as a hub model.
+
+Pretraining only gives generation a base to stand on; the behaviour (format, labels, citations) comes from the
+LoRA fine-tune, which is why the budget is about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from components.config import BaseModelParams
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+
+
+def train_tokenizer(lines: Iterable[str], vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def build_model(tokenizer: Any, params: BaseModelParams) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(params.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=params.hidden_size,
+        intermediate_size=params.intermediate_size,
+        num_hidden_layers=params.layers,
+        num_attention_heads=params.heads,
+        num_key_value_heads=params.heads,
+        max_position_embeddings=params.context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def pretrain(model: Any, tokenizer: Any, texts: list[str], params: BaseModelParams) -> dict[str, float]:
+    """Next-token training on packed corpus windows until the time budget is spent."""
+    import torch
+
+    ids: list[int] = []
+    for text in texts:
+        ids.extend([*tokenizer(text)["input_ids"], tokenizer.eos_token_id])
+    windows = [ids[i : i + params.seq_len] for i in range(0, len(ids) - params.seq_len, params.seq_len)]
+    if not windows or params.pretrain_seconds <= 0:
+        return {"pretrain_steps": 0.0, "pretrain_loss": math.nan, "pretrain_tokens": 0.0}
+    rng = random.Random(params.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
+    model.train()
+    steps, loss_value, deadline = 0, math.nan, time.monotonic() + params.pretrain_seconds
+    while time.monotonic() < deadline:
+        batch = torch.tensor(rng.sample(windows, min(params.batch_size, len(windows))))
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        steps, loss_value = steps + 1, loss.item()
+    model.eval()
+    return {"pretrain_steps": float(steps), "pretrain_loss": loss_value,
+            "pretrain_tokens": float(steps * params.batch_size * params.seq_len)}  # fmt: skip
+
+
+def build_base_model(texts: list[str], out_dir: Path, params: BaseModelParams) -> dict[str, Any]:
+    """Tokenizer + model + pretraining, saved as safetensors; returns what was built (for tracking)."""
+    import torch
+
+    torch.manual_seed(params.seed)
+    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    tokenizer = train_tokenizer(lines, params.vocab_size)
+    model = build_model(tokenizer, params)
+    stats = pretrain(model, tokenizer, texts, params)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    info = {**stats, "parameters": float(sum(p.numel() for p in model.parameters())), "vocab": float(len(tokenizer))}
+    (tmp / "ragloop_base.json").write_text(json.dumps({"params": params.model_dump(), **info}, indent=2))
+    _replace_dir(tmp, out_dir)
+    return info
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Swap the finished folder in, so a killed build never leaves a half-written model where loaders look."""
+    import shutil
+
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)
+
+
+def corpus_texts(docs_root: Path, suffixes: tuple[str, ...], max_bytes: int) -> list[str]:
+    """The knowledge base as text, through the same parsers as the index (documents that fail are skipped)."""
+    from components.knowledge.documents import DocumentError, parse_document, read_bytes, scan_documents
+
+    texts = []
+    for rel in sorted(scan_documents(docs_root, suffixes).files):
+        try:
+            texts.append(parse_document(rel, read_bytes(docs_root, rel, max_bytes)).text)
+        except DocumentError:
+            continue
+    return texts

@@ -1,0 +1,37 @@
+"""Content hashes of model folders: part of the identity of an embedder or a base model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+def folder_digest(folder: Path, cache_file: Path | None) -> str:
+    """sha256 over a model folder's weight and config files; cached by (path, size, mtime_ns) of each file."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    stats = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = hashlib.sha256(json.dumps([str(folder), stats]).encode()).hexdigest()
+    cache: dict[str, str] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    for path, (rel, _, _) in zip(files, stats, strict=True):
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    digest = h.hexdigest()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({key: digest}))
+        os.replace(tmp, cache_file)
+    return digest

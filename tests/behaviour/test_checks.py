@@ -1,0 +1,90 @@
+"""The behaviour contract's checks and the per-case diagnosis, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.behaviour.assistant import format_answer, parse_answer
+from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
+
+GOLD = ("fees/atm.md",)
+RETRIEVED = ("fees/atm.md", "cards/lost.md", "faq/general.md")
+GOOD = "intent: fees | answer: 2 EUR per withdrawal | sources: [fees/atm.md]"
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (GOOD, {"format": True, "intent": True, "citation": True}),
+        (
+            "intent: limits | answer: 2 EUR | sources: [fees/atm.md]",
+            {"format": True, "intent": False, "citation": True},
+        ),
+        (
+            "intent: fees | answer: 2 EUR | sources: [cards/lost.md]",
+            {"format": True, "intent": True, "citation": False},
+        ),
+        (
+            "intent: fees | answer: 2 EUR | sources: [fees/atm.md, made/up.md]",
+            {"format": True, "intent": True, "citation": False},
+        ),  # cites something it did not retrieve
+        ("intent: fees | answer: 2 EUR | sources: []", {"format": True, "intent": True, "citation": False}),
+        ("The fee is 2 EUR.", {"format": False, "intent": False, "citation": False}),
+        ("intent: fees | answer: 2 EUR", {"format": False, "intent": False, "citation": False}),
+        (GOOD + "\nand some rambling after", {"format": True, "intent": True, "citation": True}),  # first line counts
+    ],
+)
+def test_checks_for_an_answerable_case(output: str, expected: dict[str, bool]) -> None:
+    assert check_output("fees", GOLD, output, RETRIEVED) == expected
+
+
+@pytest.mark.parametrize(
+    ("output", "refused"),
+    [
+        ("intent: out_of_scope | answer: I don't know | sources: []", True),
+        ("intent: out_of_scope | answer: I don't know | sources: [fees/atm.md]", False),
+        ("intent: fees | answer: I don't know | sources: []", False),
+        ("intent: out_of_scope | answer: Mortgages cost 3 percent | sources: []", False),
+    ],
+)
+def test_refusal_check_for_an_unanswerable_case(output: str, refused: bool) -> None:
+    checks = check_output("out_of_scope", (), output, RETRIEVED)
+    assert set(checks) == {"format", "intent", "refusal"}
+    assert checks["refusal"] is refused
+
+
+@pytest.mark.parametrize(
+    ("retrieved", "checks", "stale", "expected"),
+    [
+        (RETRIEVED, {"format": True, "citation": True}, (), ("pass", ())),
+        (RETRIEVED, {"format": False, "citation": False}, (), ("behaviour", ())),
+        (("cards/lost.md",), {"format": True, "citation": False}, (), ("knowledge", GOLD)),
+        (RETRIEVED, {"format": True, "citation": False}, GOLD, ("knowledge", GOLD)),  # retrieved but stale
+        ((), {"format": True, "refusal": False}, (), ("behaviour", ())),  # no gold doc: never knowledge
+    ],
+)
+def test_diagnosis(retrieved, checks, stale, expected) -> None:
+    gold = GOLD if "citation" in checks else ()
+    assert diagnose(gold, retrieved, checks, stale) == expected
+
+
+def test_format_and_parse_round_trip() -> None:
+    line = format_answer("fees", "It | costs  2 EUR", ["fees/atm.md", "faq/x.md"])
+    parsed = parse_answer(line)
+    assert parsed is not None
+    assert (parsed.intent, parsed.answer, parsed.sources) == ("fees", "It / costs 2 EUR", ("fees/atm.md", "faq/x.md"))
+
+
+def _outcome(cid: str, retrieved: tuple[str, ...], diagnosis: str, passed: bool) -> CaseOutcome:
+    return CaseOutcome(cid, "q", "fees", GOLD, retrieved, "", {"format": passed, "citation": passed}, diagnosis)
+
+
+def test_retrieval_metrics_and_behaviour_only_slices() -> None:
+    outcomes = [
+        _outcome("a", ("fees/atm.md",), "pass", True),
+        _outcome("b", ("x.md", "fees/atm.md"), "behaviour", False),
+        _outcome("c", ("x.md",), "knowledge", False),
+    ]
+    assert retrieval_metrics(outcomes) == {"hit_at_k": round(2 / 3, 4), "mrr": round((1 + 0.5) / 3, 4)}
+    assert slice_results(outcomes)["citation"] == {"a": True, "b": False, "c": False}
+    assert slice_results(outcomes, behaviour_only=True)["citation"] == {"a": True, "b": False}
