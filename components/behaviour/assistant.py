@@ -85,7 +85,7 @@ class Generator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_safetensors=True, **common)
+        model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_safetensors=True, **common)
         if adapter is not None:
             from peft import PeftModel
 
