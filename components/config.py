@@ -130,6 +130,22 @@ class BaseModelParams(_Section):
     seed: int = 0
 
 
+class FinetuneParams(_Section):
+    """LoRA on the generator (peft). A fine-tune runs only on a behaviour regression; these are its knobs."""
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | tuple[str, ...] = "all-linear"
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(16, gt=0)
+    epochs: int = Field(20, gt=0)
+    max_seconds: float = Field(180, gt=0)  # stop early when the time budget is spent
+    max_length: int = Field(384, ge=32)
+    use_failures: bool = True  # add failing evaluation cases of the training side (never gate cases)
+    seed: int = 0
+
+
 class RegressionParams(_Section):
     """When a behaviour slice counts as regressed, and when a candidate may replace the champion."""
 
@@ -156,6 +172,7 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     generator: GeneratorParams = GeneratorParams()
     base_model: BaseModelParams = BaseModelParams()
+    finetune: FinetuneParams = FinetuneParams()
     regression: RegressionParams = RegressionParams()
     source: Path = Path("params.yaml")
 

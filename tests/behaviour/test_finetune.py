@@ -1,0 +1,75 @@
+"""LoRA fine-tuning on a tiny model built from nothing: it learns the contract, and the adapter round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.behaviour.assistant import Generator, build_prompt, format_answer, parse_answer
+from components.behaviour.base_model import build_base_model
+from components.behaviour.finetune import save_adapter, train_lora
+from components.config import BaseModelParams, FinetuneParams, load_params
+from tests.helpers import DOCS, Deployment
+
+TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
+                       pretrain_seconds=2, batch_size=4, seq_len=32)  # fmt: skip
+PAIRS = [
+    ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),
+    (
+        "I lost my card",
+        format_answer("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
+        "cards/lost-card.md",
+    ),
+    ("Do you offer mortgages?", format_answer("out_of_scope", "I don't know", []), "support.txt"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Deployment, object]:
+    root = tmp_path_factory.mktemp("tiny")
+    dep = Deployment.create(root)
+    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    dep.write_params(generator={"model": "base", "max_new_tokens": 90, "context_chunks": 1})
+    return dep, load_params(dep.params_file)
+
+
+def _prompts(params) -> list[tuple[str, str]]:
+    return [(build_prompt(params.generator, q, [{"doc": d, "text": DOCS[d]}]), target) for q, target, d in PAIRS]
+
+
+def test_base_model_loads_through_from_pretrained_and_saves_safetensors(tiny) -> None:
+    dep, params = tiny
+    files = {p.name for p in (dep.root / "base").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert not any(f.endswith(".bin") for f in files)
+    assert len(Generator(params).generate(["### Customer: hi\n### Assistant:"])) == 1
+
+
+def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+
+    _, params = tiny
+    gen = Generator(params)
+    pairs = _prompts(params)
+    before = gen.generate([p for p, _ in pairs])
+    assert all(parse_answer(o) is None for o in before)  # the base model knows nothing of the format
+    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=3, epochs=400, max_seconds=120)
+    peft_model, log = train_lora(gen.model, gen.tokenizer, pairs, ft)
+    assert log.losses[-1] < log.losses[0] / 5
+    assert 0 < log.trainable_parameters < log.total_parameters
+    gen.model = peft_model
+    after = gen.generate([p for p, _ in pairs])
+    assert after == [t for _, t in pairs]  # memorised exactly: training really moves behaviour
+
+    adapter = save_adapter(peft_model, tmp_path / "adapter")
+    assert {p.name for p in adapter.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    reloaded = Generator(params, adapter=adapter)
+    batch = gen.tokenizer([pairs[0][0]], return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        a = peft_model(**batch).logits
+        b = reloaded.model(**batch).logits
+    assert isinstance(reloaded.model, PeftModel)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert reloaded.generate([p for p, _ in pairs]) == after
