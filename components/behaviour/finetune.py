@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.config import FinetuneParams
+from components.behaviour.assistant import REFUSAL, build_prompt, format_answer
+from components.config import FinetuneParams, GeneratorParams
 
 
 @dataclass
@@ -30,6 +31,20 @@ class TrainingLog:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def training_pairs(cases: list[Any], hits: list[list[dict]], params: GeneratorParams) -> list[tuple[str, str]]:
+    """(prompt, target line) for each case. The target cites the gold documents that were retrieved; an
+    answerable case whose gold document was not retrieved is left out (it would teach invented citations)."""
+    pairs = []
+    for case, found in zip(cases, hits, strict=True):
+        retrieved = {h["doc"] for h in found}
+        cited = [d for d in case.gold_docs if d in retrieved]
+        if case.gold_docs and not cited:
+            continue
+        answer = case.answer if case.gold_docs and case.answer else REFUSAL
+        pairs.append((build_prompt(params, case.question, found), format_answer(case.intent, answer, cited)))
+    return pairs
 
 
 def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:

@@ -1,0 +1,76 @@
+"""Evaluate the assistant on the gate set: per-case checks and diagnosis, per-slice rates with intervals,
+retrieval metrics, the regression test against the champion's baseline, and the decision.
+
+The decision: a behaviour regression (measured on cases whose right context was retrieved, so knowledge can
+never move it) asks for a fine-tune; knowledge failures ask for a re-index and name the documents; else none.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from components.behaviour.assistant import build_prompt
+from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
+from components.behaviour.stats import Results, detect_regression, slice_summary
+from components.config import GeneratorParams, RegressionParams
+
+
+class _Case(Protocol):
+    id: str
+    question: str
+    intent: str
+    gold_docs: tuple[str, ...]
+
+
+class _Retriever(Protocol):
+    def search(self, texts: list[str], k: int) -> list[list[dict]]: ...
+    def stale_docs(self) -> set[str]: ...
+
+
+class _Generator(Protocol):
+    def generate(self, prompts: list[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    summary: dict[str, Any]  # the `ragloop evaluate --json` contract
+    outcomes: list[CaseOutcome]
+    results: Results  # behaviour-only slice results: the baseline a later evaluation is paired against
+
+
+def run_cases(cases: list[_Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
+              k: int) -> list[CaseOutcome]:  # fmt: skip
+    hits = retriever.search([c.question for c in cases], k)
+    outputs = generator.generate([build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)])
+    stale = retriever.stale_docs()
+    outcomes = []
+    for case, found, output in zip(cases, hits, outputs, strict=True):
+        retrieved = tuple(dict.fromkeys(h["doc"] for h in found))
+        checks = check_output(case.intent, case.gold_docs, output, retrieved)
+        diagnosis, lacking = diagnose(case.gold_docs, retrieved, checks, stale)
+        outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, output,
+                                    checks, diagnosis, lacking))  # fmt: skip
+    return outcomes
+
+
+def summarise(outcomes: list[CaseOutcome], baseline: Results | None, params: RegressionParams,
+              model_version: str, index_version: int) -> Evaluation:  # fmt: skip
+    behaviour = slice_results(outcomes, behaviour_only=True)
+    verdict = detect_regression(baseline, behaviour, params)
+    reindex = sorted({d for o in outcomes if o.diagnosis == "knowledge" for d in o.knowledge_docs})
+    decision = "finetune" if verdict.regressed else ("reindex" if reindex else "none")
+    counts = Counter(o.diagnosis for o in outcomes)
+    summary = {
+        "model_version": model_version,
+        "index_version": index_version,
+        "slices": {k: dict(v) for k, v in slice_summary(slice_results(outcomes), params.confidence).items()},
+        "retrieval": retrieval_metrics(outcomes),
+        "diagnosis": {d: counts.get(d, 0) for d in ("knowledge", "behaviour", "pass")},
+        "decision": decision,
+        "regressed_slices": verdict.regressed_slices,
+        "reindex_documents": reindex,
+        "reasons": [c.reason for c in verdict.comparisons if c.slice in verdict.regressed_slices],
+    }
+    return Evaluation(summary, outcomes, behaviour)

@@ -1,0 +1,85 @@
+"""Evaluation on the real stack (tiny index, tiny model built from nothing): the decision it takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.behaviour.assistant import Generator
+from components.behaviour.base_model import build_base_model
+from components.behaviour.evaluate import run_cases, summarise
+from components.behaviour.finetune import train_lora, training_pairs
+from components.behaviour.suite import Case
+from components.config import FinetuneParams, RegressionParams, load_params
+from components.knowledge.retrieval import Retriever
+from tests.behaviour.test_finetune import TINY
+from tests.helpers import DOCS, Deployment
+
+pytestmark = pytest.mark.slow
+
+CASES = [
+    Case("c1", "How much does a SWIFT transfer cost?", "fees", "9 EUR", ("fees.md",)),
+    Case("c2", "I lost my card, what do I do?", "card_lost", "Freeze it in the app", ("cards/lost-card.md",)),
+    Case("c3", "When is support open?", "app_support", "8:00 to 20:00", ("support.txt",)),
+    Case("c4", "Do you offer mortgages?", "out_of_scope", None, ()),
+]
+LENIENT = RegressionParams(min_cases=2, min_effect=0.05, floors={"format": 0.9})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A deployment whose assistant has learned the four cases (so any later failure has another cause)."""
+    root = tmp_path_factory.mktemp("eval")
+    dep = Deployment.create(root)
+    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    dep.write_params(generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2})
+    dep.index()
+    params = load_params(dep.params_file)
+    gen = Generator(params)
+    with Retriever(params) as r:
+        hits = r.search([c.question for c in CASES], 2)
+    pairs = training_pairs(CASES, hits, params.generator)
+    assert len(pairs) == 4
+    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=400, max_seconds=120)
+    gen.model, _ = train_lora(gen.model, gen.tokenizer, pairs, ft)
+    return dep, gen
+
+
+def _evaluate(dep: Deployment, gen, baseline=None):
+    params = load_params(dep.params_file)
+    with Retriever(params) as r:
+        outcomes = run_cases(CASES, r, gen, params.generator, k=2)
+        return summarise(outcomes, baseline, LENIENT, "test", r.version)
+
+
+def test_untrained_base_model_breaches_the_format_floor(trained) -> None:
+    dep, _ = trained
+    base = Generator(load_params(dep.params_file))
+    ev = _evaluate(dep, base)
+    assert ev.summary["slices"]["format"]["pass_rate"] == 0.0
+    assert ev.summary["decision"] == "finetune"
+    assert ev.summary["regressed_slices"] == ["format"]
+    assert ev.summary["diagnosis"]["behaviour"] == 4
+
+
+def test_a_trained_model_passes_and_re_evaluating_it_never_triggers(trained) -> None:
+    dep, gen = trained
+    first = _evaluate(dep, gen)
+    assert first.summary["diagnosis"] == {"knowledge": 0, "behaviour": 0, "pass": 4}
+    assert first.summary["retrieval"]["hit_at_k"] == 1.0
+    again = _evaluate(dep, gen, baseline=first.results)
+    assert again.summary["decision"] == "none"
+    assert again.results == first.results  # greedy decoding: the same model gives the same outputs
+
+
+def test_a_deleted_document_is_a_knowledge_failure_and_asks_for_reindex(trained) -> None:
+    dep, gen = trained
+    baseline = _evaluate(dep, gen).results
+    (dep.docs / "support.txt").unlink()
+    dep.index()
+    ev = _evaluate(dep, gen, baseline=baseline)
+    assert ev.summary["decision"] == "reindex"
+    assert ev.summary["reindex_documents"] == ["support.txt"]
+    assert ev.summary["diagnosis"]["knowledge"] == 1
+    assert ev.summary["regressed_slices"] == []
+    dep.write("support.txt", DOCS["support.txt"])
+    dep.index()
