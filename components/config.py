@@ -44,6 +44,8 @@ class PathsParams(_Section):
     index: Path = Path("data/index")
     metrics: Path = Path("data/metrics")
     mlflow: Path = Path(".mlflow")
+    behaviour: Path = Path("data/behaviour")  # gate.jsonl, train.jsonl, labels.json
+    models: Path = Path("data/models")  # the built base model and fine-tune outputs
 
 
 class IndexParams(_Section):
