@@ -144,7 +144,6 @@ class FinetuneParams(_Section):
     epochs: int = Field(20, gt=0)
     max_seconds: float = Field(180, gt=0)  # stop early when the time budget is spent
     max_length: int = Field(384, ge=32)
-    use_failures: bool = True  # add failing evaluation cases of the training side (never gate cases)
     seed: int = 0
 
 

@@ -144,6 +144,66 @@ def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
     _emit(rows, as_json, _versions_table)
 
 
+@app.command("base-model")
+def base_model(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Build the offline default generator (BPE tokenizer + small Llama pretrained on the corpus)."""
+    from components.behaviour.base_model import build_base_model, corpus_texts
+
+    params = _load(params_file)
+    out = params.paths.models / "base"  # where generator.model points by default
+    texts = corpus_texts(params.paths.docs, params.index.suffixes, params.index.max_file_bytes)
+    info = {"path": str(out), **build_base_model(texts, out, params.base_model)}
+    _emit(info, as_json, _dict_table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The customer's question.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer one question with the champion (retrieved sources + generator + champion adapter)."""
+    from components.behaviour.assistant import Generator, build_prompt, parse_answer
+    from components.config import Settings
+    from components.knowledge.retrieval import Retriever
+    from components.tracking.registry import champion
+
+    params = _load(params_file)
+    settings = Settings.from_env()
+    champ = champion(params, settings)
+    with Retriever(params, settings) as retriever:
+        hits = retriever.search([question], params.generator.context_chunks)[0]
+        index_version = retriever.version
+    output = Generator(params, champ.adapter_dir if champ else None).generate(
+        [build_prompt(params.generator, question, hits)]
+    )[0]
+    parsed = parse_answer(output)
+    result = {
+        "answer": parsed.answer if parsed else output,
+        "intent": parsed.intent if parsed else None,
+        "cited": list(parsed.sources) if parsed else [],
+        "sources": [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits],
+        "model_version": f"v{champ.version}" if champ else "base",
+        "index_version": index_version,
+        "raw": output,
+    }
+    _emit(result, as_json, _dict_table)
+
+
+@app.command()
+def evaluate(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
+) -> None:
+    """Evaluate the champion on the gate set; decide none, reindex or finetune (the Prefect flow `evaluate`)."""
+    from flows.behaviour import evaluate as evaluate_flow
+
+    params = _load(params_file)
+    summary = evaluate_flow(params_file=str(params.source), reason=reason)
+    _emit(summary, as_json, _evaluation_table)
+
+
 def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
@@ -160,6 +220,21 @@ def _index_table(r: dict) -> Table:
     t.add_row("chunks", *(f"{k} {v}" for k, v in r["chunks"].items()), "", "")
     for e in r["errors"]:
         t.add_row("[red]error[/]", f"{e['path']}: {e['error']}")
+    return t
+
+
+def _dict_table(d: dict) -> Table:
+    t = Table("key", "value")
+    for k, v in d.items():
+        t.add_row(str(k), json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    return t
+
+
+def _evaluation_table(s: dict) -> Table:
+    t = Table("slice", "pass rate", "95% interval", "n", title=f"{s['model_version']}: decision {s['decision']}")
+    for name, v in s["slices"].items():
+        t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
+    t.add_row("retrieval", f"hit@k {s['retrieval']['hit_at_k']:.3f}", f"mrr {s['retrieval']['mrr']:.3f}", "")
     return t
 
 

@@ -2,3 +2,5 @@
 
 DOCUMENTS_CHANGED = "ragloop.documents.changed"
 INDEX_PUBLISHED = "ragloop.index.published"
+BEHAVIOUR_REGRESSION = "ragloop.behaviour.regression"
+MODEL_PROMOTED = "ragloop.model.promoted"

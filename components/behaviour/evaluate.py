@@ -14,14 +14,8 @@ from typing import Any, Protocol
 from components.behaviour.assistant import build_prompt
 from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
 from components.behaviour.stats import Results, detect_regression, slice_summary
+from components.behaviour.suite import Case
 from components.config import GeneratorParams, RegressionParams
-
-
-class _Case(Protocol):
-    id: str
-    question: str
-    intent: str
-    gold_docs: tuple[str, ...]
 
 
 class _Retriever(Protocol):
@@ -40,7 +34,7 @@ class Evaluation:
     results: Results  # behaviour-only slice results: the baseline a later evaluation is paired against
 
 
-def run_cases(cases: list[_Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
+def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
               k: int) -> list[CaseOutcome]:  # fmt: skip
     hits = retriever.search([c.question for c in cases], k)
     outputs = generator.generate([build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)])

@@ -89,3 +89,35 @@ def _millis() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcomes: list[dict],
+                       lineage: dict[str, str], reason: str) -> str:  # fmt: skip
+    """One MLflow run per evaluation: per-slice rates with bounds, retrieval metrics, the diagnosis mix, the
+    decision, lineage tags, and the per-case table (question, slice checks, diagnosis, output, sources)."""
+    from mlflow.entities import Metric, RunTag
+
+    client = client_for(params, settings)
+    exp = experiment_id(client, params, settings, params.tracking.evaluation_experiment)
+    tags = {
+        "mlflow.runName": f"evaluate-{summary['model_version']}",
+        "ragloop.stage": "evaluate",
+        "ragloop.reason": reason,
+        "ragloop.decision": summary["decision"],
+        "ragloop.regressed_slices": ",".join(summary["regressed_slices"]) or "none",
+        "model_version": summary["model_version"],
+        "index_version": str(summary["index_version"]),
+        "git_commit": git_commit(params.source.parent),
+        **lineage,
+    }
+    run_id = str(client.create_run(exp, tags=tags).info.run_id)
+    now = _millis()
+    metrics = [Metric(f"{name}_{k}", float(v), now, 0) for name, s in summary["slices"].items() for k, v in s.items()]
+    metrics += [Metric(f"retrieval_{k}", float(v), now, 0) for k, v in summary["retrieval"].items()]
+    metrics += [Metric(f"diagnosis_{k}", float(v), now, 0) for k, v in summary["diagnosis"].items()]
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_dict(run_id, summary, "evaluation/summary.json")
+    if outcomes:
+        client.log_table(run_id, data={k: [o[k] for o in outcomes] for k in outcomes[0]}, artifact_file="cases.json")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

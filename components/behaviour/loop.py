@@ -1,0 +1,40 @@
+"""The behaviour path's steps with their I/O: load the suite, evaluate a model, build training pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.behaviour.assistant import Generator, generator_identity
+from components.behaviour.evaluate import Evaluation, run_cases, summarise
+from components.behaviour.stats import Results
+from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
+from components.config import Params, Settings
+from components.knowledge.retrieval import Retriever
+
+
+def load_suite(params: Params) -> tuple[list[Case], list[Case]]:
+    """(gate, train), validated and proven disjoint: an overlap is an error on every run."""
+    root = params.paths.behaviour
+    labels = set(load_labels(root / "labels.json"))
+    gate = load_cases(root / "gate.jsonl", labels, params.paths.docs)
+    train = load_cases(root / "train.jsonl", labels, params.paths.docs)
+    check_disjoint(gate, train)
+    return gate, train
+
+
+def data_lineage(params: Params) -> dict[str, str]:
+    root = params.paths.behaviour
+    return {
+        "base_model": generator_identity(params),
+        "gate_data_md5": suite_hash(root / "gate.jsonl"),
+        "train_data_md5": suite_hash(root / "train.jsonl"),
+    }
+
+
+def evaluate_model(params: Params, settings: Settings, adapter: Path | None, baseline: Results | None,
+                   model_version: str) -> Evaluation:  # fmt: skip
+    gate, _ = load_suite(params)
+    generator = Generator(params, adapter)
+    with Retriever(params, settings) as retriever:
+        outcomes = run_cases(gate, retriever, generator, params.generator, params.generator.context_chunks)
+        return summarise(outcomes, baseline, params.regression, model_version, retriever.version)
