@@ -121,3 +121,34 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
         client.log_table(run_id, data={k: [o[k] for o in outcomes] for k in outcomes[0]}, artifact_file="cases.json")
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def start_finetune_run(params: Params, settings: Settings, lineage: dict[str, str], reason: str) -> str:
+    """The fine-tune's MLflow run, left running: the adapter is logged into it before it ends."""
+    from mlflow.entities import Param
+
+    client = client_for(params, settings)
+    exp = experiment_id(client, params, settings, params.tracking.finetune_experiment)
+    tags = {"mlflow.runName": "finetune-lora", "ragloop.stage": "finetune", "ragloop.reason": reason,
+            "git_commit": git_commit(params.source.parent), **lineage}  # fmt: skip
+    run_id = str(client.create_run(exp, tags=tags).info.run_id)
+    hyper = [Param(f"finetune.{k}", str(v)) for k, v in params.finetune.model_dump().items()]
+    client.log_batch(run_id, params=hyper)
+    return run_id
+
+
+def log_training(params: Params, settings: Settings, run_id: str, losses: list[float], metrics: dict[str, float]
+                 ) -> None:  # fmt: skip
+    """The loss curve (one point per step) and the run's summary figures (throughput, gate rates)."""
+    from mlflow.entities import Metric
+
+    client = client_for(params, settings)
+    now = _millis()
+    curve = [Metric("train_loss", loss, now, step) for step, loss in enumerate(losses, 1)]
+    for i in range(0, len(curve), 900):
+        client.log_batch(run_id, metrics=curve[i : i + 900])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def end_run(params: Params, settings: Settings, run_id: str, ok: bool) -> None:
+    client_for(params, settings).set_terminated(run_id, "FINISHED" if ok else "FAILED")

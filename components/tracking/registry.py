@@ -11,23 +11,27 @@ artifact `evaluation/results.json`. A rejected candidate stays registered, with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
 from components.config import Params, Settings
+from components.tracking.lineage import git_commit
 from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
 ADAPTER_ARTIFACT = "adapter"  # the pyfunc artifact name of the adapter folder
 RESULTS_ARTIFACT = "evaluation/results.json"  # run artifact: the candidate's per-case evaluation results
+MODEL_ID_TAG = "ragloop.model_id"  # version tag: the logged model (models/m-<id>) behind the version
 VERDICTS = ("promoted", "rejected")
 _REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "safetensors")
 
@@ -45,13 +49,21 @@ class ChampionInfo:
     results: dict | None  # the version's stored evaluation/results.json, None when it has none
 
 
-def log_adapter(params: Params, settings: Settings, run_id: str, adapter_dir: Path, base_model_dir_or_id: str,
-                lineage: dict[str, str], results: dict) -> str:  # fmt: skip
+def log_adapter(
+    params: Params,
+    settings: Settings,
+    run_id: str,
+    adapter_dir: Path,
+    base_model_dir_or_id: str,
+    lineage: dict[str, str],
+    results: dict,
+) -> str:
     """Log the adapter (only) as an MLflow model of the given fine-tune run and register it as a new version of
     `params.tracking.registered_model`, with `lineage` as version tags; returns the version number."""
     import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     if not (adapter_dir / "adapter_config.json").is_file():
         raise RegistryError(f"{adapter_dir}: not a saved adapter (no adapter_config.json)")
@@ -64,6 +76,9 @@ def log_adapter(params: Params, settings: Settings, run_id: str, adapter_dir: Pa
             f"not to the fine-tune experiment {params.tracking.finetune_experiment!r} ({expected})"
         )
     tags = {k: str(v) for k, v in lineage.items()}
+    tags.setdefault("base_model", base_model_dir_or_id)
+    tags.setdefault("git_commit", git_commit(params.source.parent))
+    tags["adapter_sha256"] = _sha256(adapter_dir / "adapter_model.safetensors")
     client.log_dict(run_id, results, RESULTS_ARTIFACT)
 
     base = Path(base_model_dir_or_id)
@@ -71,16 +86,22 @@ def log_adapter(params: Params, settings: Settings, run_id: str, adapter_dir: Pa
         "base_model": str(base.resolve()) if base.exists() else base_model_dir_or_id,
         "max_new_tokens": params.generator.max_new_tokens,
     }
-    if tags.get("base_model_revision") not in (None, "", "None"):
-        config["base_model_revision"] = tags["base_model_revision"]
+    revision = tags.get("base_model_revision", "")
+    if revision.lower() not in {"", "none", "null"}:
+        config["base_model_revision"] = revision
 
-    logged = client.create_logged_model(experiment_id=expected, name=ADAPTER_ARTIFACT, source_run_id=run_id,
-                                        tags=tags, model_type="lora-adapter")  # fmt: skip
+    logged = client.create_logged_model(
+        experiment_id=expected, name=ADAPTER_ARTIFACT, source_run_id=run_id, tags=tags, model_type="lora-adapter"
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="ragloop-adapter-") as tmp:
             local = Path(tmp) / "model"
-            model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
-                          model_id=logged.model_id)  # fmt: skip
+            model = Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
             mlflow.pyfunc.save_model(
                 path=str(local),
                 python_model=_adapter_pyfunc_class()(),
@@ -99,10 +120,15 @@ def log_adapter(params: Params, settings: Settings, run_id: str, adapter_dir: Pa
     name = params.tracking.registered_model
     _ensure_registered_model(client, name)
     # The source is the logged model's storage location, not "models:/m-<id>": the sqlite registry store
-    # resolves such a URI through the process-global tracking URI, not through this client's.
-    mv = client.create_model_version(name, source=logged.artifact_location, run_id=run_id, tags=tags,
-                                     model_id=logged.model_id)  # fmt: skip
-    client.set_logged_model_tags(logged.model_id, {"ragloop.registered_version": f"{name}/{mv.version}"})
+    # resolves such a URI through the process-global tracking URI instead of this client's, and it does not
+    # keep `model_id` either, hence the MODEL_ID_TAG.
+    version_tags = {**tags, MODEL_ID_TAG: logged.model_id}
+    mv = client.create_model_version(
+        name, source=logged.artifact_location, run_id=run_id, tags=version_tags, model_id=logged.model_id
+    )
+    client.set_logged_model_tags(
+        logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": str(mv.version)}])}
+    )
     return str(mv.version)
 
 
@@ -113,7 +139,8 @@ def describe_version(params: Params, settings: Settings, version: str, verdict: 
     client = client_for(params, settings)
     name = params.tracking.registered_model
     mv = _version(client, name, version)
-    lineage = {k: v for k, v in sorted(mv.tags.items()) if k != "gate" and not k.startswith("mlflow.")}
+    skip = {"gate", MODEL_ID_TAG}
+    lineage = {k: v for k, v in sorted(mv.tags.items()) if k not in skip and not k.startswith("mlflow.")}
     lines = [f"Gate: {verdict}", "", "Reasons:"]
     lines += [f"- {r}" for r in reasons] or ["- (none given)"]
     lines += ["", "Lineage:"] + ([f"- {k}: {v}" for k, v in lineage.items()] or ["- (none recorded)"])
@@ -161,32 +188,41 @@ def champion(params: Params, settings: Settings) -> ChampionInfo | None:
     if mv is None:
         return None
     run_id = str(mv.run_id) if mv.run_id else None
-    folder = _cached(params, settings, client, name, str(mv.version), getattr(mv, "model_id", None), run_id)
+    model_id = mv.tags.get(MODEL_ID_TAG) or mv.model_id
+    folder = _cached(params, settings, client, name, str(mv.version), model_id, run_id)
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
-    return ChampionInfo(version=str(mv.version), run_id=run_id, tags=dict(mv.tags),
-                        adapter_dir=_adapter_in(folder / "model"), results=results)  # fmt: skip
+    return ChampionInfo(
+        version=str(mv.version),
+        run_id=run_id,
+        tags=dict(mv.tags),
+        adapter_dir=_adapter_in(folder / "model"),
+        results=results,
+    )
 
 
-def _cached(params: Params, settings: Settings, client: Any, name: str, version: str, model_id: str | None,
-            run_id: str | None) -> Path:  # fmt: skip
+def _cached(
+    params: Params, settings: Settings, client: Any, name: str, version: str, model_id: str | None, run_id: str | None
+) -> Path:
     """cache/<model id>/{model/, results.json}: downloaded once into a temp folder, then renamed into place."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     key = model_id or f"{name}-v{version}"
-    cache = params.paths.mlflow / "cache"
-    folder = cache / key
+    root = params.paths.mlflow / "cache"
+    folder = root / key
     if (folder / "model" / "MLmodel").is_file():
         return folder
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{key}.{uuid.uuid4().hex}.partial"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{key}.{uuid.uuid4().hex}.partial"
     tmp.mkdir()
     try:
         uri = tracking_uri(params, settings)
         source = client.get_model_version_download_uri(name, version)  # the logged model's artifact folder
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp / "model"), tracking_uri=uri,
-                                            registry_uri=uri)  # fmt: skip
+        got = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(tmp / "download"), tracking_uri=uri, registry_uri=uri
+        )
+        Path(got).rename(tmp / "model")
         if run_id is not None:
             try:
                 got = client.download_artifacts(run_id, RESULTS_ARTIFACT, str(tmp))
@@ -256,6 +292,13 @@ def _alias(client: Any, name: str, alias: str) -> Any | None:
     return None if version is None else client.get_model_version(name, str(version))
 
 
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def _pinned_requirements() -> list[str]:
     pinned = []
     for dist in _REQUIREMENTS:
@@ -293,11 +336,14 @@ def _adapter_pyfunc_class() -> type:
         def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
             import torch
 
-            batch = self.tokenizer(list(model_input), return_tensors="pt", padding=True,
-                                   return_token_type_ids=False)  # fmt: skip
+            batch = self.tokenizer(list(model_input), return_tensors="pt", padding=True, return_token_type_ids=False)
             with torch.no_grad():
-                out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
             new = out[:, batch["input_ids"].shape[1] :]
             return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
