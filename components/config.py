@@ -21,6 +21,7 @@ QUIET_OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "DVC_NO_ANALYTICS": "1",
     "ANONYMIZED_TELEMETRY": "False",
     "HF_HUB_OFFLINE": "1",
@@ -101,9 +102,9 @@ class GeneratorParams(_Section):
     revision: str | None = None
     device: str = "auto"
     dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
-    max_new_tokens: int = Field(48, gt=0)
-    context_chunks: int = Field(3, ge=0)
-    context_chars: int = Field(300, gt=0)
+    max_new_tokens: int = Field(80, gt=0)
+    context_chunks: int = Field(2, ge=0)
+    context_chars: int = Field(200, gt=0)
     batch_size: int = Field(16, gt=0)
     prompt: str = "### Context:\n{context}\n### Customer: {question}\n### Assistant:"
 
@@ -142,7 +143,7 @@ class FinetuneParams(_Section):
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, gt=0)
     epochs: int = Field(20, gt=0)
-    max_seconds: float = Field(180, gt=0)  # stop early when the time budget is spent
+    max_seconds: float = Field(240, gt=0)  # stop early when the time budget is spent
     max_length: int = Field(384, ge=32)
     seed: int = 0
 

@@ -204,6 +204,72 @@ def evaluate(
     _emit(summary, as_json, _evaluation_table)
 
 
+@app.command("finetune")
+def finetune_cmd(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    if_needed: Annotated[
+        bool, typer.Option("--if-needed", help="Only when the last evaluation decided 'finetune'; else record why not.")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
+) -> None:
+    """Train a LoRA candidate, gate it against the champion, register it, promote it only if it wins."""
+    params = _load(params_file)
+    if if_needed:
+        last = params.paths.metrics / "evaluation.json"
+        decision = json.loads(last.read_text())["decision"] if last.exists() else "finetune"
+        if decision != "finetune":
+            result = {"skipped": True, "why": f"the last evaluation decided {decision!r}, not 'finetune'"}
+            (params.paths.metrics / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+            _emit(result, as_json, _dict_table)
+            return
+    from flows.behaviour import finetune
+
+    result = finetune(params_file=str(params.source), reason=reason)
+    params.paths.metrics.mkdir(parents=True, exist_ok=True)
+    keep = {k: result[k] for k in ("version", "promoted", "reasons", "train_seconds", "train_tokens_per_s")}
+    (params.paths.metrics / "finetune.json").write_text(json.dumps({"skipped": False, **keep}, indent=2) + "\n")
+    _emit(result, as_json, _dict_table)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The registered model version to make champion.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the `champion` alias to VERSION by hand (the old champion becomes `previous`)."""
+    from components.config import Settings
+    from components.tracking import registry
+
+    params = _load(params_file)
+    _emit(registry.promote(params, Settings.from_env(), version), as_json, _dict_table)
+
+
+@app.command()
+def rollback(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Restore the `previous` model as `champion`."""
+    from components.config import Settings
+    from components.tracking import registry
+
+    params = _load(params_file)
+    try:
+        result = registry.rollback(params, Settings.from_env())
+    except registry.RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _emit(result, as_json, _dict_table)
+
+
+@app.command()
+def run(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """The whole loop (the Prefect flow `pipeline`): reindex, evaluate, fine-tune only on a regression."""
+    from flows.behaviour import pipeline
+
+    params = _load(params_file)
+    _emit(pipeline(params_file=str(params.source)), as_json, _dict_table)
+
+
 def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")

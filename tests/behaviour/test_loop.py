@@ -1,0 +1,100 @@
+"""The closed loop on a tiny real stack: regression -> LoRA fine-tune -> gate -> promotion in the MLflow
+registry; a worse candidate is rejected; a failing fine-tune leaves the champion in place."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.behaviour.base_model import build_base_model
+from components.config import Settings, load_params
+from components.tracking import registry
+from tests.behaviour.test_finetune import TINY
+from tests.helpers import DOCS, Deployment
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = {  # intent, gold doc, answer, wordings (the first half of the wordings go to the gate)
+    "fees": ("fees.md", "9 EUR", ["How much is a SWIFT transfer?", "What does an international transfer cost?",
+                                   "SWIFT transfer fee?", "Is there a fee for SWIFT payments?",
+                                   "Cost of sending a SWIFT transfer", "What do you charge for SWIFT?"]),
+    "card_lost": ("cards/lost-card.md", "Freeze it in the app", ["I lost my card", "My card was stolen",
+                  "What if my card is lost?", "Card missing, help", "Someone took my card", "I cannot find my card"]),
+    "out_of_scope": (None, None, ["Do you offer mortgages?", "Can I buy crypto?", "Do you sell car insurance?",
+                     "Can I get a business loan?", "Do you have a pension plan?", "Can I trade stocks?"]),
+}  # fmt: skip
+
+
+def _write_suite(dep: Deployment) -> None:
+    gate, train = [], []
+    for intent, (doc, answer, wordings) in QUESTIONS.items():
+        for i, q in enumerate(wordings):
+            side = gate if i % 2 == 0 else train
+            side.append({"id": f"{'gate' if side is gate else 'train'}-{intent}-{i}", "question": q, "intent": intent,
+                         "answer": answer, "gold_docs": [doc] if doc else []})  # fmt: skip
+    folder = dep.root / "behaviour"
+    folder.mkdir(exist_ok=True)
+    (folder / "labels.json").write_text(json.dumps({k: k for k in QUESTIONS}))
+    for name, rows in (("gate", gate), ("train", train * 4)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({**r, "id": f"{r['id']}-{n}"}) + "\n"
+                                              for n, r in enumerate(rows)))  # fmt: skip
+
+
+def _configure(dep: Deployment, **finetune: object) -> None:
+    dep.write_params(
+        paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
+               "behaviour": "behaviour", "models": "state/models"},
+        generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2},
+        regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.9}},
+        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 1e-2, "batch_size": 8, "epochs": 40,
+                  "max_seconds": 90, **finetune},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def loop_dep(tmp_path_factory, prefect_server):
+    root = tmp_path_factory.mktemp("loop")
+    dep = Deployment.create(root)
+    _write_suite(dep)
+    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    _configure(dep)
+    dep.index()
+    return dep
+
+
+def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_dep: Deployment) -> None:
+    from flows.behaviour import evaluate, finetune
+
+    p = str(loop_dep.params_file)
+    before = evaluate(params_file=p)
+    assert before["decision"] == "finetune"
+    assert "format" in before["regressed_slices"]
+    result = finetune(params_file=p)
+    assert result["promoted"], result["reasons"]
+    assert result["candidate"]["slices"]["format"]["pass_rate"] >= 0.9
+    params = load_params(loop_dep.params_file)
+    champ = registry.champion(params, Settings.from_env())
+    assert champ is not None and champ.version == result["version"]
+    after = evaluate(params_file=p)  # the champion, re-evaluated against its own stored baseline
+    assert after["model_version"] == f"v{champ.version}"
+    assert after["decision"] == "none"
+    assert after["slices"]["format"] == result["candidate"]["slices"]["format"]
+
+
+def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_dep: Deployment) -> None:
+    from flows.behaviour import finetune
+
+    params = load_params(loop_dep.params_file)
+    champ = registry.champion(params, Settings.from_env())
+    assert champ is not None, "runs after the promotion test"
+    _configure(loop_dep, learning_rate=1e-7, epochs=1)  # learns nothing: the base model's behaviour
+    worse = finetune(params_file=str(loop_dep.params_file))
+    assert not worse["promoted"]
+    assert any("format" in r for r in worse["reasons"])
+    assert registry.champion(params, Settings.from_env()).version == champ.version  # type: ignore[union-attr]
+    _configure(loop_dep, target_modules=["no_such_module"])
+    with pytest.raises(ValueError, match="no_such_module"):
+        finetune(params_file=str(loop_dep.params_file))
+    assert registry.champion(params, Settings.from_env()).version == champ.version  # type: ignore[union-attr]
+    _configure(loop_dep)
