@@ -127,6 +127,7 @@ class BaseModelParams(_Section):
     intermediate_size: int = Field(512, gt=0)
     context: int = Field(512, ge=64)
     pretrain_seconds: float = Field(60, ge=0)
+    pretrain_steps: int | None = Field(None, ge=0)  # also stop after this many steps (reproducible builds)
     batch_size: int = Field(16, gt=0)
     seq_len: int = Field(128, ge=16)
     learning_rate: float = Field(3e-3, gt=0)

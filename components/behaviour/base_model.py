@@ -70,7 +70,8 @@ def pretrain(model: Any, tokenizer: Any, texts: list[str], params: BaseModelPara
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
     model.train()
     steps, loss_value, deadline = 0, math.nan, time.monotonic() + params.pretrain_seconds
-    while time.monotonic() < deadline:
+    max_steps = params.pretrain_steps if params.pretrain_steps is not None else math.inf
+    while time.monotonic() < deadline and steps < max_steps:
         batch = torch.tensor(rng.sample(windows, min(params.batch_size, len(windows))))
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

@@ -1,4 +1,4 @@
-"""`dvc repro` runs the index stage through the CLI and the Prefect flow, and reruns only when inputs change."""
+"""`dvc repro index` runs the index stage through the CLI and the Prefect flow, and reruns only when inputs change."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _index_runs(project: Path) -> list:
 
 
 def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project: Path) -> None:
-    _sh(project, "dvc", "repro")
+    _sh(project, "dvc", "repro", "index")
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     docs_dep = next(d for d in lock["stages"]["index"]["deps"] if d["path"] == "data/docs")
     (run,) = _index_runs(project)
@@ -60,15 +60,15 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
     metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
     assert metrics["chunks"]["total"] == 6
 
-    assert "up to date" in _sh(project, "dvc", "repro")
+    assert "up to date" in _sh(project, "dvc", "repro", "index")
     assert len(_index_runs(project)) == 1  # nothing changed: the stage did not run
 
     doc = project / "data" / "docs" / "support.txt"
     doc.write_text(doc.read_text() + "\nWeekend support is available by chat.\n")
-    _sh(project, "dvc", "repro")
+    _sh(project, "dvc", "repro", "index")
     metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
     assert metrics["documents"]["modified"] == 1
     assert metrics["chunks"]["embedded"] == 1  # incremental: only the changed chunk
     assert "index.json" in _sh(project, "dvc", "metrics", "show")
-    status = _sh(project, "dvc", "status")
+    status = _sh(project, "dvc", "status", "index")
     assert "up to date" in status or status.strip() == ""
