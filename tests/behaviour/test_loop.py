@@ -86,6 +86,18 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     assert after["decision"] == "none"
     assert after["slices"]["format"] == result["candidate"]["slices"]["format"]
 
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    answered = CliRunner().invoke(app, ["ask", "Hello, I lost my card", "--json", "--params", p])
+    assert answered.exit_code == 0, answered.output
+    reply = json.loads(answered.stdout)
+    assert reply["model_version"] == f"v{champ.version}"
+    assert reply["index_version"] == 1
+    assert reply["sources"][0]["doc"] == "cards/lost-card.md"
+    assert set(reply) >= {"answer", "intent", "cited", "sources", "model_version", "index_version"}
+
 
 def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_dep: Deployment) -> None:
     from flows.behaviour import finetune
