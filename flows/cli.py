@@ -163,31 +163,15 @@ def ask(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer one question with the champion (retrieved sources + generator + champion adapter)."""
-    from components.behaviour.assistant import Generator, build_prompt, parse_answer
+    from components.behaviour.loop import answer_question
     from components.config import Settings
-    from components.knowledge.retrieval import Retriever
     from components.tracking.registry import champion
 
     params = _load(params_file)
     settings = Settings.from_env()
     champ = champion(params, settings)
-    with Retriever(params, settings) as retriever:
-        hits = retriever.search([question], params.generator.context_chunks)[0]
-        index_version = retriever.version
-    output = Generator(params, champ.adapter_dir if champ else None).generate(
-        [build_prompt(params.generator, question, hits)]
-    )[0]
-    parsed = parse_answer(output)
-    result = {
-        "answer": parsed.answer if parsed else output,
-        "intent": parsed.intent if parsed else None,
-        "cited": list(parsed.sources) if parsed else [],
-        "sources": [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits],
-        "model_version": f"v{champ.version}" if champ else "base",
-        "index_version": index_version,
-        "raw": output,
-    }
-    _emit(result, as_json, _dict_table)
+    adapter, version = (champ.adapter_dir, f"v{champ.version}") if champ else (None, "base")
+    _emit(answer_question(params, settings, question, adapter, version), as_json, _dict_table)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.behaviour.assistant import Generator, generator_identity
+from components.behaviour.assistant import Generator, build_prompt, generator_identity, parse_answer
 from components.behaviour.evaluate import Evaluation, run_cases, summarise
 from components.behaviour.stats import Results
 from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
@@ -38,3 +38,22 @@ def evaluate_model(params: Params, settings: Settings, adapter: Path | None, bas
     with Retriever(params, settings) as retriever:
         outcomes = run_cases(gate, retriever, generator, params.generator, params.generator.context_chunks)
         return summarise(outcomes, baseline, params.regression, model_version, retriever.version)
+
+
+def answer_question(params: Params, settings: Settings, question: str, adapter: Path | None,
+                    model_version: str) -> dict:  # fmt: skip
+    """`ragloop ask`: the answer, what it cites, the retrieved sources, and which model and index answered."""
+    with Retriever(params, settings) as retriever:
+        hits = retriever.search([question], params.generator.context_chunks)[0]
+        index_version = retriever.version
+    output = Generator(params, adapter).generate([build_prompt(params.generator, question, hits)])[0]
+    parsed = parse_answer(output)
+    return {
+        "answer": parsed.answer if parsed else output,
+        "intent": parsed.intent if parsed else None,
+        "cited": list(parsed.sources) if parsed else [],
+        "sources": [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits],
+        "model_version": model_version,
+        "index_version": index_version,
+        "raw": output,
+    }
