@@ -115,3 +115,31 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
         finetune(params_file=str(loop_dep.params_file))
     assert registry.champion(params, Settings.from_env()).version == champ.version  # type: ignore[union-attr]
     _configure(loop_dep)
+
+
+def test_killing_a_fine_tune_leaves_the_champion(loop_dep: Deployment) -> None:
+    """SIGKILL a real `ragloop finetune` while it trains or evaluates: the registry aliases do not move."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    params = load_params(loop_dep.params_file)
+    before = registry.champion(params, Settings.from_env())
+    assert before is not None, "runs after the promotion test"
+    candidate = params.paths.models / "candidate"
+    stamp = candidate.stat().st_mtime_ns if candidate.exists() else 0
+    cmd = [sys.executable, "-m", "flows.cli", "finetune", "--params", str(loop_dep.params_file)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once training has produced an adapter
+        if candidate.exists() and candidate.stat().st_mtime_ns != stamp:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    after = registry.champion(params, Settings.from_env())
+    assert after is not None
+    assert after.version == before.version
