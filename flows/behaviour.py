@@ -14,7 +14,7 @@ from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
 from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import log_evaluation_run
-from flows.events import BEHAVIOUR_REGRESSION
+from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
@@ -142,6 +142,9 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual") -> dict:
         "regressed_slices": regressed, "candidate": candidate_eval.summary, "mlflow_run_id": run_id,
         "train_seconds": round(log.seconds, 1), "train_tokens_per_s": round(log.tokens_per_second, 1),
     }  # fmt: skip
+    if verdict.promote:
+        emit_event(event=MODEL_PROMOTED, resource={"prefect.resource.id": f"ragloop.model.v{version}"},
+                   payload={"aliases": aliases, "reasons": verdict.reasons})  # fmt: skip
     create_table_artifact(
         key="gate-verdict", table=[{"promoted": verdict.promote, "reason": r} for r in verdict.reasons]
     )

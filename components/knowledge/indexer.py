@@ -248,9 +248,9 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
     ch = plan.changes
     if plan.empty:
         _save_stats(s, ch)
-        return _report(s, plan, ch.base, published=False, seconds=0.0)
+        return _report(plan, ch.base, published=False, seconds=0.0)
     if s.manifest.published() == plan.version:  # a retried task whose first attempt did commit
-        return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
+        return _report(plan, plan.version, published=True, seconds=time.perf_counter() - t0)
     failpoint("after-chunk")
     coll = s.collection(ch.collection)
     recover_leftovers(s, ch.base, keep={a.id for a in plan.additions})
@@ -272,7 +272,7 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
     failpoint("after-marks")
     _commit(s, plan)
     failpoint("after-commit")
-    return _report(s, plan, plan.version, published=True, seconds=time.perf_counter() - t0)
+    return _report(plan, plan.version, published=True, seconds=time.perf_counter() - t0)
 
 
 def tidy_store(s: IndexSession) -> bool:
@@ -382,7 +382,7 @@ def _write_stats(db: sqlite3.Connection, ch: Changes) -> None:
     db.executemany("DELETE FROM stat_cache WHERE path=?", gone)
 
 
-def _report(s: IndexSession, plan: Plan, version: int, *, published: bool, seconds: float) -> dict:
+def _report(plan: Plan, version: int, *, published: bool, seconds: float) -> dict:
     ch = plan.changes
     fresh = set(plan.to_embed)  # built once: the report must stay linear in the number of chunks
     embedded_records = sum(1 for a in plan.additions if a.chunk_hash in fresh)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from components.knowledge.failpoints import failpoint
-from components.knowledge.indexer import Changes, diff_state, publish, tidy_store
+from components.knowledge.indexer import Changes, detect_changes, diff_state, publish, tidy_store
 from components.knowledge.manifest import OPEN, Record
 from components.knowledge.session import IndexSession, next_generation
 
@@ -158,7 +158,7 @@ def verify(s: IndexSession, repair: bool = False) -> dict:
     if repair and any(findings.values()):
         _repair(s, coll, info.collection, published, findings)
         findings = _inspect(s, coll, info.collection, published, info.embedder)
-    return _verdict(published, findings, _pending_documents(s, published))
+    return _verdict(published, findings, _pending_documents(s))
 
 
 def _inspect(s: IndexSession, coll: Any, name: str, published: int, embedder: str) -> dict[str, list[str]]:
@@ -223,9 +223,7 @@ def _record_metadata(r: Record, embedder: str) -> dict[str, Any]:
     }
 
 
-def _pending_documents(s: IndexSession, published: int) -> list[str]:
-    from components.knowledge.indexer import detect_changes
-
+def _pending_documents(s: IndexSession) -> list[str]:
     ch = detect_changes(s)
     return sorted([*ch.added, *ch.modified, *ch.deleted, *ch.renamed])
 

@@ -10,7 +10,6 @@ exactly as it was. The same intervals are mirrored on the Chroma records, so a r
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,7 +174,3 @@ class Manifest:
     def retained_versions(self, keep: int) -> list[int]:
         rows = self.db.execute("SELECT version FROM versions ORDER BY version DESC LIMIT ?", (keep,))
         return sorted(r[0] for r in rows)
-
-
-def now() -> float:
-    return time.time()

@@ -69,7 +69,6 @@ class Store:
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
         self.client: Any  # the concrete clients have close(); the ClientAPI protocol does not declare it
         if settings.chroma_host:
-            self.location = f"http{'s' if settings.chroma_ssl else ''}://{settings.chroma_host}:{settings.chroma_port}"
             self.client = chromadb.HttpClient(
                 host=settings.chroma_host,
                 port=settings.chroma_port,
@@ -77,8 +76,7 @@ class Store:
                 settings=chroma_settings,
             )
         else:
-            self.location = str(index_dir / "chroma")
-            self.client = chromadb.PersistentClient(path=self.location, settings=chroma_settings)
+            self.client = chromadb.PersistentClient(path=str(index_dir / "chroma"), settings=chroma_settings)
 
     def close(self) -> None:
         """Release the embedded system: the next Store re-reads the files, so writes made meanwhile by another
@@ -125,12 +123,6 @@ class Store:
     def delete(self, coll: Any, ids: Sequence[str], batch: int) -> None:
         for i in range(0, len(ids), batch):
             coll.delete(ids=list(ids[i : i + batch]))
-
-    def existing_ids(self, coll: Any, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(ids), PAGE):
-            found.update(coll.get(ids=list(ids[i : i + PAGE]), include=[])["ids"])
-        return found
 
     def embeddings(self, coll: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

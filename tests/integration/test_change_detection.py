@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -101,7 +100,3 @@ def test_model_change_builds_a_new_collection_and_never_mixes_embedders(deployme
         assert info is not None and info.embedder == s.embedder_id
         embedders = {m["embedder"] for m in s.collection(info.collection).get(include=["metadatas"])["metadatas"]}
     assert embedders == {info.embedder}
-
-
-def _files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())

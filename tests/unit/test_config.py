@@ -46,7 +46,7 @@ def test_missing_params_file_is_a_clear_error(tmp_path: Path) -> None:
         load_params(tmp_path / "nope.yaml")
 
 
-def test_params_are_frozen(tmp_path: Path) -> None:
+def test_params_are_frozen() -> None:
     p = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     with pytest.raises(ValueError, match="frozen"):
         p.chunking.max_chars = 5  # type: ignore[misc]
