@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -146,6 +146,7 @@ class FinetuneParams(_Section):
     epochs: int = Field(20, gt=0)
     max_seconds: float = Field(240, gt=0)  # stop early when the time budget is spent
     max_length: int = Field(384, ge=32)
+    failing_case_repeats: int = Field(1, ge=0)  # extra copies of the training cases the champion fails; 0: off
     seed: int = 0
 
 
@@ -167,6 +168,47 @@ class RegressionParams(_Section):
         return v
 
 
+class ServiceParams(_Section):
+    """Running as a service: schedules and limits of the Prefect deployments (`ragloop serve`, prefect.yaml),
+    the debounce of `ragloop watch`, and the task runner that embedding maps over batches with."""
+
+    reindex_cron: str | None = "*/30 * * * *"  # also triggered by the documents-changed event
+    evaluate_cron: str | None = "0 2 * * *"  # a regression it finds triggers the finetune deployment
+    pipeline_cron: str | None = None
+    timezone: str = "UTC"
+    work_pool: str = "ragloop-process"  # the work pool of prefect.yaml's deployments
+    watch_debounce_ms: int = Field(1600, ge=50)  # a burst of file writes within this yields one event
+    embedding_slots: int = Field(1, ge=1)  # global concurrency limits across every run and worker
+    training_slots: int = Field(1, ge=1)
+    task_runner: Literal["default", "dask"] = "default"
+    dask_address: str | None = None  # an existing Dask scheduler (tcp://host:8786); None: a local cluster
+    dask_workers: int = Field(2, ge=1)  # workers of the local cluster
+    embed_batch_chunks: int = Field(512, ge=1)  # chunks per mapped embedding task on Dask
+
+    @field_validator("reindex_cron", "evaluate_cron", "pipeline_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from prefect._internal.schemas.validators import validate_cron_string  # what Prefect will accept
+
+        try:
+            return validate_cron_string(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (a cron expression has five fields, e.g. '*/30 * * * *')") from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as 'UTC' or 'Europe/Paris')") from None
+        return v
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     index: IndexParams = IndexParams()
@@ -177,6 +219,7 @@ class Params(_Section):
     base_model: BaseModelParams = BaseModelParams()
     finetune: FinetuneParams = FinetuneParams()
     regression: RegressionParams = RegressionParams()
+    service: ServiceParams = ServiceParams()
     source: Path = Path("params.yaml")
 
 

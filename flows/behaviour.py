@@ -8,13 +8,15 @@ import json
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
 from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import log_evaluation_run
-from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED
+from flows.deployments import TRAINING_LIMIT
+from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED, MODEL_RESOURCE
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
@@ -71,21 +73,34 @@ def _announce(summary: dict) -> None:
     if summary["decision"] == "finetune":
         emit_event(
             event=BEHAVIOUR_REGRESSION,
-            resource={"prefect.resource.id": f"ragloop.model.{summary['model_version']}"},
+            resource={"prefect.resource.id": f"{MODEL_RESOURCE}.{summary['model_version']}"},
             payload={"regressed_slices": summary["regressed_slices"], "reasons": summary["reasons"]},
         )
 
 
 @task(name="build training pairs", cache_policy=NO_CACHE, **IO_RETRIES)
-def build_pairs(params: Params, settings: Settings) -> list[tuple[str, str]]:
+def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[str, str]], int]:  # type: ignore[no-untyped-def]
+    """The training set's (prompt, target) pairs, plus `failing_case_repeats` more copies of each training case
+    the current model fails on behaviour (never a gate case: they come from train.jsonl, proven disjoint)."""
+    from components.behaviour.assistant import Generator
+    from components.behaviour.evaluate import run_cases
     from components.behaviour.finetune import training_pairs
     from components.behaviour.loop import load_suite
     from components.knowledge.retrieval import Retriever
 
     _, train = load_suite(params)
+    k = params.generator.context_chunks
     with Retriever(params, settings) as retriever:
-        hits = retriever.search([c.question for c in train], params.generator.context_chunks)
-    return training_pairs(train, hits, params.generator)
+        hits = retriever.search([c.question for c in train], k)
+        pairs = training_pairs(train, hits, params.generator)
+        repeats = params.finetune.failing_case_repeats
+        if not repeats:
+            return pairs, 0
+        generator = Generator(params, champ.adapter_dir if champ else None)
+        outcomes = run_cases(train, retriever, generator, params.generator, k)
+    failing = [i for i, o in enumerate(outcomes) if o.diagnosis == "behaviour"]
+    extra = training_pairs([train[i] for i in failing], [hits[i] for i in failing], params.generator)
+    return pairs + extra * repeats, len(failing)
 
 
 @task(name="train lora adapter", cache_policy=NO_CACHE)
@@ -94,61 +109,123 @@ def train_adapter(params: Params, pairs: list[tuple[str, str]]):  # type: ignore
     from components.behaviour.finetune import save_adapter, train_lora
 
     generator = Generator(params)
-    peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
+    with concurrency(TRAINING_LIMIT, occupy=1, strict=False):  # a training slot of the global limit, if set
+        peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
     return save_adapter(peft_model, params.paths.models / "candidate"), log
 
 
-@task(name="gate candidate against champion", cache_policy=NO_CACHE)
-def gate_candidate(params: Params, champion_eval: Evaluation, candidate_eval: Evaluation, regressed: list[str]):  # type: ignore[no-untyped-def]
-    from components.behaviour.stats import gate
+@task(name="evaluate candidate on the gate set", cache_policy=NO_CACHE)
+def evaluate_candidate(params: Params, settings: Settings, adapter, champion_eval: Evaluation) -> Evaluation:  # type: ignore[no-untyped-def]
+    return evaluate_model(params, settings, adapter, champion_eval.results, "candidate")
 
-    return gate(champion_eval.results, candidate_eval.results, regressed, params.regression,
-                champion_eval.summary["retrieval"], candidate_eval.summary["retrieval"])  # fmt: skip
+
+@task(name="register candidate", cache_policy=NO_CACHE, **IO_RETRIES)
+def register_candidate(params: Params, settings: Settings, run_id: str, adapter, lineage: dict, ev: Evaluation) -> str:  # type: ignore[no-untyped-def]
+    from components.behaviour.assistant import resolve_generator
+    from components.tracking import registry
+
+    results = {"behaviour": ev.results, "summary": ev.summary}
+    return registry.log_adapter(params, settings, run_id, adapter, resolve_generator(params), lineage, results)
 
 
 @flow(name="finetune")
-def finetune(params_file: str = "params.yaml", reason: str = "manual") -> dict:
-    """Train a LoRA candidate, gate it against the champion case by case, register it, promote only if it wins.
-    Any failure before `promote` leaves the champion exactly as it was."""
-    from components.behaviour.assistant import resolve_generator
-    from components.tracking import mlflow_runs, registry
+def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate: bool = True) -> dict:
+    """Train a LoRA candidate on the training set, evaluate it on the gate set and register it; then (unless
+    `run_gate` is off, as in the DVC stage `finetune`, which leaves it to the stage `gate`) gate it against the
+    champion and promote it only if it wins. Any failure leaves the champion exactly as it was."""
+    from components.tracking import mlflow_runs
 
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
     champion_eval = evaluate_gate(params, settings, champ)
-    regressed = champion_eval.summary["regressed_slices"]
     lineage = {**data_lineage(params), "index_version": str(champion_eval.summary["index_version"]),
                "parent_version": champ.version if champ else "base"}  # fmt: skip
     run_id = mlflow_runs.start_finetune_run(params, settings, lineage, reason)
     ok = False
     try:
-        adapter, log = train_adapter(params, build_pairs(params, settings))
-        candidate_eval = evaluate_model(params, settings, adapter, champion_eval.results, "candidate")
-        verdict = gate_candidate(params, champion_eval, candidate_eval, regressed)
+        pairs, failing = build_pairs(params, settings, champ)
+        adapter, log = train_adapter(params, pairs)
+        candidate_eval = evaluate_candidate(params, settings, adapter, champion_eval)
+        record(params, settings, candidate_eval, f"candidate of fine-tune run {run_id}")
         rates = {f"gate_{k}_pass_rate": v["pass_rate"] for k, v in candidate_eval.summary["slices"].items()}
         mlflow_runs.log_training(params, settings, run_id, log.losses, {
             "train_tokens_per_s": log.tokens_per_second, "train_seconds": log.seconds, "train_steps": log.steps,
-            "trainable_parameters": log.trainable_parameters, **rates})  # fmt: skip
-        results = {"behaviour": candidate_eval.results, "summary": candidate_eval.summary}
-        version = registry.log_adapter(params, settings, run_id, adapter, resolve_generator(params), lineage, results)
-        registry.describe_version(params, settings, version, "promoted" if verdict.promote else "rejected",
-                                  verdict.reasons)  # fmt: skip
-        aliases = registry.promote(params, settings, version) if verdict.promote else None
+            "trainable_parameters": log.trainable_parameters, "training_pairs": len(pairs),
+            "failing_train_cases": failing, **rates})  # fmt: skip
+        version = register_candidate(params, settings, run_id, adapter, lineage, candidate_eval)
         ok = True
     finally:
         mlflow_runs.end_run(params, settings, run_id, ok)
     outcome = {
-        "version": version, "promoted": verdict.promote, "reasons": verdict.reasons, "aliases": aliases,
-        "regressed_slices": regressed, "candidate": candidate_eval.summary, "mlflow_run_id": run_id,
-        "train_seconds": round(log.seconds, 1), "train_tokens_per_s": round(log.tokens_per_second, 1),
+        "version": version, "regressed_slices": champion_eval.summary["regressed_slices"],
+        "candidate": candidate_eval.summary, "mlflow_run_id": run_id, "training_pairs": len(pairs),
+        "failing_train_cases": failing, "train_seconds": round(log.seconds, 1),
+        "train_tokens_per_s": round(log.tokens_per_second, 1),
     }  # fmt: skip
+    if run_gate:
+        outcome.update(gate_version(params, settings, version, champion_eval))
+    return outcome
+
+
+@flow(name="gate")
+def gate(version: str, params_file: str = "params.yaml") -> dict:
+    """Gate a registered candidate against the champion, paired case by case on the same index version; promote
+    it only if every regressed slice improved significantly and nothing got significantly worse. The verdict
+    and its reasons go into the version's description; a rejected candidate stays registered."""
+    return gate_version(load_params(params_file), Settings.from_env(), version, None)
+
+
+@task(name="load candidate", cache_policy=NO_CACHE, **IO_RETRIES)
+def load_candidate(params: Params, settings: Settings, version: str):  # type: ignore[no-untyped-def]
+    from components.tracking.registry import fetch_version
+
+    return fetch_version(params, settings, version)
+
+
+def gate_version(params: Params, settings: Settings, version: str, champion_eval: Evaluation | None) -> dict:
+    from components.behaviour.stats import gate as decide
+    from components.tracking import registry
+
+    candidate = load_candidate(params, settings, version)
+    if not candidate.results:
+        raise registry.RegistryError(f"version {version} has no evaluation results to gate on")
+    cand_summary = candidate.results["summary"]
+    if champion_eval is None:
+        champion_eval = _champion_evaluation(params, settings, cand_summary["index_version"])
+    verdict = decide(champion_eval.results, candidate.results["behaviour"], champion_eval.summary["regressed_slices"],
+                     params.regression, champion_eval.summary["retrieval"], cand_summary["retrieval"])  # fmt: skip
+    registry.describe_version(params, settings, version, "promoted" if verdict.promote else "rejected",
+                              verdict.reasons)  # fmt: skip
+    aliases = registry.promote(params, settings, version) if verdict.promote else None
     if verdict.promote:
-        emit_event(event=MODEL_PROMOTED, resource={"prefect.resource.id": f"ragloop.model.v{version}"},
+        emit_event(event=MODEL_PROMOTED, resource={"prefect.resource.id": f"{MODEL_RESOURCE}.v{version}"},
                    payload={"aliases": aliases, "reasons": verdict.reasons})  # fmt: skip
     create_table_artifact(
-        key="gate-verdict", table=[{"promoted": verdict.promote, "reason": r} for r in verdict.reasons]
-    )
-    return outcome
+        key="gate-verdict", table=[{"promoted": verdict.promote, "reason": r} for r in verdict.reasons],
+        description=f"version {version} against {champion_eval.summary['model_version']}",
+    )  # fmt: skip
+    return {"version": version, "promoted": verdict.promote, "reasons": verdict.reasons, "aliases": aliases,
+            "champion_before": champion_eval.summary["model_version"]}  # fmt: skip
+
+
+def _champion_evaluation(params: Params, settings: Settings, index_version: int) -> Evaluation:
+    """The champion's evaluation on the candidate's index version: the evaluate stage's results when they are
+    for the same champion and index, else a fresh evaluation (a pairing across indexes would be meaningless)."""
+    champ = load_champion(params, settings)
+    label = f"v{champ.version}" if champ else "base"
+    saved = params.paths.metrics / "evaluation_results.json"
+    if saved.is_file():
+        data = json.loads(saved.read_text())
+        summary = data["summary"]
+        if summary["model_version"] == label and summary["index_version"] == index_version:
+            return Evaluation(summary, [], data["behaviour"])
+    ev = evaluate_gate(params, settings, champ)
+    if ev.summary["index_version"] != index_version:
+        raise RuntimeError(
+            f"the index moved from version {index_version} to {ev.summary['index_version']} since the candidate "
+            "was evaluated: re-run the fine-tune (or `ragloop evaluate` then `ragloop gate`) on one index version"
+        )
+    return ev
 
 
 @flow(name="pipeline")

@@ -195,25 +195,80 @@ def finetune_cmd(
     if_needed: Annotated[
         bool, typer.Option("--if-needed", help="Only when the last evaluation decided 'finetune'; else record why not.")
     ] = False,
+    run_gate: Annotated[
+        bool, typer.Option("--gate/--no-gate", help="Gate (and maybe promote) the candidate, or leave it to `gate`.")
+    ] = True,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Train a LoRA candidate, gate it against the champion, register it, promote it only if it wins."""
+    """Train a LoRA candidate, register it, gate it against the champion, promote it only if it wins."""
     params = _load(params_file)
+    out = params.paths.metrics / "finetune.json"
     if if_needed:
         last = params.paths.metrics / "evaluation.json"
         decision = json.loads(last.read_text())["decision"] if last.exists() else "finetune"
         if decision != "finetune":
-            result = {"skipped": True, "why": f"the last evaluation decided {decision!r}, not 'finetune'"}
-            (params.paths.metrics / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
-            _emit(result, as_json, _dict_table)
+            _record(out, {"skipped": True, "why": f"the last evaluation decided {decision!r}, not 'finetune'"},
+                    as_json)  # fmt: skip
             return
     from flows.behaviour import finetune
 
-    result = finetune(params_file=str(params.source), reason=reason)
-    params.paths.metrics.mkdir(parents=True, exist_ok=True)
-    keep = {k: result[k] for k in ("version", "promoted", "reasons", "train_seconds", "train_tokens_per_s")}
-    (params.paths.metrics / "finetune.json").write_text(json.dumps({"skipped": False, **keep}, indent=2) + "\n")
+    result = finetune(params_file=str(params.source), reason=reason, run_gate=run_gate)
+    keep = ("version", "promoted", "reasons", "training_pairs", "failing_train_cases", "train_seconds",
+            "train_tokens_per_s")  # fmt: skip
+    _write(out, {"skipped": False, **{k: result[k] for k in keep if k in result}})
     _emit(result, as_json, _dict_table)
+
+
+@app.command("gate")
+def gate_cmd(
+    version: Annotated[
+        str | None, typer.Argument(help="The registered version to gate (default: the last fine-tune's).")
+    ] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    if_needed: Annotated[
+        bool, typer.Option("--if-needed", help="Only when the last fine-tune left an ungated candidate.")
+    ] = False,
+) -> None:
+    """Gate a registered candidate against the champion, case by case; promote it only if it wins."""
+    from components.config import Settings
+    from components.tracking import registry
+
+    params = _load(params_file)
+    out = params.paths.metrics / "gate.json"
+    if version is None:
+        last = params.paths.metrics / "finetune.json"
+        tuned = json.loads(last.read_text()) if last.exists() else {"skipped": True, "why": "no fine-tune has run"}
+        if tuned.get("skipped"):
+            if not if_needed:
+                err.print(f"[red]error:[/] no candidate to gate: {tuned['why']}; name a VERSION")
+                raise typer.Exit(2)
+            _record(out, {"skipped": True, "why": f"no candidate: {tuned['why']}"}, as_json)
+            return
+        version = str(tuned["version"])
+    try:
+        verdict = registry.gate_verdict(params, Settings.from_env(), version)
+        if if_needed and verdict is not None:
+            _record(out, {"skipped": True, "why": f"version {version} was already gated: {verdict}"}, as_json)
+            return
+        from flows.behaviour import gate
+
+        result = gate(version=version, params_file=str(params.source))
+    except (registry.RegistryError, RuntimeError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _write(out, {"skipped": False, **{k: result[k] for k in ("version", "promoted", "reasons", "champion_before")}})
+    _emit(result, as_json, _dict_table)
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _record(path: Path, data: dict, as_json: bool) -> None:
+    _write(path, data)
+    _emit(data, as_json, _dict_table)
 
 
 @app.command()

@@ -7,18 +7,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
-from prefect import flow, task
+import numpy as np
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
-from components.config import Params, Settings, load_params
+from components.config import EmbedderParams, Params, Settings, load_params
 from components.knowledge import indexer
+from components.knowledge.embedder import Embedder
 from components.knowledge.report import contract, to_markdown
 from components.knowledge.session import IndexSession, open_index
 from components.tracking.mlflow_runs import log_index_run
-from flows.events import INDEX_PUBLISHED
+from flows.deployments import EMBEDDING_LIMIT
+from flows.events import INDEX_PUBLISHED, INDEX_RESOURCE
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
@@ -34,10 +39,47 @@ def chunk(session: IndexSession, changes: indexer.Changes) -> indexer.Plan:
 
 
 @task(name="embed new chunks", cache_policy=NO_CACHE)
-def embed(session: IndexSession, plan: indexer.Plan) -> tuple[dict, float]:
-    t0 = time.perf_counter()
+def embed(session: IndexSession, plan: indexer.Plan) -> dict:
     with _progress(len(plan.to_embed)) as advance:
-        vectors = indexer.embed_chunks(session, plan, advance)
+        return indexer.embed_chunks(session, plan, advance)
+
+
+@task(name="embed batch", cache_policy=NO_CACHE, **IO_RETRIES)
+def embed_batch(embedder: EmbedderParams, identity: str, texts: list[str]) -> np.ndarray:
+    return _worker_embedder(embedder, identity).encode(texts)
+
+
+@cache
+def _worker_embedder(embedder: EmbedderParams, identity: str) -> Embedder:
+    """One model per worker process, loaded by its first batch."""
+    return Embedder(embedder, identity)
+
+
+@flow(name="embed on dask")
+def embed_on_dask(embedder: EmbedderParams, identity: str, batches: list[list[str]]) -> list[np.ndarray]:
+    """Embedding mapped over batches of chunk texts; the caller picks the flow's DaskTaskRunner."""
+    futures = embed_batch.map(unmapped(embedder), unmapped(identity), batches)
+    return [f.result() for f in futures]
+
+
+def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[dict, float]:
+    """The new chunks' vectors, holding one embedding slot of the global limit for the whole step."""
+    t0 = time.perf_counter()
+    if not plan.to_embed:
+        return {}, 0.0
+    with concurrency(EMBEDDING_LIMIT, occupy=1, strict=False):  # no such limit (no `ragloop serve`): no cap
+        if params.service.task_runner == "dask":
+            from prefect_dask import DaskTaskRunner
+
+            s = params.service
+            runner = DaskTaskRunner(address=s.dask_address) if s.dask_address else DaskTaskRunner(
+                cluster_kwargs={"n_workers": s.dask_workers, "threads_per_worker": 1, "processes": True})  # fmt: skip
+            n = s.embed_batch_chunks
+            batches = [[plan.texts[h] for h in plan.to_embed[i : i + n]] for i in range(0, len(plan.to_embed), n)]
+            done = embed_on_dask.with_options(task_runner=runner)(params.embedder, session.embedder_id, batches)
+            vectors = dict(zip(plan.to_embed, (v for batch in done for v in batch), strict=True))
+        else:
+            vectors = embed(session, plan)
     return vectors, time.perf_counter() - t0
 
 
@@ -71,7 +113,7 @@ def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     with open_index(params, settings) as session:
         changes = detect_changes(session)
         plan = chunk(session, changes)
-        vectors, embed_seconds = embed(session, plan)
+        vectors, embed_seconds = _embed(params, session, plan)
         report = publish(session, plan, vectors)
         report["compacted"] = tidy(session) if report["published"] else False
     report = indexer.finish_report(report, embed_seconds, time.perf_counter() - t0)
@@ -86,7 +128,7 @@ def _announce(report: dict) -> None:
     if report["published"]:
         emit_event(
             event=INDEX_PUBLISHED,
-            resource={"prefect.resource.id": f"ragloop.index.{report['collection']}"},
+            resource={"prefect.resource.id": f"{INDEX_RESOURCE}.{report['collection']}"},
             payload={"index_version": report["index_version"], "chunks": report["chunks"]},
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from components.knowledge.chunking import chunker_identity
 from components.knowledge.embedder import Embedder, embedder_identity
 from components.knowledge.manifest import Manifest
 from components.knowledge.store import RagloopEmbedding, Store
+
+PUBLISHED_MARKER = "published.json"  # in the index folder: {index_version, collection, embedder, chunker}
 
 
 @dataclass
@@ -92,12 +95,30 @@ def open_index(params: Params, settings: Settings | None = None, *, lock: bool =
             chunker_id=chunker_identity(params.chunking),
         )
         yield session
+        if lock:
+            _write_marker(index_dir / PUBLISHED_MARKER, manifest)
     finally:
         if session is not None and session._store is not None:
             session._store.close()
         manifest.close()
         if handle is not None:
             handle.close()
+
+
+def _write_marker(path: Path, manifest: Manifest) -> None:
+    """PUBLISHED_MARKER: which version is published, rewritten only when that changes. It is the index's DVC
+    output and what later stages depend on: Chroma rewrites its own files even on a read, so the folder's hash
+    says nothing about whether the index changed."""
+    info = manifest.version(manifest.published())
+    marker: dict[str, object] = {"index_version": manifest.published()}
+    if info is not None:
+        marker.update(collection=info.collection, embedder=info.embedder, chunker=info.chunker)
+    text = json.dumps(marker, indent=2) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _lock(path: Path) -> IO[str]:

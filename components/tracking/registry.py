@@ -41,7 +41,7 @@ class RegistryError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ChampionInfo:
+class VersionInfo:
     version: str
     run_id: str | None
     tags: dict[str, str]
@@ -148,6 +148,12 @@ def describe_version(params: Params, settings: Settings, version: str, verdict: 
     client.set_model_version_tag(name, version, "gate", verdict)
 
 
+def gate_verdict(params: Params, settings: Settings, version: str) -> str | None:
+    """'promoted' | 'rejected' once the gate has judged the version; None while it has not."""
+    mv = _version(client_for(params, settings), params.tracking.registered_model, version)
+    return mv.tags.get("gate")
+
+
 def promote(params: Params, settings: Settings, version: str) -> dict:
     """`champion` -> version, `previous` -> the old champion (if any, and if it is another version)."""
     client = client_for(params, settings)
@@ -180,19 +186,27 @@ def rollback(params: Params, settings: Settings) -> dict:
     return {"champion": str(prev.version), "previous": str(old.version)}
 
 
-def champion(params: Params, settings: Settings) -> ChampionInfo | None:
+def champion(params: Params, settings: Settings) -> VersionInfo | None:
     """The current champion with its adapter in the local cache; None when there is no champion."""
     client = client_for(params, settings)
+    mv = _alias(client, params.tracking.registered_model, CHAMPION)
+    return None if mv is None else _fetch(params, settings, client, mv)
+
+
+def fetch_version(params: Params, settings: Settings, version: str) -> VersionInfo:
+    """Any registered version, with its adapter in the local cache and its stored evaluation results."""
+    client = client_for(params, settings)
+    return _fetch(params, settings, client, _version(client, params.tracking.registered_model, version))
+
+
+def _fetch(params: Params, settings: Settings, client: Any, mv: Any) -> VersionInfo:
     name = params.tracking.registered_model
-    mv = _alias(client, name, CHAMPION)
-    if mv is None:
-        return None
     run_id = str(mv.run_id) if mv.run_id else None
     model_id = mv.tags.get(MODEL_ID_TAG) or mv.model_id
     folder = _cached(params, settings, client, name, str(mv.version), model_id, run_id)
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
-    return ChampionInfo(
+    return VersionInfo(
         version=str(mv.version),
         run_id=run_id,
         tags=dict(mv.tags),

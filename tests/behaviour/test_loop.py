@@ -4,6 +4,7 @@ registry; a worse candidate is rejected; a failing fine-tune leaves the champion
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ TRAIN_FILLERS = ["", "Hi, "]
 GATE_FILLERS = ["Hello, "]
 
 
-def _write_suite(dep: Deployment) -> None:
+def write_suite(folder: Path) -> None:
     """Train on each wording behind several openers; gate on the same wordings behind openers never trained on
     (disjoint after normalisation, and learnable in seconds by a tiny model that must ignore the opener)."""
     gate, train = [], []
@@ -39,8 +40,7 @@ def _write_suite(dep: Deployment) -> None:
         for i, q in enumerate(wordings):
             train += [{"id": f"train-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(TRAIN_FILLERS)]
             gate += [{"id": f"gate-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(GATE_FILLERS)]
-    folder = dep.root / "behaviour"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "labels.json").write_text(json.dumps({k: k for k in QUESTIONS}))
     for name, rows in (("gate", gate), ("train", train)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -52,8 +52,8 @@ def _configure(dep: Deployment, **finetune: object) -> None:
                "behaviour": "behaviour", "models": "state/models"},
         generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
-        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 300,
-                  "max_seconds": 90, **finetune},
+        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 100,
+                  "max_seconds": 600, **finetune},
     )  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def _configure(dep: Deployment, **finetune: object) -> None:
 def loop_dep(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("loop")
     dep = Deployment.create(root)
-    _write_suite(dep)
+    write_suite(dep.root / "behaviour")
     build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
     _configure(dep)
     dep.index()
@@ -76,8 +76,12 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     assert before["decision"] == "finetune"
     assert "format" in before["regressed_slices"]
     result = finetune(params_file=p)
-    assert result["promoted"], result["reasons"]
-    assert result["candidate"]["slices"]["format"]["pass_rate"] >= 0.6  # above the floor it was failing
+    assert result["promoted"], (result["reasons"], result["train_seconds"])
+    train_cases = 2 * sum(len(w) for _, _, w in QUESTIONS.values())
+    # the base model fails every training case on format: each is trained on once more (failing_case_repeats 1)
+    assert result["failing_train_cases"] > 0
+    assert train_cases < result["training_pairs"] <= train_cases + result["failing_train_cases"]
+    assert result["candidate"]["slices"]["format"]["pass_rate"] >= 0.6, result  # above the floor it was failing
     params = load_params(loop_dep.params_file)
     champ = registry.champion(params, Settings.from_env())
     assert champ is not None and champ.version == result["version"]
@@ -100,20 +104,42 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
 
 
 def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_dep: Deployment) -> None:
-    from flows.behaviour import finetune
+    """Through the CLI as the DVC stages run it: `finetune --no-gate` registers an ungated candidate without
+    touching the aliases; `gate --if-needed` rejects it with its reasons, and does not judge it twice."""
+    from typer.testing import CliRunner
 
-    params = load_params(loop_dep.params_file)
-    champ = registry.champion(params, Settings.from_env())
+    from flows.behaviour import finetune
+    from flows.cli import app
+
+    params, settings, p = load_params(loop_dep.params_file), Settings.from_env(), str(loop_dep.params_file)
+    champ = registry.champion(params, settings)
     assert champ is not None, "runs after the promotion test"
-    _configure(loop_dep, learning_rate=1e-7, epochs=1)  # learns nothing: the base model's behaviour
-    worse = finetune(params_file=str(loop_dep.params_file))
-    assert not worse["promoted"]
-    assert any("format" in r for r in worse["reasons"])
-    assert registry.champion(params, Settings.from_env()).version == champ.version  # type: ignore[union-attr]
+    _configure(loop_dep, learning_rate=1e-7, epochs=1, failing_case_repeats=0)  # learns nothing: the base model
+    tuned = CliRunner().invoke(app, ["finetune", "--no-gate", "--json", "--params", p])
+    assert tuned.exit_code == 0, tuned.output
+    candidate = json.loads(tuned.stdout)
+    assert "promoted" not in candidate and candidate["failing_train_cases"] == 0
+    assert candidate["training_pairs"] <= 2 * sum(len(w) for _, _, w in QUESTIONS.values())
+    assert registry.gate_verdict(params, settings, candidate["version"]) is None  # registered, not yet judged
+    assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
+
+    gated = CliRunner().invoke(app, ["gate", "--if-needed", "--json", "--params", p])
+    assert gated.exit_code == 0, gated.output
+    verdict = json.loads(gated.stdout)
+    assert verdict["version"] == candidate["version"] and not verdict["promoted"]
+    assert any("format" in r for r in verdict["reasons"])
+    assert verdict["champion_before"] == f"v{champ.version}"
+    assert registry.gate_verdict(params, settings, candidate["version"]) == "rejected"
+    assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
+    stored = json.loads((params.paths.metrics / "gate.json").read_text())
+    assert stored["promoted"] is False and stored["version"] == candidate["version"]
+    again = CliRunner().invoke(app, ["gate", "--if-needed", "--json", "--params", p])
+    assert again.exit_code == 0 and "already gated" in json.loads(again.stdout)["why"]
+
     _configure(loop_dep, target_modules=["no_such_module"])
     with pytest.raises(ValueError, match="no_such_module"):
-        finetune(params_file=str(loop_dep.params_file))
-    assert registry.champion(params, Settings.from_env()).version == champ.version  # type: ignore[union-attr]
+        finetune(params_file=p)
+    assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
     _configure(loop_dep)
 
 

@@ -72,3 +72,45 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
     assert "index.json" in _sh(project, "dvc", "metrics", "show")
     status = _sh(project, "dvc", "status", "index")
     assert "up to date" in status or status.strip() == ""
+
+
+def _tiny_loop(project: Path) -> None:
+    """The repo's dvc.yaml on a tiny real stack: a 60-step base model, a 6-chunk index, an 18-case gate set."""
+    from tests.behaviour.test_finetune import TINY
+    from tests.behaviour.test_loop import write_suite
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["base_model"] = TINY.model_dump()
+    params["generator"].update(max_new_tokens=90, context_chunks=2)
+    params["regression"].update(min_cases=3, min_effect=0.2, floors={"format": 0.6})
+    params["finetune"].update(r=8, alpha=16, dropout=0.0, batch_size=12, epochs=3, max_seconds=600)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_suite(project / "data" / "behaviour")
+    _sh(project, "git", "add", "-A")
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny loop")
+
+
+def test_dvc_repro_runs_the_loop_then_nothing_then_only_what_a_lora_param_touches(project: Path) -> None:
+    _tiny_loop(project)
+    _sh(project, "dvc", "repro")  # base model, index, evaluate (the base model breaks format), finetune, gate
+    metrics = project / "data" / "metrics"
+    evaluation = json.loads((metrics / "evaluation.json").read_text())
+    assert evaluation["decision"] == "finetune" and "format" in evaluation["regressed_slices"]
+    tuned = json.loads((metrics / "finetune.json").read_text())
+    gated = json.loads((metrics / "gate.json").read_text())
+    assert tuned["skipped"] is False and gated["skipped"] is False
+    assert gated["version"] == tuned["version"] == "1" and isinstance(gated["promoted"], bool)
+    shown = json.loads(_sh(project, "dvc", "metrics", "show", "--json"))[""]["data"]
+    assert shown["data/metrics/evaluation.json"]["data"]["slices"]["format"]["n"] == 18
+
+    second = _sh(project, "dvc", "repro")  # nothing changed: every stage is up to date, nothing runs
+    assert "Running stage" not in second
+    assert json.loads((metrics / "finetune.json").read_text()) == tuned
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["r"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    diff = json.loads(_sh(project, "dvc", "params", "diff", "--json"))
+    assert diff == {"params.yaml": {"finetune.r": {"old": 8, "new": 4, "diff": -4}}}
+    changed = set(json.loads(_sh(project, "dvc", "status", "--json")))
+    assert changed == {"finetune"}  # not the base model, the index or the evaluation
