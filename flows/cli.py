@@ -309,6 +309,53 @@ def run(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) 
     _emit(pipeline(params_file=str(params.source)), as_json, _dict_table)
 
 
+@app.command()
+def serve(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Serve every deployment (schedules, event triggers, concurrency limits) from this process, against the
+    Prefect API in PREFECT_API_URL (or a temporary local server). Stops cleanly on Ctrl-C or SIGTERM."""
+    from flows.service import serve as serve_all
+
+    serve_all(_load(params_file))
+
+
+@app.command()
+def watch(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Watch the documents folder; emit one debounced `ragloop.documents.changed` event per burst of changes
+    (the reindex deployment's trigger). Runs until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from flows.service import watch as watch_docs
+
+    params = _load(params_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    err.print(f"watching {params.paths.docs} (debounce {params.service.watch_debounce_ms} ms)")
+    try:
+        watch_docs(params, stop=stop)
+    except FileNotFoundError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def deployments(
+    params_file: ParamsOpt = Path("params.yaml"),
+    write: Annotated[
+        Path | None, typer.Option("--write", help="Write prefect.yaml here instead of printing it.")
+    ] = None,
+) -> None:
+    """Print (or write) prefect.yaml for `prefect deploy --all`: the deployments `serve` serves, on a work pool."""
+    from flows.deployments import render_prefect_yaml
+
+    text = render_prefect_yaml(_load(params_file), params_file.name)
+    if write is None:
+        sys.stdout.write(text)
+    else:
+        write.write_text(text)
+        err.print(f"wrote {write}")
+
+
 def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
@@ -378,7 +425,37 @@ def optional_rollback_value(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    app(args=optional_rollback_value(sys.argv[1:]), prog_name="ragloop")
+    try:
+        app(args=optional_rollback_value(sys.argv[1:]), prog_name="ragloop")
+    except Exception as exc:  # a server that stays unreachable after the tasks' retries: say which, plainly
+        where = _unreachable_server(exc)
+        if where is None:
+            raise
+        err.print(f"[red]error:[/] {where} is unreachable (after retries): {type(exc).__name__}: {exc}")
+        err.print("The published index and the registry aliases are as they were before this step.")
+        sys.exit(1)
+
+
+_CONNECTION_FAILURES = ("Connection refused", "Max retries exceeded", "Failed to establish", "timed out",
+                        "Could not connect")  # fmt: skip
+
+
+def _unreachable_server(exc: BaseException) -> str | None:
+    """'the MLflow tracking server at URI' / 'the Chroma server at HOST:PORT' when exc (or its cause) is a
+    connection failure to one of them; None for anything else."""
+    import os
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        module, text = type(seen).__module__, str(seen)
+        if any(marker in text for marker in _CONNECTION_FAILURES):
+            if module.startswith("chromadb") or "Chroma" in text:
+                host, port = os.environ.get("RAGLOOP_CHROMA_HOST", "?"), os.environ.get("RAGLOOP_CHROMA_PORT", "8000")
+                return f"the Chroma server at {host}:{port}"
+            if module.startswith("mlflow") or "/api/2.0/mlflow" in text:
+                return f"the MLflow tracking server at {os.environ.get('MLFLOW_TRACKING_URI', '?')}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""Real servers for the server-mode tests: `prefect server start`, `mlflow server` and `chroma run` on 127.0.0.1
+and free ports, each started as its own process and stopped by pid (its whole process group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    health: str  # a URL that answers 200 once the server is up
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> Server:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                                         start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.health, timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{self.name} did not start; log: {self.log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # the server and the workers it started
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def prefect_server(root: Path) -> Server:
+    port = free_port()
+    env = {"PREFECT_HOME": str(root / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false"}  # fmt: skip
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return Server("prefect", cmd, f"http://127.0.0.1:{port}/api/health", root / "prefect.log", env)
+
+
+def mlflow_server(root: Path) -> Server:
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+           str(root / "mlflow-artifacts")]  # fmt: skip
+    return Server("mlflow", cmd, f"http://127.0.0.1:{port}/health", root / "mlflow.log", {})
+
+
+def chroma_server(root: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    cmd = [str(BIN / "chroma"), "run", "--path", str(root / "chroma-server"), "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    return Server("chroma", cmd, f"http://127.0.0.1:{port}/api/v2/heartbeat", root / "chroma.log", {})
+
+
+def port_of(server: Server) -> int:
+    return int(server.health.split(":")[2].split("/")[0])
