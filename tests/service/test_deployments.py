@@ -1,0 +1,125 @@
+"""The deployments: prefect.yaml is generated from params.yaml and stays current; `prefect deploy --all` accepts it
+against a real Prefect server; `ragloop watch` turns a burst of writes into one event; embedding on a local Dask
+cluster gives the index the default runner gives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from components.config import ParamsError, load_params
+from flows.deployments import render_prefect_yaml, specs
+from flows.events import BEHAVIOUR_REGRESSION, DOCUMENTS_CHANGED
+from tests.helpers import REPO, Deployment
+from tests.service.servers import prefect_server
+
+
+def test_prefect_yaml_is_generated_from_params_and_current() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert (REPO / "prefect.yaml").read_text() == render_prefect_yaml(params), "run `ragloop deployments --write`"
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in doc["deployments"]}
+    assert set(by_name) == {"reindex", "evaluate", "finetune", "pipeline"}
+    assert by_name["reindex"]["schedules"][0]["cron"] == params.service.reindex_cron
+    assert by_name["reindex"]["triggers"][0]["expect"] == [DOCUMENTS_CHANGED]
+    assert by_name["finetune"]["triggers"][0]["expect"] == [BEHAVIOUR_REGRESSION]
+    for d in doc["deployments"]:
+        assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}  # runs queue, never race
+        for trigger in d.get("triggers", []):
+            assert set(trigger["match"]) == {"prefect.resource.id"}  # a name pattern, never an id
+            assert trigger["match"]["prefect.resource.id"].startswith("ragloop.")
+
+
+def test_a_bad_schedule_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("service:\n  reindex_cron: every five minutes\n")
+    with pytest.raises(ParamsError, match=r"service\.reindex_cron.*cron"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("service:\n  timezone: Mars/Olympus\n")
+    with pytest.raises(ParamsError, match=r"service\.timezone.*Mars/Olympus"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_prefect_deploy_all_registers_schedules_triggers_and_limits(tmp_path: Path) -> None:
+    server = prefect_server(tmp_path).start()
+    try:
+        env = {**os.environ, "PREFECT_API_URL": server.env["PREFECT_API_URL"], "RAGLOOP_PROJECT_DIR": str(REPO)}
+        prefect = str(Path(sys.executable).parent / "prefect")
+        for cmd in ([prefect, "work-pool", "create", "ragloop-process", "--type", "process"],
+                    [prefect, "--no-prompt", "deploy", "--all"]):  # fmt: skip
+            done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        api = server.env["PREFECT_API_URL"]
+        deployed = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
+        assert set(deployed) == {s.name for s in specs(load_params(REPO / "params.yaml"))}
+        reindex = deployed["reindex"]
+        assert reindex["schedules"][0]["schedule"]["cron"] == "*/30 * * * *"
+        assert reindex["global_concurrency_limit"]["limit"] == 1
+        assert reindex["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        assert reindex["work_pool_name"] == "ragloop-process"
+        automations = httpx.post(f"{api}/automations/filter", json={}).json()
+        expects = {e for a in automations for e in a["trigger"]["expect"]}
+        assert expects == {DOCUMENTS_CHANGED, BEHAVIOUR_REGRESSION}
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_watch_turns_a_burst_of_writes_into_one_event(deployment: Deployment) -> None:
+    from flows.service import watch
+
+    deployment.write_params(service={"watch_debounce_ms": 400})
+    params = deployment.params()
+    events: list[list[str]] = []
+    stop, ready = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=watch, args=(params, lambda _, paths: events.append(paths), stop, ready))
+    watcher.start()
+    try:
+        assert ready.wait(10)
+        time.sleep(1)
+        for i in range(100):
+            deployment.write(f"burst/note-{i % 10}.md", f"# Note\n\nrevision {i}\n")
+        deployment.write(".hidden.md", "editor swap file")
+        deployment.write("scratch.tmp", "not a document")
+        deadline = time.monotonic() + 15
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # nothing more arrives after the burst
+        assert len(events) == 1, events
+        assert events[0] == sorted(f"burst/note-{i}.md" for i in range(10))
+        (deployment.docs / "burst" / "note-3.md").unlink()
+        deadline = time.monotonic() + 15
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert events[1:] == [["burst/note-3.md"]]  # a deletion is a change too
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert not watcher.is_alive()
+
+
+@pytest.mark.slow
+def test_embedding_on_a_local_dask_cluster_builds_the_same_index(tmp_path: Path, prefect_server) -> None:
+    from flows.reindex import reindex
+
+    results = {}
+    for runner in ("default", "dask"):
+        dep = Deployment.create(tmp_path / runner)
+        dep.write_params(service={"task_runner": runner, "dask_workers": 2, "embed_batch_chunks": 2})
+        report = reindex(params_file=str(dep.params_file))
+        assert report["chunks"]["embedded"] == 6
+        with dep.session() as s:
+            records = s.store.scan(s.collection(s.target_collection()), with_embeddings=True)
+            results[runner] = {r.metadata["chunk_hash"]: r.embedding for r in records}
+    assert results["default"].keys() == results["dask"].keys()
+    for key, vector in results["default"].items():
+        assert max(abs(a - b) for a, b in zip(vector, results["dask"][key], strict=True)) < 1e-5
