@@ -8,6 +8,7 @@ Server URLs never live in params.yaml: they come from the environment (see `Sett
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -168,6 +169,9 @@ class RegressionParams(_Section):
         return v
 
 
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*?/,\-]+")  # minute hour day-of-month month day-of-week
+
+
 class ServiceParams(_Section):
     """Running as a service: schedules and limits of the Prefect deployments (`ragloop serve`, prefect.yaml),
     the debounce of `ragloop watch`, and the task runner that embedding maps over batches with."""
@@ -190,12 +194,10 @@ class ServiceParams(_Section):
     def _cron(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from prefect._internal.schemas.validators import validate_cron_string  # what Prefect will accept
-
-        try:
-            return validate_cron_string(v)
-        except ValueError as exc:
-            raise ValueError(f"{exc} (a cron expression has five fields, e.g. '*/30 * * * *')") from None
+        fields = v.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+            raise ValueError(f"not a cron expression: {v!r} (five fields, e.g. '*/30 * * * *')")
+        return v
 
     @field_validator("timezone")
     @classmethod
