@@ -8,14 +8,13 @@ import json
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
 from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import log_evaluation_run
-from flows.deployments import TRAINING_LIMIT
+from flows.deployments import TRAINING_LIMIT, slot
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED, MODEL_RESOURCE
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -105,13 +104,17 @@ def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[s
 
 @task(name="train lora adapter", cache_policy=NO_CACHE)
 def train_adapter(params: Params, pairs: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    """In this process on one device; with several GPUs, data-parallel under `accelerate launch`."""
     from components.behaviour.assistant import Generator
-    from components.behaviour.finetune import save_adapter, train_lora
+    from components.behaviour.finetune import gpus, launch_multi_gpu, save_adapter, train_lora
 
-    generator = Generator(params)
-    with concurrency(TRAINING_LIMIT, occupy=1, strict=False):  # a training slot of the global limit, if set
+    out = params.paths.models / "candidate"
+    with slot(TRAINING_LIMIT):
+        if gpus() > 1 and params.generator.device in {"auto", "cuda"}:
+            return out, launch_multi_gpu(params.source, pairs, out, gpus())
+        generator = Generator(params)
         peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
-    return save_adapter(peft_model, params.paths.models / "candidate"), log
+    return save_adapter(peft_model, out), log
 
 
 @task(name="evaluate candidate on the gate set", cache_policy=NO_CACHE)

@@ -7,6 +7,8 @@ and resources by pattern, never a Prefect id. Each deployment runs at most once 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,3 +127,17 @@ def ensure_limits(params: Params) -> dict[str, int]:
             except ObjectNotFound:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
     return wanted
+
+
+@contextmanager
+def slot(limit: str) -> Iterator[None]:
+    """Hold one slot of a global concurrency limit while a deployment's run embeds or trains. Runs started by
+    hand or by `dvc repro` (no deployment) skip it: the limits are created by `ragloop serve` for services."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import deployment
+
+    if deployment.id is None:
+        yield
+        return
+    with concurrency(limit, occupy=1, strict=False):
+        yield

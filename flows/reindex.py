@@ -13,7 +13,6 @@ import numpy as np
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
 from components.config import EmbedderParams, Params, Settings, load_params
@@ -22,7 +21,7 @@ from components.knowledge.embedder import Embedder
 from components.knowledge.report import contract, to_markdown
 from components.knowledge.session import IndexSession, open_index
 from components.tracking.mlflow_runs import log_index_run
-from flows.deployments import EMBEDDING_LIMIT
+from flows.deployments import EMBEDDING_LIMIT, slot
 from flows.events import INDEX_PUBLISHED, INDEX_RESOURCE
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -67,7 +66,7 @@ def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[d
     t0 = time.perf_counter()
     if not plan.to_embed:
         return {}, 0.0
-    with concurrency(EMBEDDING_LIMIT, occupy=1, strict=False):  # no such limit (no `ragloop serve`): no cap
+    with slot(EMBEDDING_LIMIT):
         if params.service.task_runner == "dask":
             from prefect_dask import DaskTaskRunner
 

@@ -70,7 +70,7 @@ def generator_identity(params: Params) -> str:
 class Generator:
     """AutoTokenizer + AutoModelForCausalLM (safetensors only, no remote code), optionally with a LoRA adapter."""
 
-    def __init__(self, params: Params, adapter: Path | None = None) -> None:
+    def __init__(self, params: Params, adapter: Path | None = None, device: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,7 +78,7 @@ class Generator:
 
         self.params = params.generator
         location = resolve_generator(params)
-        self.device = pick_device(self.params.device)
+        self.device = device or pick_device(self.params.device)
         dtype = _dtype(self.params.dtype, self.device)
         common: dict[str, Any] = {"revision": self.params.revision, "trust_remote_code": False}
         self.tokenizer = AutoTokenizer.from_pretrained(location, **common)

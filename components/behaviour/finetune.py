@@ -71,10 +71,14 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, An
 
 def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params: FinetuneParams,
                on_step: Callable[[int, float], None] | None = None) -> tuple[Any, TrainingLog]:  # fmt: skip
+    """LoRA training through `accelerate`: one device in this process, or, under `accelerate launch` (see
+    `launch_multi_gpu`), data-parallel across GPUs with each process training on its shard of the pairs."""
     import torch
+    from accelerate import Accelerator
     from peft import LoraConfig, TaskType, get_peft_model
 
     torch.manual_seed(params.seed)
+    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     target = params.target_modules if isinstance(params.target_modules, str) else list(params.target_modules)
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
                         lora_dropout=params.dropout, target_modules=target)  # fmt: skip
@@ -83,36 +87,76 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
         trainable_parameters=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in peft_model.parameters()),
     )
-    rows = encode_pairs(tokenizer, pairs, params.max_length)
+    every = encode_pairs(tokenizer, pairs, params.max_length)
+    rows = every[accelerator.process_index :: accelerator.num_processes]  # this process's shard
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.learning_rate)
+    wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
     rng = random.Random(params.seed)
-    peft_model.train()
-    device = next(peft_model.parameters()).device
+    wrapped.train()
     start = time.monotonic()
+    steps_per_epoch = math.ceil(math.ceil(len(every) / accelerator.num_processes) / params.batch_size)  # same in all
     for _ in range(params.epochs):
         rng.shuffle(rows)
-        for i in range(0, len(rows), params.batch_size):
-            batch = {
-                k: v.to(device) for k, v in _batch(rows[i : i + params.batch_size], tokenizer.pad_token_id).items()
-            }
-            loss = peft_model(**batch).loss
+        for i in range(steps_per_epoch):
+            chunk = rows[i * params.batch_size : (i + 1) * params.batch_size] or rows[: params.batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in _batch(chunk, tokenizer.pad_token_id).items()}
+            loss = wrapped(**batch).loss
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {log.steps}")
-            loss.backward()
+            accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
             log.steps += 1
-            log.tokens += int(batch["attention_mask"].sum())
+            log.tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
             log.losses.append(loss.item())
             if on_step is not None:
                 on_step(log.steps, log.losses[-1])
-            if time.monotonic() - start > params.max_seconds:
+            if _out_of_time(accelerator, start, params.max_seconds):
                 break
-        if time.monotonic() - start > params.max_seconds:
+        if _out_of_time(accelerator, start, params.max_seconds):
             break
     log.seconds = time.monotonic() - start
+    peft_model = accelerator.unwrap_model(wrapped)
     peft_model.eval()
     return peft_model, log
+
+
+def _out_of_time(accelerator: Any, start: float, budget: float) -> bool:
+    """Every process stops at the same step: the main process's clock decides (a DDP step needs them all)."""
+    import torch
+
+    late = torch.tensor([1.0 if time.monotonic() - start > budget else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(late, reduction="max").item() > 0) if accelerator.num_processes > 1 else bool(late)
+
+
+def gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch_multi_gpu(params_file: Path, pairs: list[tuple[str, str]], out_dir: Path, processes: int,
+                     extra: tuple[str, ...] = ()) -> TrainingLog:  # fmt: skip
+    """Train under `accelerate launch` (one process per GPU; `extra` adds launcher flags) and return the log;
+    the main process writes the adapter to out_dir. Used by the fine-tune flow when several GPUs are present."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ragloop-ddp-") as tmp:
+        pairs_file, log_file = Path(tmp) / "pairs.json", Path(tmp) / "log.json"
+        pairs_file.write_text(json.dumps(pairs))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               *(["--multi_gpu"] if processes > 1 else []), *extra,
+               "-m", "components.behaviour.finetune_worker", str(params_file), str(pairs_file), str(out_dir),
+               str(log_file)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"accelerate launch failed ({done.returncode}): {done.stderr[-3000:]}")
+        data = json.loads(log_file.read_text())
+    return TrainingLog(**data)
 
 
 def save_adapter(peft_model: Any, out_dir: Path) -> Path:

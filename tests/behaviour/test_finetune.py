@@ -73,3 +73,24 @@ def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Pa
     assert isinstance(reloaded.model, PeftModel)
     assert torch.allclose(a, b, atol=1e-5)
     assert reloaded.generate([p for p, _ in pairs]) == after
+
+
+def test_the_accelerate_launcher_trains_in_a_worker_process_and_writes_the_adapter(tiny, tmp_path: Path) -> None:
+    """The multi-GPU path (`accelerate launch`, one process per GPU) run here with one CPU process: the worker
+    trains on the pairs, the main process writes the adapter and the log comes back."""
+    from peft import PeftModel
+
+    from components.behaviour.assistant import Generator
+    from components.behaviour.finetune import launch_multi_gpu
+
+    dep, params = tiny
+    pairs = [(p, t) for p, t in _prompts(params)]
+    small = params.finetune.model_copy(update={"epochs": 3, "batch_size": 2})
+    dep.write_params(generator={"model": "base", "max_new_tokens": 90, "context_chunks": 1},
+                     finetune=small.model_dump(mode="json"))  # fmt: skip
+    out = tmp_path / "adapter"
+    log = launch_multi_gpu(dep.params_file, pairs, out, processes=1, extra=("--cpu",))
+    assert log.steps == 3 * 2 and len(log.losses) == log.steps and log.tokens > 0
+    assert (out / "adapter_model.safetensors").is_file()
+    model = PeftModel.from_pretrained(Generator(load_params(dep.params_file)).model, str(out))
+    assert sum("lora_" in name for name, _ in model.named_parameters()) > 0
