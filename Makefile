@@ -22,7 +22,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS = 1
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test lint format typecheck unit bench clean
+.PHONY: help install run test lint format typecheck unit bench bench-behaviour clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv with the pinned stack
 
-run: $(STAMP) ## index the knowledge base: dvc repro (Prefect flow, MLflow run, DVC-versioned outputs)
+run: $(STAMP) ## the whole loop: dvc repro (base model, index, evaluate, finetune, gate), then dvc metrics show
 	@test -d .git || { git init -q && git add -A && git -c user.name=ragloop -c user.email=ragloop@localhost commit -qm "initial"; }
 	dvc repro
 	dvc metrics show
@@ -60,8 +60,12 @@ format: $(STAMP) ## apply ruff fixes and formatting
 typecheck: $(STAMP) ## mypy on components/
 	$(BIN)/mypy
 
-bench: $(STAMP) ## knowledge-path benchmarks (need ../shared/data); figures in bench/README.md
-	for b in index_throughput no_change churn; do $(BIN)/python bench/$$b.py || exit 1; done
+bench: $(STAMP) ## knowledge-path and scale-out benchmarks (need ../shared/data); figures in bench/README.md
+	for b in index_throughput no_change churn scale_out; do $(BIN)/python bench/$$b.py || exit 1; done
+
+bench-behaviour: $(STAMP) ## behaviour-path benchmarks: regression -> promotion time, banking77 intent accuracy
+	test -f data/models/base/model.safetensors || $(BIN)/ragloop base-model
+	for b in regression_to_promotion banking77; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean: ## remove local state (index, metrics, MLflow store, Prefect home); keeps .venv
 	rm -rf data/index data/metrics .mlflow .prefect

@@ -36,6 +36,12 @@ PROMPT = "### Customer: {text}\n### Intent:"
 CACHE = c.ROOT / "bench" / ".cache"
 CONTENDED_LOAD = 1.5  # 1-minute load average at start above which the run is marked contended
 
+# On a shared machine OpenMP's default spin-waiting makes 2-thread torch collapse: 6.1 s per pretraining step
+# instead of 0.45 s with another torch process running (measured here), so a time-budgeted training silently
+# does a small fraction of its steps. Passive waiting avoids it; it must be set before torch loads (nothing
+# above imports torch). OMP_WAIT_POLICY=ACTIVE in the environment restores the default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
@@ -237,6 +243,7 @@ def main() -> None:
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items() if k != "rebuild"},
         "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "contended": load_at_start[0] > CONTENDED_LOAD,
         "task": {"prompt": PROMPT, "target": " {label}", "labels": len(labels), "test_rows": len(test),
                  "ranked_score": "mean log-likelihood of the label tokens + EOS"},

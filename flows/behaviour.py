@@ -50,7 +50,7 @@ def record(params: Params, settings: Settings, ev: Evaluation, reason: str) -> s
 def write_metrics(params: Params, ev: Evaluation) -> None:
     params.paths.metrics.mkdir(parents=True, exist_ok=True)
     (params.paths.metrics / "evaluation.json").write_text(json.dumps(ev.summary, indent=2) + "\n")
-    results = {"behaviour": ev.results, "summary": ev.summary}
+    results = {"behaviour": ev.results, "summary": ev.summary, "fingerprint": _fingerprint(params)}
     (params.paths.metrics / "evaluation_results.json").write_text(json.dumps(results) + "\n")
 
 
@@ -140,7 +140,7 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
 
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
-    champion_eval = evaluate_gate(params, settings, champ)
+    champion_eval = _champion_evaluation(params, settings, champ, None)  # the evaluate flow's, when current
     lineage = {**data_lineage(params), "index_version": str(champion_eval.summary["index_version"]),
                "parent_version": champ.version if champ else "base"}  # fmt: skip
     run_id = mlflow_runs.start_finetune_run(params, settings, lineage, reason)
@@ -194,7 +194,8 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
         raise registry.RegistryError(f"version {version} has no evaluation results to gate on")
     cand_summary = candidate.results["summary"]
     if champion_eval is None:
-        champion_eval = _champion_evaluation(params, settings, cand_summary["index_version"])
+        champion_eval = _champion_evaluation(params, settings, load_champion(params, settings),
+                                             cand_summary["index_version"])  # fmt: skip
     verdict = decide(champion_eval.results, candidate.results["behaviour"], champion_eval.summary["regressed_slices"],
                      params.regression, champion_eval.summary["retrieval"], cand_summary["retrieval"])  # fmt: skip
     registry.describe_version(params, settings, version, "promoted" if verdict.promote else "rejected",
@@ -211,19 +212,37 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
             "champion_before": champion_eval.summary["model_version"]}  # fmt: skip
 
 
-def _champion_evaluation(params: Params, settings: Settings, index_version: int) -> Evaluation:
-    """The champion's evaluation on the candidate's index version: the evaluate stage's results when they are
-    for the same champion and index, else a fresh evaluation (a pairing across indexes would be meaningless)."""
-    champ = load_champion(params, settings)
+def _fingerprint(params: Params) -> str:
+    """What an evaluation's results depend on besides the model and the index: generation, the regression
+    test, and the gate set's content."""
+    import hashlib
+
+    from components.behaviour.suite import suite_hash
+
+    parts = [params.generator.model_dump_json(), params.regression.model_dump_json(),
+             suite_hash(params.paths.behaviour / "gate.jsonl")]  # fmt: skip
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _champion_evaluation(params: Params, settings: Settings, champ, index_version: int | None) -> Evaluation:  # type: ignore[no-untyped-def]
+    """The champion's evaluation on `index_version` (None: the published one): the evaluate flow's saved results
+    when they are for this champion and this index version, else a fresh evaluation. A pairing across index
+    versions would be meaningless, so a fresh one on another version is an error."""
+    from components.knowledge.session import PUBLISHED_MARKER
+
     label = f"v{champ.version}" if champ else "base"
+    marker = params.paths.index / PUBLISHED_MARKER
+    if index_version is None and marker.is_file():
+        index_version = json.loads(marker.read_text())["index_version"]
     saved = params.paths.metrics / "evaluation_results.json"
     if saved.is_file():
         data = json.loads(saved.read_text())
         summary = data["summary"]
-        if summary["model_version"] == label and summary["index_version"] == index_version:
+        same = (summary["model_version"], summary["index_version"], data.get("fingerprint"))
+        if same == (label, index_version, _fingerprint(params)):
             return Evaluation(summary, [], data["behaviour"])
     ev = evaluate_gate(params, settings, champ)
-    if ev.summary["index_version"] != index_version:
+    if index_version is not None and ev.summary["index_version"] != index_version:
         raise RuntimeError(
             f"the index moved from version {index_version} to {ev.summary['index_version']} since the candidate "
             "was evaluated: re-run the fine-tune (or `ragloop evaluate` then `ragloop gate`) on one index version"

@@ -167,7 +167,7 @@ def test_c_served_deployments_reindex_on_a_document_burst_and_finetune_on_a_regr
         assert {x["name"]: x["limit"] for x in limits} >= {"ragloop-embedding": 1, "ragloop-training": 1}
         time.sleep(3)  # the watcher is up
         edited_at = time.monotonic()
-        for i in range(30):  # a burst of writes: one event, one re-index
+        for i in range(100):  # a burst of 100 writes: one event, one re-index
             stack.dep.write("guides/burst.md", f"# Burst guide\n\nRevision {i}: transfers settle in one day.\n")
         runs = stack.wait_for_run("reindex", 1, timeout=180)
         assert time.monotonic() - edited_at < 180
