@@ -44,7 +44,11 @@ LIBRARY_CLIENT_SETTINGS = {
     "MLFLOW_TRACKING_PASSWORD",
 }
 # Read by the code but never part of a deployment.
-NOT_DEPLOYMENT_SETTINGS = {"RAGLOOP_FAILPOINT": "crash-test hook of components/knowledge/failpoints.py"}
+NOT_DEPLOYMENT_SETTINGS = {
+    "RAGLOOP_FAILPOINT": "crash-test hook of components/knowledge/failpoints.py",
+    "RAGLOOP_FAILPOINT_SIGNAL": "fault-test hook of components/knowledge/failpoints.py",
+}
+PREFECT_YAML_ENV = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")  # prefect.yaml's "{{ $NAME }}": read by the worker
 # The services whose environment Prefect and MLflow read (elsewhere a PREFECT_* name is just a compose variable).
 PREFECT_SERVICES = ("prefect-server", "prefect-worker")
 MLFLOW_SERVICES = ("mlflow", "prefect-worker")
@@ -111,6 +115,7 @@ def app_env_names() -> set[str]:
     for path in [*ROOT.joinpath("components").rglob("*.py"), *ROOT.joinpath("flows").rglob("*.py")]:
         for match in APP_ENV_READ.finditer(path.read_text(encoding="utf-8")):
             found.add(match[1] or match[2])
+    found |= set(PREFECT_YAML_ENV.findall(ROOT.joinpath("prefect.yaml").read_text(encoding="utf-8")))
     return (found | LIBRARY_CLIENT_SETTINGS) - NOT_DEPLOYMENT_SETTINGS.keys()
 
 
