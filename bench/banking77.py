@@ -7,7 +7,7 @@ section, stopped by a wall-clock budget. Accuracy is measured on a fixed stratif
 greedy generation through the assistant's `Generator` (exact match of the label, what the assistant does) and
 ranked (the label whose tokens + EOS have the highest mean log-likelihood: a ceiling for what the model knows).
 
-    .venv/bin/python bench/banking77.py   # ~8 min on an idle machine; --help lists the flags
+    .venv/bin/python bench/banking77.py   # ~10 min on a busy 2-core machine; --help lists the flags
 """
 
 from __future__ import annotations

@@ -146,6 +146,7 @@ class FinetuneParams(_Section):
     batch_size: int = Field(16, gt=0)
     epochs: int = Field(20, gt=0)
     max_seconds: float = Field(240, gt=0)  # stop early when the time budget is spent
+    max_steps: int | None = Field(None, gt=0)  # or after this many steps: the same work however busy the machine
     max_length: int = Field(384, ge=32)
     failing_case_repeats: int = Field(1, ge=0)  # extra copies of the training cases the champion fails; 0: off
     seed: int = 0

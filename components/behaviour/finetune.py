@@ -111,9 +111,9 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
             log.losses.append(loss.item())
             if on_step is not None:
                 on_step(log.steps, log.losses[-1])
-            if _out_of_time(accelerator, start, params.max_seconds):
+            if _out_of_time(accelerator, start, params, log.steps):
                 break
-        if _out_of_time(accelerator, start, params.max_seconds):
+        if _out_of_time(accelerator, start, params, log.steps):
             break
     log.seconds = time.monotonic() - start
     peft_model = accelerator.unwrap_model(wrapped)
@@ -121,11 +121,12 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
     return peft_model, log
 
 
-def _out_of_time(accelerator: Any, start: float, budget: float) -> bool:
-    """Every process stops at the same step: the main process's clock decides (a DDP step needs them all)."""
+def _out_of_time(accelerator: Any, start: float, params: FinetuneParams, steps: int) -> bool:
+    """Every process stops at the same step: the slowest clock decides (a DDP step needs them all)."""
     import torch
 
-    late = torch.tensor([1.0 if time.monotonic() - start > budget else 0.0], device=accelerator.device)
+    done = time.monotonic() - start > params.max_seconds or (params.max_steps is not None and steps >= params.max_steps)
+    late = torch.tensor([1.0 if done else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(late, reduction="max").item() > 0) if accelerator.num_processes > 1 else bool(late)
 
 

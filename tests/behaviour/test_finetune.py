@@ -94,3 +94,14 @@ def test_the_accelerate_launcher_trains_in_a_worker_process_and_writes_the_adapt
     assert (out / "adapter_model.safetensors").is_file()
     model = PeftModel.from_pretrained(Generator(load_params(dep.params_file)).model, str(out))
     assert sum("lora_" in name for name, _ in model.named_parameters()) > 0
+
+
+def test_max_steps_caps_training_whatever_the_time_budget(tiny) -> None:
+    from components.behaviour.assistant import Generator
+    from components.behaviour.finetune import train_lora
+
+    _, params = tiny
+    generator = Generator(params)
+    capped = params.finetune.model_copy(update={"epochs": 50, "batch_size": 1, "max_steps": 4, "max_seconds": 600})
+    _, log = train_lora(generator.model, generator.tokenizer, _prompts(params), capped)
+    assert log.steps == 4 and len(log.losses) == 4
