@@ -80,7 +80,8 @@ def _announce(summary: dict) -> None:
 @task(name="build training pairs", cache_policy=NO_CACHE, **IO_RETRIES)
 def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[str, str]], int]:  # type: ignore[no-untyped-def]
     """The training set's (prompt, target) pairs, plus `failing_case_repeats` more copies of each training case
-    the current model fails on behaviour (never a gate case: they come from train.jsonl, proven disjoint)."""
+    the champion fails on behaviour (never a gate case: they come from train.jsonl, proven disjoint). With no
+    champion yet there is nothing to mine: the base model fails every case alike."""
     from components.behaviour.assistant import Generator
     from components.behaviour.evaluate import run_cases
     from components.behaviour.finetune import training_pairs
@@ -93,7 +94,7 @@ def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[s
         hits = retriever.search([c.question for c in train], k)
         pairs = training_pairs(train, hits, params.generator)
         repeats = params.finetune.failing_case_repeats
-        if not repeats:
+        if not repeats or champ is None:  # the untrained base fails every case: repeating all of them is no signal
             return pairs, 0
         generator = Generator(params, champ.adapter_dir if champ else None)
         outcomes = run_cases(train, retriever, generator, params.generator, k)

@@ -52,7 +52,7 @@ def _configure(dep: Deployment, **finetune: object) -> None:
                "behaviour": "behaviour", "models": "state/models"},
         generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
-        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 100,
+        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 200,
                   "max_seconds": 600, **finetune},
     )  # fmt: skip
 
@@ -77,10 +77,9 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     assert "format" in before["regressed_slices"]
     result = finetune(params_file=p)
     assert result["promoted"], (result["reasons"], result["train_seconds"])
-    train_cases = 2 * sum(len(w) for _, _, w in QUESTIONS.values())
-    # the base model fails every training case on format: each is trained on once more (failing_case_repeats 1)
-    assert result["failing_train_cases"] > 0
-    assert train_cases < result["training_pairs"] <= train_cases + result["failing_train_cases"]
+    # no champion yet: the base model fails every case alike, so no hard examples are mined
+    assert result["failing_train_cases"] == 0
+    assert result["training_pairs"] <= 2 * sum(len(w) for _, _, w in QUESTIONS.values())
     assert result["candidate"]["slices"]["format"]["pass_rate"] >= 0.6, result  # above the floor it was failing
     params = load_params(loop_dep.params_file)
     champ = registry.champion(params, Settings.from_env())
@@ -114,12 +113,15 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     params, settings, p = load_params(loop_dep.params_file), Settings.from_env(), str(loop_dep.params_file)
     champ = registry.champion(params, settings)
     assert champ is not None, "runs after the promotion test"
-    _configure(loop_dep, learning_rate=1e-7, epochs=1, failing_case_repeats=0)  # learns nothing: the base model
+    _configure(loop_dep, learning_rate=1e-7, epochs=1, failing_case_repeats=2)  # learns nothing: the base model
     tuned = CliRunner().invoke(app, ["finetune", "--no-gate", "--json", "--params", p])
     assert tuned.exit_code == 0, tuned.output
     candidate = json.loads(tuned.stdout)
-    assert "promoted" not in candidate and candidate["failing_train_cases"] == 0
-    assert candidate["training_pairs"] <= 2 * sum(len(w) for _, _, w in QUESTIONS.values())
+    assert "promoted" not in candidate
+    # the champion's failures on the training set are trained on twice more (it is not perfect on them)
+    train_cases = 2 * sum(len(w) for _, _, w in QUESTIONS.values())
+    assert candidate["failing_train_cases"] > 0
+    assert train_cases < candidate["training_pairs"] <= train_cases + 2 * candidate["failing_train_cases"]
     assert registry.gate_verdict(params, settings, candidate["version"]) is None  # registered, not yet judged
     assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
 
