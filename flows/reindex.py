@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -54,11 +54,21 @@ def _worker_embedder(embedder: EmbedderParams, identity: str) -> Embedder:
     return Embedder(embedder, identity)
 
 
-@flow(name="embed on dask")
-def embed_on_dask(embedder: EmbedderParams, identity: str, batches: list[list[str]]) -> list[np.ndarray]:
-    """Embedding mapped over batches of chunk texts; the caller picks the flow's DaskTaskRunner."""
-    futures = embed_batch.map(unmapped(embedder), unmapped(identity), batches)
-    return [f.result() for f in futures]
+def _embed_on_dask(params: Params, identity: str, texts: list[str]) -> list[np.ndarray]:
+    """Embedding mapped over batches of chunk texts on a Dask cluster (prefect-dask): a local one of
+    `service.dask_workers` processes, or the one at `service.dask_address`. The batches go to the tasks
+    directly, never through flow parameters (the Prefect API caps those at 512 KiB)."""
+    from prefect_dask import DaskTaskRunner
+
+    s = params.service
+    runner = DaskTaskRunner(address=s.dask_address) if s.dask_address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": s.dask_workers, "threads_per_worker": 1, "processes": True})  # fmt: skip
+    n = s.embed_batch_chunks
+    with runner:
+        batches = [texts[i : i + n] for i in range(0, len(texts), n)]
+        futures = [runner.submit(embed_batch, {"embedder": params.embedder, "identity": identity, "texts": batch})
+                   for batch in batches]  # fmt: skip
+        return [v for f in futures for v in f.result()]
 
 
 def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[dict, float]:
@@ -68,15 +78,8 @@ def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[d
         return {}, 0.0
     with slot(EMBEDDING_LIMIT):
         if params.service.task_runner == "dask":
-            from prefect_dask import DaskTaskRunner
-
-            s = params.service
-            runner = DaskTaskRunner(address=s.dask_address) if s.dask_address else DaskTaskRunner(
-                cluster_kwargs={"n_workers": s.dask_workers, "threads_per_worker": 1, "processes": True})  # fmt: skip
-            n = s.embed_batch_chunks
-            batches = [[plan.texts[h] for h in plan.to_embed[i : i + n]] for i in range(0, len(plan.to_embed), n)]
-            done = embed_on_dask.with_options(task_runner=runner)(params.embedder, session.embedder_id, batches)
-            vectors = dict(zip(plan.to_embed, (v for batch in done for v in batch), strict=True))
+            done = _embed_on_dask(params, session.embedder_id, [plan.texts[h] for h in plan.to_embed])
+            vectors = dict(zip(plan.to_embed, done, strict=True))
         else:
             vectors = embed(session, plan)
     return vectors, time.perf_counter() - t0
