@@ -96,7 +96,7 @@ def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[s
         repeats = params.finetune.failing_case_repeats
         if not repeats or champ is None:  # the untrained base fails every case: repeating all of them is no signal
             return pairs, 0
-        generator = Generator(params, champ.adapter_dir if champ else None)
+        generator = Generator(params, champ.adapter_dir)
         outcomes = run_cases(train, retriever, generator, params.generator, k)
     failing = [i for i, o in enumerate(outcomes) if o.diagnosis == "behaviour"]
     extra = training_pairs([train[i] for i in failing], [hits[i] for i in failing], params.generator)

@@ -254,7 +254,7 @@ def gate_cmd(
         from flows.behaviour import gate
 
         result = gate(version=version, params_file=str(params.source))
-    except (registry.RegistryError, RuntimeError) as exc:
+    except RuntimeError as exc:  # RegistryError among them
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     _write(out, {"skipped": False, **{k: result[k] for k in ("version", "promoted", "reasons", "champion_before")}})

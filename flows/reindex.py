@@ -43,7 +43,7 @@ def embed(session: IndexSession, plan: indexer.Plan) -> dict:
         return indexer.embed_chunks(session, plan, advance)
 
 
-@task(name="embed batch", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="embed batch", cache_policy=NO_CACHE)
 def embed_batch(embedder: EmbedderParams, identity: str, texts: list[str]) -> np.ndarray:
     return _worker_embedder(embedder, identity).encode(texts)
 

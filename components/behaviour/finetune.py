@@ -95,6 +95,7 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
     wrapped.train()
     start = time.monotonic()
     steps_per_epoch = math.ceil(math.ceil(len(every) / accelerator.num_processes) / params.batch_size)  # same in all
+    stop = False
     for _ in range(params.epochs):
         rng.shuffle(rows)
         for i in range(steps_per_epoch):
@@ -111,9 +112,10 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
             log.losses.append(loss.item())
             if on_step is not None:
                 on_step(log.steps, log.losses[-1])
-            if _out_of_time(accelerator, start, params, log.steps):
+            stop = _out_of_time(accelerator, start, params, log.steps)
+            if stop:
                 break
-        if _out_of_time(accelerator, start, params, log.steps):
+        if stop:
             break
     log.seconds = time.monotonic() - start
     peft_model = accelerator.unwrap_model(wrapped)
@@ -126,8 +128,10 @@ def _out_of_time(accelerator: Any, start: float, params: FinetuneParams, steps: 
     import torch
 
     done = time.monotonic() - start > params.max_seconds or (params.max_steps is not None and steps >= params.max_steps)
+    if accelerator.num_processes == 1:
+        return done
     late = torch.tensor([1.0 if done else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(late, reduction="max").item() > 0) if accelerator.num_processes > 1 else bool(late)
+    return bool(accelerator.reduce(late, reduction="max").item() > 0)
 
 
 def gpus() -> int:
