@@ -22,7 +22,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS = 1
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install run test lint format typecheck unit bench bench-behaviour clean
+.PHONY: help install browser run test lint format typecheck unit bench bench-behaviour clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,12 +38,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv with the pinned stack
 
+# The browser tests drive Debian's Chromium through Playwright (`playwright install` fetches browsers from a CDN).
+CHROMIUM ?= /usr/bin/chromium
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get
+browser: ## install Debian's chromium for the browser tests (tests/browser), unless it is there
+	@test -x $(CHROMIUM) || $(APT_GET) install -y -q --no-install-recommends chromium \
+		|| { $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends chromium; }
+
 run: $(STAMP) ## the whole loop: dvc repro (base model, index, evaluate, finetune, gate), then dvc metrics show
 	@test -d .git || { git init -q && git add -A && git -c user.name=ragloop -c user.email=ragloop@localhost commit -qm "initial"; }
 	dvc repro
 	dvc metrics show
 
-test: $(STAMP) lint typecheck ## lint, type-check and run the whole test suite
+test: $(STAMP) browser lint typecheck ## lint, type-check and run the whole test suite
 	$(BIN)/pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 unit: $(STAMP) ## only the fast unit tests

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
 from components.config import Params, Settings, load_params
-from components.tracking.mlflow_runs import log_evaluation_run
+from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run, write_plot
 from flows.deployments import TRAINING_LIMIT, slot
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED, MODEL_RESOURCE
 
@@ -36,39 +36,54 @@ def evaluate_gate(params: Params, settings: Settings, champ) -> Evaluation:  # t
 
 
 @task(name="record evaluation in mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
-def record(params: Params, settings: Settings, ev: Evaluation, reason: str) -> str:
+def record(params: Params, settings: Settings, ev: Evaluation, reason: str, baseline: dict | None) -> str:
+    """The evaluation's MLflow run; `baseline` is the champion's recorded slice rates (None: no champion)."""
     rows = [
-        {"id": o.id, "question": o.question, "intent": o.intent, "diagnosis": o.diagnosis,
-         "passed": all(o.checks.values()), "checks": json.dumps(o.checks), "output": o.output,
-         "retrieved": ", ".join(o.retrieved)}
+        {"id": o.id, "question": o.question, "intent": o.intent, "slices": ", ".join(sorted(o.checks)),
+         "failed_slices": ", ".join(sorted(k for k, ok in o.checks.items() if not ok)), "diagnosis": o.diagnosis,
+         "passed": all(o.checks.values()), "output": o.output, "retrieved_sources": ", ".join(o.retrieved),
+         "gold_sources": ", ".join(o.gold_docs)}
         for o in ev.outcomes
     ]  # fmt: skip
-    return log_evaluation_run(params, settings, ev.summary, rows, data_lineage(params), reason)
+    return log_evaluation_run(params, settings, ev.summary, rows, data_lineage(params), reason, baseline)
+
+
+def champion_baseline(champ) -> dict | None:  # type: ignore[no-untyped-def]
+    """The champion's slice rates as recorded when it was registered (its gate-set evaluation)."""
+    if champ is None or not champ.results:
+        return None
+    slices = champ.results.get("summary", {}).get("slices")
+    return dict(slices) if slices else None
 
 
 @task(name="write dvc metrics", cache_policy=NO_CACHE)
 def write_metrics(params: Params, ev: Evaluation) -> None:
     params.paths.metrics.mkdir(parents=True, exist_ok=True)
     (params.paths.metrics / "evaluation.json").write_text(json.dumps(ev.summary, indent=2) + "\n")
+    slices = [{"slice": name, **s} for name, s in sorted(ev.summary["slices"].items())]
+    retrieval = [{"metric": name, "value": v} for name, v in sorted(ev.summary["retrieval"].items())]
+    write_plot(params, "slices.json", slices)
+    write_plot(params, "retrieval.json", retrieval)
     results = {"behaviour": ev.results, "summary": ev.summary, "fingerprint": _fingerprint(params)}
     (params.paths.metrics / "evaluation_results.json").write_text(json.dumps(results) + "\n")
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate-{reason}")
 def evaluate(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     """Evaluate the champion (or the base model) on the gate set and decide: none, reindex or finetune."""
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
     ev = evaluate_gate(params, settings, champ)
-    ev.summary["mlflow_run_id"] = record(params, settings, ev, reason)
+    ev.summary["mlflow_run_id"] = record(params, settings, ev, reason, champion_baseline(champ))
     write_metrics(params, ev)
-    _announce(ev.summary)
+    _announce(ev.summary, evaluation_note(ev.summary, champion_baseline(champ), reason))
     return ev.summary
 
 
-def _announce(summary: dict) -> None:
+def _announce(summary: dict, note: str) -> None:
     table = [{"slice": name, **s} for name, s in summary["slices"].items()]
     create_table_artifact(key="evaluation-slices", table=table, description=f"decision: {summary['decision']}")
+    create_markdown_artifact(key="evaluation-decision", markdown=note, description=f"decision: {summary['decision']}")
     if summary["decision"] == "finetune":
         emit_event(
             event=BEHAVIOUR_REGRESSION,
@@ -132,7 +147,7 @@ def register_candidate(params: Params, settings: Settings, run_id: str, adapter,
     return registry.log_adapter(params, settings, run_id, adapter, resolve_generator(params), lineage, results)
 
 
-@flow(name="finetune")
+@flow(name="finetune", flow_run_name="finetune-{reason}")
 def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate: bool = True) -> dict:
     """Train a LoRA candidate on the training set, evaluate it on the gate set and register it; then (unless
     `run_gate` is off, as in the DVC stage `finetune`, which leaves it to the stage `gate`) gate it against the
@@ -150,7 +165,9 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
         pairs, failing = build_pairs(params, settings, champ)
         adapter, log = train_adapter(params, pairs)
         candidate_eval = evaluate_candidate(params, settings, adapter, champion_eval)
-        record(params, settings, candidate_eval, f"candidate of fine-tune run {run_id}")
+        record(
+            params, settings, candidate_eval, f"candidate of fine-tune run {run_id}", champion_eval.summary["slices"]
+        )
         rates = {f"gate_{k}_pass_rate": v["pass_rate"] for k, v in candidate_eval.summary["slices"].items()}
         mlflow_runs.log_training(params, settings, run_id, log.losses, {
             "train_tokens_per_s": log.tokens_per_second, "train_seconds": log.seconds, "train_steps": log.steps,
@@ -166,12 +183,27 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
         "failing_train_cases": failing, "train_seconds": round(log.seconds, 1),
         "train_tokens_per_s": round(log.tokens_per_second, 1),
     }  # fmt: skip
+    create_markdown_artifact(key="finetune-run", markdown=finetune_markdown(outcome, champion_eval.summary),
+                             description=f"LoRA candidate version {version}")  # fmt: skip
     if run_gate:
         outcome.update(gate_version(params, settings, version, champion_eval))
     return outcome
 
 
-@flow(name="gate")
+def finetune_markdown(outcome: dict, champion: dict) -> str:
+    lines = [f"# Fine-tune: candidate version {outcome['version']}", "",
+             f"Why: regressed slices {', '.join(outcome['regressed_slices']) or 'none'} "
+             f"(champion {champion['model_version']}).", "",
+             f"Trained on {outcome['training_pairs']} pairs ({outcome['failing_train_cases']} hard cases repeated) "
+             f"for {outcome['train_seconds']} s at {outcome['train_tokens_per_s']} tokens/s; MLflow run "
+             f"`{outcome['mlflow_run_id']}`.", "", "| slice | champion | candidate |", "|---|---|---|"]  # fmt: skip
+    for k, v in sorted(outcome["candidate"]["slices"].items()):
+        old = champion["slices"].get(k, {}).get("pass_rate")
+        lines.append(f"| {k} | {'-' if old is None else f'{old:.2f}'} | {v['pass_rate']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="gate", flow_run_name="gate-v{version}")
 def gate(version: str, params_file: str = "params.yaml") -> dict:
     """Gate a registered candidate against the champion, paired case by case on the same index version; promote
     it only if every regressed slice improved significantly and nothing got significantly worse. The verdict
@@ -199,18 +231,48 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
                                              cand_summary["index_version"])  # fmt: skip
     verdict = decide(champion_eval.results, candidate.results["behaviour"], champion_eval.summary["regressed_slices"],
                      params.regression, champion_eval.summary["retrieval"], cand_summary["retrieval"])  # fmt: skip
-    registry.describe_version(params, settings, version, "promoted" if verdict.promote else "rejected",
-                              verdict.reasons)  # fmt: skip
+    before = champion_eval.summary["slices"]
+    rates = {k: (before[k]["pass_rate"] if k in before else None, v["pass_rate"])
+             for k, v in cand_summary["slices"].items()}  # fmt: skip
+    label = "promoted" if verdict.promote else "rejected"
+    registry.describe_version(params, settings, version, label, verdict.reasons, rates)
     aliases = registry.promote(params, settings, version) if verdict.promote else None
+    if candidate.run_id:
+        record_verdict(params, settings, candidate.run_id, label, rates)
     if verdict.promote:
         emit_event(event=MODEL_PROMOTED, resource={"prefect.resource.id": f"{MODEL_RESOURCE}.v{version}"},
                    payload={"aliases": aliases, "reasons": verdict.reasons})  # fmt: skip
+    champion_label = champion_eval.summary["model_version"]
+    create_markdown_artifact(key="gate-verdict", markdown=gate_markdown(version, champion_label, label,
+                             verdict.reasons, rates), description=f"version {version}: {label}")  # fmt: skip
     create_table_artifact(
-        key="gate-verdict", table=[{"promoted": verdict.promote, "reason": r} for r in verdict.reasons],
-        description=f"version {version} against {champion_eval.summary['model_version']}",
+        key="gate-slices", description=f"version {version} against {champion_label}",
+        table=[{"slice": k, "champion": old, "candidate": new, "change": None if old is None else round(new - old, 4)}
+               for k, (old, new) in sorted(rates.items())],
     )  # fmt: skip
     return {"version": version, "promoted": verdict.promote, "reasons": verdict.reasons, "aliases": aliases,
-            "champion_before": champion_eval.summary["model_version"]}  # fmt: skip
+            "champion_before": champion_label}  # fmt: skip
+
+
+@task(name="record verdict on the fine-tune run", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_verdict(params: Params, settings: Settings, run_id: str, label: str,
+                   rates: dict[str, tuple[float | None, float]]) -> None:  # fmt: skip
+    """What the fine-tune bought at the gate, on its own MLflow run (read back by `ragloop advise`)."""
+    from components.tracking import mlflow_runs
+
+    gains = {f"gate_gain_{k}": new - old for k, (old, new) in rates.items() if old is not None}
+    mlflow_runs.log_verdict(params, settings, run_id, label, gains)
+
+
+def gate_markdown(version: str, champion_label: str, label: str, reasons: list[str],
+                  rates: dict[str, tuple[float | None, float]]) -> str:  # fmt: skip
+    lines = [f"# Gate: version {version} {label}", "", f"Paired case by case against the champion ({champion_label}).",
+             "", "| slice | champion | candidate | change |", "|---|---|---|---|"]  # fmt: skip
+    for k, (old, new) in sorted(rates.items()):
+        change = "-" if old is None else f"{new - old:+.2f}"
+        lines.append(f"| {k} | {'-' if old is None else f'{old:.2f}'} | {new:.2f} | {change} |")
+    lines += ["", "## Reasons", ""] + [f"- {r}" for r in reasons]
+    return "\n".join(lines) + "\n"
 
 
 def _fingerprint(params: Params) -> str:
@@ -251,7 +313,7 @@ def _champion_evaluation(params: Params, settings: Settings, champ, index_versio
     return ev
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", flow_run_name="pipeline-{reason}")
 def pipeline(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     """reindex -> evaluate -> finetune (a subflow) only when the evaluation found a behaviour regression."""
     from flows.reindex import reindex

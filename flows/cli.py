@@ -356,6 +356,75 @@ def deployments(
         err.print(f"wrote {write}")
 
 
+@app.command()
+def status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Where things stand: the index and its freshness, champion and previous with their gate-set rates, the
+    last evaluation's decision, and whether a re-index, an evaluation, a fine-tune or a gate is pending."""
+    from components.config import Settings
+    from components.tracking.history import status as read_status
+
+    params = _load(params_file)
+    _emit(read_status(params, Settings.from_env()), as_json, _status_view)
+
+
+@app.command()
+def advise(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    days: Annotated[int, typer.Option(min=1, help="How far back the recorded history is read.")] = 30,
+) -> None:
+    """RAG or fine-tuning, what goes where? Answered from this system's recorded history: how often the
+    knowledge changed, the mix of knowledge and behaviour failures, the labelled examples, and what each
+    fine-tune bought at the gate and what it cost."""
+    from components.config import Settings
+    from components.tracking.advice import advise as decide
+    from components.tracking.history import evidence
+
+    params = _load(params_file)
+    _emit(decide(evidence(params, Settings.from_env(), days)), as_json, _advice_view)
+
+
+def _status_view(s: dict) -> Table:
+    t = Table("", "state", title="ragloop status", show_lines=True)
+    ix = s["index"]
+    if ix["version"] is None:
+        t.add_row("index", f"[yellow]nothing published[/] ({ix['reason']})")
+    else:
+        age = f"{ix['age_s'] / 3600:.1f} h ago" if ix["age_s"] is not None else "?"
+        t.add_row("index", f"version {ix['version']}: {ix['documents']} documents, {ix['chunks']} chunks, "
+                  f"published {ix['published_at']} ({age})")  # fmt: skip
+    for alias in ("champion", "previous"):
+        m = s[alias]
+        rates = ", ".join(f"{k} {v:.2f}" for k, v in (m or {}).get("gate_pass_rates", {}).items())
+        t.add_row(alias, "-" if m is None else f"v{m['version']} (gate {m['gate']}, registered {m['registered_at']})"
+                  + (f"\ngate set: {rates}" if rates else ""))  # fmt: skip
+    ev = s["last_evaluation"]
+    if ev is None:
+        t.add_row("last evaluation", "-")
+    else:
+        regressed = f" (regressed: {', '.join(ev['regressed_slices'])})" if ev["regressed_slices"] else ""
+        t.add_row("last evaluation", f"{ev['model_version']} on index v{ev['index_version']} at {ev['at']}: "
+                  f"decision [bold]{ev['decision']}[/]{regressed}")  # fmt: skip
+    p = s["pending"]
+    flag = {True: "[yellow]pending[/]", False: "[green]no[/]"}
+    t.add_row("re-index", f"{flag[p['reindex']]}: {p['reindex_reason']}")
+    t.add_row("evaluation", f"{flag[p['evaluation']]}: {p['evaluation_reason']}")
+    t.add_row("fine-tune", f"{flag[p['finetune']]}: {p['finetune_reason']}")
+    t.add_row("gate", f"{flag[bool(p['gate'])]}" + (f": versions {', '.join(p['gate'])}" if p["gate"] else ""))
+    return t
+
+
+def _advice_view(a: dict) -> Table:
+    t = Table("", "", title=f"ragloop advise: {a['headline']}", show_lines=True, title_justify="left")
+    parts = (("knowledge", "knowledge → retrieval"), ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))
+    for part, label in parts:
+        d = a[part]
+        t.add_row(f"[bold]{label}[/]", "\n".join(d["advice"]))
+        t.add_row("  evidence", "\n".join(f"- {e}" for e in d["evidence"]) or "-")
+        t.add_row("  would change it", "\n".join(f"- {w}" for w in d["would_change"]))
+    return t
+
+
 def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")

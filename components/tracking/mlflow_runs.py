@@ -85,6 +85,15 @@ def log_index_run(params: Params, settings: Settings, report: dict, markdown: st
     return run_id
 
 
+def write_plot(params: Params, name: str, rows: list[dict]) -> None:
+    """A `dvc plots` data file (a list of records) under <paths.metrics>/plots/; dvc.yaml says how to draw it."""
+    import json
+
+    folder = params.paths.metrics / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def _millis() -> int:
     import time
 
@@ -92,15 +101,21 @@ def _millis() -> int:
 
 
 def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcomes: list[dict],
-                       lineage: dict[str, str], reason: str) -> str:  # fmt: skip
-    """One MLflow run per evaluation: per-slice rates with bounds, retrieval metrics, the diagnosis mix, the
-    decision, lineage tags, and the per-case table (question, slice checks, diagnosis, output, sources)."""
+                       lineage: dict[str, str], reason: str,
+                       baseline: dict[str, dict] | None = None) -> str:  # fmt: skip
+    """One MLflow run per evaluation: per-slice rates with bounds (and their change against `baseline`, the
+    champion's recorded slice rates), retrieval metrics, the diagnosis mix, the decision, lineage tags, a chart
+    of the slice pass rates against the baseline, and the per-case table (question, slices, diagnosis, passed,
+    output, retrieved sources)."""
     from mlflow.entities import Metric, RunTag
+
+    from components.tracking import charts
 
     client = client_for(params, settings)
     exp = experiment_id(client, params, settings, params.tracking.evaluation_experiment)
     tags = {
         "mlflow.runName": f"evaluate-{summary['model_version']}",
+        "mlflow.note.content": evaluation_note(summary, baseline, reason),
         "ragloop.stage": "evaluate",
         "ragloop.reason": reason,
         "ragloop.decision": summary["decision"],
@@ -113,14 +128,48 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
     run_id = str(client.create_run(exp, tags=tags).info.run_id)
     now = _millis()
     metrics = [Metric(f"{name}_{k}", float(v), now, 0) for name, s in summary["slices"].items() for k, v in s.items()]
+    for name, s in summary["slices"].items():
+        if baseline and name in baseline:
+            base = float(baseline[name]["pass_rate"])
+            metrics += [Metric(f"{name}_baseline_pass_rate", base, now, 0),
+                        Metric(f"{name}_vs_baseline", float(s["pass_rate"]) - base, now, 0)]  # fmt: skip
     metrics += [Metric(f"retrieval_{k}", float(v), now, 0) for k, v in summary["retrieval"].items()]
     metrics += [Metric(f"diagnosis_{k}", float(v), now, 0) for k, v in summary["diagnosis"].items()]
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.log_dict(run_id, summary, "evaluation/summary.json")
+    if baseline:
+        client.log_dict(run_id, baseline, "evaluation/baseline_slices.json")
+    title = f"{summary['model_version']} on index v{summary['index_version']}"
+    fig = charts.slice_chart(summary["slices"], baseline,
+                             title + (" vs the champion's baseline" if baseline else " (no baseline yet)"))  # fmt: skip
+    try:
+        client.log_figure(run_id, fig, "charts/slice_pass_rates.png")
+    finally:
+        charts.close(fig)
     if outcomes:
-        client.log_table(run_id, data={k: [o[k] for o in outcomes] for k in outcomes[0]}, artifact_file="cases.json")
+        client.log_table(run_id, data={k: [o[k] for o in outcomes] for k in outcomes[0]}, artifact_file=CASES_TABLE)
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+CASES_TABLE = "cases.json"
+
+
+def evaluation_note(summary: dict, baseline: dict[str, dict] | None, reason: str) -> str:
+    """The run's description (markdown, shown at the top of its MLflow page)."""
+    lines = [f"**Decision: {summary['decision']}** ({reason}; model {summary['model_version']}, "
+             f"index v{summary['index_version']})", "",
+             "| slice | pass rate | 95% interval | n | champion baseline |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, s in sorted(summary["slices"].items()):
+        base = f"{baseline[name]['pass_rate']:.2f}" if baseline and name in baseline else "-"
+        lines.append(f"| {name} | {s['pass_rate']:.2f} | {s['ci_low']:.2f}-{s['ci_high']:.2f} | {s['n']} | {base} |")
+    d = summary["diagnosis"]
+    lines += ["", f"Cases: {d.get('pass', 0)} pass, {d.get('behaviour', 0)} behaviour failures, "
+              f"{d.get('knowledge', 0)} knowledge failures."]  # fmt: skip
+    lines += [f"- {r}" for r in summary.get("reasons", [])]
+    if summary.get("reindex_documents"):
+        lines.append(f"Knowledge failures point at: {', '.join(summary['reindex_documents'][:10])}")
+    return "\n".join(lines)
 
 
 def start_finetune_run(params: Params, settings: Settings, lineage: dict[str, str], reason: str) -> str:
@@ -148,6 +197,23 @@ def log_training(params: Params, settings: Settings, run_id: str, losses: list[f
     for i in range(0, len(curve), 900):
         client.log_batch(run_id, metrics=curve[i : i + 900])
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    if losses:
+        from components.tracking import charts
+
+        fig = charts.loss_chart(losses, f"LoRA fine-tune: {len(losses)} steps")
+        try:
+            client.log_figure(run_id, fig, "charts/loss_curve.png")
+        finally:
+            charts.close(fig)
+
+
+def log_verdict(params: Params, settings: Settings, run_id: str, verdict: str, gains: dict[str, float]) -> None:
+    """The gate's verdict on a fine-tune run (tag `ragloop.gate`) and what it bought per slice (`gate_gain_*`)."""
+    from mlflow.entities import Metric, RunTag
+
+    now = _millis()
+    client_for(params, settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in gains.items()],
+                                           tags=[RunTag("ragloop.gate", verdict)])  # fmt: skip
 
 
 def end_run(params: Params, settings: Settings, run_id: str, ok: bool) -> None:

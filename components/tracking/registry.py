@@ -129,23 +129,39 @@ def log_adapter(
     client.set_logged_model_tags(
         logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": str(mv.version)}])}
     )
+    slices = results.get("summary", {}).get("slices", {})
+    pending = ["registered; not gated yet (`ragloop gate` pairs it with the champion)"]
+    client.update_model_version(name, str(mv.version), description=version_description(
+        "pending", pending, {k: (None, v["pass_rate"]) for k, v in slices.items()}, version_tags))  # fmt: skip
     return str(mv.version)
 
 
-def describe_version(params: Params, settings: Settings, version: str, verdict: str, reasons: list[str]) -> None:
-    """Record the gate's verdict on a version: its description (verdict, reasons, lineage) and tag `gate`."""
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+def describe_version(params: Params, settings: Settings, version: str, verdict: str, reasons: list[str],
+                     rates: dict[str, tuple[float | None, float]] | None = None) -> None:  # fmt: skip
+    """Record the gate's verdict on a version: its description (verdict, reasons, slice rates against the
+    champion's, lineage) and tag `gate`. `verdict` is one of VERDICTS, or "pending" at registration."""
+    if verdict not in (*VERDICTS, "pending"):
+        raise ValueError(f"verdict must be one of {(*VERDICTS, 'pending')}, got {verdict!r}")
     client = client_for(params, settings)
     name = params.tracking.registered_model
     mv = _version(client, name, version)
+    client.update_model_version(name, version, description=version_description(verdict, reasons, rates, mv.tags))
+    if verdict != "pending":
+        client.set_model_version_tag(name, version, "gate", verdict)
+
+
+def version_description(verdict: str, reasons: list[str], rates: dict[str, tuple[float | None, float]] | None,
+                        tags: dict[str, str]) -> str:  # fmt: skip
     skip = {"gate", MODEL_ID_TAG}
-    lineage = {k: v for k, v in sorted(mv.tags.items()) if k not in skip and not k.startswith("mlflow.")}
+    lineage = {k: v for k, v in sorted(tags.items()) if k not in skip and not k.startswith("mlflow.")}
     lines = [f"Gate: {verdict}", "", "Reasons:"]
     lines += [f"- {r}" for r in reasons] or ["- (none given)"]
+    if rates:
+        lines += ["", "Gate-set pass rates (this version / champion at the time):"]
+        for k, (old, new) in sorted(rates.items()):
+            lines.append(f"- {k}: {new:.2f} / {'-' if old is None else f'{old:.2f}'}")
     lines += ["", "Lineage:"] + ([f"- {k}: {v}" for k, v in lineage.items()] or ["- (none recorded)"])
-    client.update_model_version(name, version, description="\n".join(lines))
-    client.set_model_version_tag(name, version, "gate", verdict)
+    return "\n".join(lines)
 
 
 def gate_verdict(params: Params, settings: Settings, version: str) -> str | None:

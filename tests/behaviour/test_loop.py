@@ -145,6 +145,98 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     _configure(loop_dep)
 
 
+def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> None:
+    """What a user sees after the loop: MLflow runs with the per-case table, slice chart and loss curve, version
+    descriptions with verdict and lineage, Prefect artifacts, and `status` / `advise` read from that history."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from typer.testing import CliRunner
+
+    from components.tracking.mlflow_runs import tracking_uri
+    from flows.cli import app
+
+    params, settings, p = load_params(loop_dep.params_file), Settings.from_env(), str(loop_dep.params_file)
+    champ = registry.champion(params, settings)
+    assert champ is not None, "runs after the promotion and rejection tests"
+    client = MlflowClient(tracking_uri(params, settings))
+
+    # evaluation runs: the per-case table, the chart against the baseline, per-slice bounds and the decision
+    exp = client.get_experiment_by_name(params.tracking.evaluation_experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.model_version = 'v{champ.version}'")
+    run = runs[0]
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "charts")
+    }
+    assert {"cases.json", "charts/slice_pass_rates.png"} <= paths
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "cases.json")).read_text())
+    assert {"question", "slices", "diagnosis", "passed", "output", "retrieved_sources"} <= set(table["columns"])
+    assert len(table["data"]) == 18  # one row per gate case
+    m = run.data.metrics
+    assert m["format_ci_low"] <= m["format_pass_rate"] <= m["format_ci_high"]
+    assert m["format_vs_baseline"] == pytest.approx(m["format_pass_rate"] - m["format_baseline_pass_rate"])
+    assert run.data.tags["mlflow.note.content"].startswith("**Decision: none**")
+
+    # fine-tune runs: the loss curve (a metric history and a chart) and what the gate made of them
+    exp = client.get_experiment_by_name(params.tracking.finetune_experiment)
+    tunes = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    promoted = tunes[champ.run_id]
+    history = client.get_metric_history(champ.run_id, "train_loss")
+    assert len(history) == promoted.data.metrics["train_steps"] > 1
+    assert "charts/loss_curve.png" in {a.path for a in client.list_artifacts(champ.run_id, "charts")}
+    assert promoted.data.tags["ragloop.gate"] == "promoted"
+    assert promoted.data.metrics["gate_gain_format"] > 0.2
+
+    # the registry: descriptions with the verdict, the rates and the lineage
+    versions = client.search_model_versions(f"name = '{params.tracking.registered_model}'")
+    described = {str(v.version): v.description for v in versions}
+    assert described[champ.version].startswith("Gate: promoted")
+    assert "Gate-set pass rates" in described[champ.version] and "gate_data_md5" in described[champ.version]
+    assert any(d.startswith("Gate: rejected") for d in described.values())
+    assert str(client.get_registered_model(params.tracking.registered_model).aliases["champion"]) == champ.version
+
+    # Prefect artifacts of the flow runs
+    with get_client(sync_client=True) as prefect:
+        keys = {
+            a.key
+            for a in prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(
+                        any_=["evaluation-slices", "evaluation-decision", "finetune-run", "gate-verdict", "gate-slices"]
+                    )
+                )
+            )
+        }
+    assert keys == {"evaluation-slices", "evaluation-decision", "finetune-run", "gate-verdict", "gate-slices"}
+
+    # status: the index is fresh, champion and previous, the last decision, nothing pending but what is
+    shown = CliRunner().invoke(app, ["status", "--json", "--params", p])
+    assert shown.exit_code == 0, shown.output
+    st = json.loads(shown.stdout)
+    assert st["index"]["version"] == 1 and st["index"]["chunks"] == 6 and not st["pending"]["reindex"]
+    assert st["champion"]["version"] == champ.version and st["champion"]["gate"] == "promoted"
+    assert st["champion"]["gate_pass_rates"]["format"] >= 0.6
+    assert st["pending"]["gate"] == []
+    loop_dep.write("new-policy.md", "# Overdraft\n\nAn arranged overdraft costs 10 percent a year.\n")
+    st = json.loads(CliRunner().invoke(app, ["status", "--json", "--params", p]).stdout)
+    assert st["pending"]["reindex"] and st["index"]["changes_since"]["added"] == 1
+    (loop_dep.docs / "new-policy.md").unlink()
+    human = CliRunner().invoke(app, ["status", "--params", p])
+    assert human.exit_code == 0 and "champion" in human.output
+
+    # advise: from the recorded history, with evidence for each part
+    advised = CliRunner().invoke(app, ["advise", "--json", "--params", p])
+    assert advised.exit_code == 0, advised.output
+    a = json.loads(advised.stdout)
+    assert a["recommendation"] in {"both", "retrieval"}
+    assert a["knowledge"]["verdict"] == "retrieval"
+    ev = a["evidence"]
+    assert ev["knowledge"]["published_versions"] == 1 and ev["examples"]["train"] == 36
+    assert {t["verdict"] for t in ev["finetunes"]} >= {"promoted", "rejected"}
+    assert any("fine-tune" in e and "promoted" in e for e in a["behaviour"]["evidence"])
+    assert CliRunner().invoke(app, ["advise", "--params", p]).exit_code == 0
+
+
 def test_killing_a_fine_tune_leaves_the_champion(loop_dep: Deployment) -> None:
     """SIGKILL a real `ragloop finetune` while it trains or evaluates: the registry aliases do not move."""
     import signal

@@ -62,6 +62,8 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
 
     assert "up to date" in _sh(project, "dvc", "repro", "index")
     assert len(_index_runs(project)) == 1  # nothing changed: the stage did not run
+    _sh(project, "git", "add", "-A")
+    _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "index v1")
 
     doc = project / "data" / "docs" / "support.txt"
     doc.write_text(doc.read_text() + "\nWeekend support is available by chat.\n")
@@ -70,6 +72,19 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
     assert metrics["documents"]["modified"] == 1
     assert metrics["chunks"]["embedded"] == 1  # incremental: only the changed chunk
     assert "index.json" in _sh(project, "dvc", "metrics", "show")
+
+    # what the change did, between the last commit and the workspace: `dvc metrics diff` and `dvc plots diff`
+    diff = json.loads(_sh(project, "dvc", "metrics", "diff", "HEAD", "--json"))["data/metrics/index.json"]
+    assert diff["index_version"] == {"old": 1, "new": 2, "diff": 1}
+    assert diff["documents.modified"] == {"old": 0, "new": 1, "diff": 1}
+    assert diff["chunks.embedded"] == {"old": 6, "new": 1, "diff": -5}
+    assert "chunks.total" not in diff or diff["chunks.total"]["diff"] == 0
+    plots = json.loads(_sh(project, "dvc", "plots", "diff", "HEAD", "--json"))["data"]
+    (size,) = plots["index size"]
+    points = {(row["rev"], row["field"]): (row["index_version"], row["dvc_inferred_y_value"])
+              for row in size["content"]["data"]["values"]}  # fmt: skip
+    assert points == {("HEAD", "chunks"): (1, 6), ("HEAD", "documents"): (1, 3),
+                      ("workspace", "chunks"): (2, 6), ("workspace", "documents"): (2, 3)}  # fmt: skip
     status = _sh(project, "dvc", "status", "index")
     assert "up to date" in status or status.strip() == ""
 
@@ -102,6 +117,12 @@ def test_dvc_repro_runs_the_loop_then_nothing_then_only_what_a_lora_param_touche
     assert gated["version"] == tuned["version"] == "1" and isinstance(gated["promoted"], bool)
     shown = json.loads(_sh(project, "dvc", "metrics", "show", "--json"))[""]["data"]
     assert shown["data/metrics/evaluation.json"]["data"]["slices"]["format"]["n"] == 18
+    plots = json.loads(_sh(project, "dvc", "plots", "show", "--json"))["data"]
+    (bars,) = plots["slice pass rates (gate set)"]
+    drawn = {row["slice"]: row["pass_rate"] for row in bars["content"]["data"]["values"]}
+    assert drawn == {k: v["pass_rate"] for k, v in evaluation["slices"].items()}
+    (retrieval,) = plots["retrieval (gate set)"]
+    assert {r["metric"]: r["value"] for r in retrieval["content"]["data"]["values"]} == evaluation["retrieval"]
 
     second = _sh(project, "dvc", "repro")  # nothing changed: every stage is up to date, nothing runs
     assert "Running stage" not in second

@@ -1,0 +1,133 @@
+"""`ragloop advise`: "RAG or fine-tuning, what goes where?" answered from this system's recorded history.
+
+Knowledge (facts that change) belongs in retrieval; behaviour (format, label, tone, refusals) belongs in the
+weights, but only when the evaluations show behaviour failures, there are enough labelled examples to learn
+from, and past fine-tunes actually bought something at the gate. Each part of the answer lists the evidence it
+rests on and what would change it. The thresholds are below; `evidence` (components/tracking/history.py) is the
+input, so the rule can be checked on any history.
+"""
+
+from __future__ import annotations
+
+BEHAVIOUR_SHARE = 0.10  # of evaluated cases failing on behaviour (right context, wrong answer): worth the weights
+KNOWLEDGE_SHARE = 0.10  # of evaluated cases failing on knowledge: retrieval needs work, not a fine-tune
+MIN_EXAMPLES = 100  # labelled training examples below which a LoRA fine-tune has too little to learn from
+FUTILE_TRIES = 2  # this many fine-tunes in the window with none promoted: stop and change data or base model
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _knowledge(ev: dict) -> dict:
+    k, b, days = ev["knowledge"], ev["behaviour"], ev["days"]
+    docs = k["documents"]
+    evidence = []
+    if k["index_runs"]:
+        evidence.append(
+            f"the documents changed in {k['published_versions']} of {k['index_runs']} index runs in the last {days} "
+            f"days ({docs['added']} added, {docs['modified']} modified, {docs['deleted']} deleted, {docs['renamed']} "
+            f"renamed): {k['chunks_embedded']} chunks embedded and {k['chunks_deleted']} removed, churn "
+            f"{_pct(k['churn'])} of the {k['chunks_now']} chunks now indexed"
+        )
+        evidence.append(f"re-indexing took {k['index_seconds']} s in all, with no training")
+        if k["first_index_in_window"]:
+            evidence.append("the window includes the first build of the index (every document counted as added)")
+    else:
+        evidence.append(f"no index run recorded in the last {days} days")
+    latest = b["latest"]
+    if b["knowledge_share"] is not None:
+        evidence.append(f"{b['cases']['knowledge']} of {sum(b['cases'].values())} evaluated cases "
+                        f"({_pct(b['knowledge_share'])}) failed on knowledge (the right document not retrieved, "
+                        "or stale)")  # fmt: skip
+    if latest and latest["retrieval"]:
+        evidence.append("latest retrieval on the gate set: "
+                        + ", ".join(f"{m} {v:.2f}" for m, v in sorted(latest["retrieval"].items())))  # fmt: skip
+    advice = ["keep facts in retrieval: re-index when documents change (the reindex deployment does, on a schedule "
+              "and on `ragloop.documents.changed`); never retrain for a changed fact"]  # fmt: skip
+    if (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE:
+        share = f"{_pct(b['knowledge_share'])} of cases (>= {_pct(KNOWLEDGE_SHARE)})"
+        advice.append(f"knowledge failures are {share}: fix the documents or retrieval (chunking, `retrieval` "
+                      "params); a fine-tune cannot fix them")  # fmt: skip
+    would_change = [
+        f"putting these facts into the weights would take a fine-tune after each of the {k['published_versions']} "
+        f"changes in {days} days; retrieval would only become optional if the documents stopped changing and "
+        f"knowledge failures stayed under {_pct(KNOWLEDGE_SHARE)}",
+    ]
+    active = k["published_versions"] > 0 or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
+    return {"verdict": "retrieval", "active": active, "advice": advice, "evidence": evidence,
+            "would_change": would_change}  # fmt: skip
+
+
+def _behaviour(ev: dict) -> dict:
+    b, ex, tunes, days = ev["behaviour"], ev["examples"], ev["finetunes"], ev["days"]
+    latest = b["latest"]
+    if latest is None:
+        return {"verdict": "unknown", "advice": [f"no evaluation recorded in the last {days} days: run "
+                "`ragloop evaluate` (or schedule the evaluate deployment) before deciding"],
+                "evidence": [], "would_change": ["one evaluation of the serving model"]}  # fmt: skip
+    cases = latest["diagnosis"]
+    n = sum(cases.values())
+    share = cases["behaviour"] / n if n else 0.0
+    evidence = [
+        f"latest evaluation ({latest['model_version']}, index v{latest['index_version']}, {latest['at']}): "
+        f"{cases['behaviour']} of {n} cases ({_pct(share)}) failed on behaviour with the right context retrieved; "
+        f"decision {latest['decision']!r}"
+        + (f", regressed: {', '.join(latest['regressed_slices'])}" if latest["regressed_slices"] else ""),
+        "pass rates: " + ", ".join(f"{s} {r:.2f}" for s, r in sorted(latest["pass_rates"].items())),
+        f"{b['evaluations']} evaluations in {days} days, {b['regressions']} with a behaviour regression; "
+        f"{_pct(b['behaviour_share'])} of all evaluated cases failed on behaviour",
+        f"{ex['train']} labelled training examples ({len(ex.get('train_by_intent', {}))} intents), "
+        f"{ex['gate']} held-out gate cases",
+    ]
+    promoted = [t for t in tunes if t["verdict"] == "promoted"]
+    for t in tunes:
+        gains = ", ".join(f"{s} {g:+.2f}" for s, g in t["gains"].items()) or "no gate result"
+        cost = f"{t['train_seconds']:.0f} s of training" if t["train_seconds"] is not None else "cost not recorded"
+        evidence.append(f"fine-tune {t['at']} -> version {t['version'] or '-'} {t['verdict']}: {gains} ({cost})")
+    if not tunes:
+        evidence.append(f"no fine-tune in the last {days} days")
+
+    wanted = share >= BEHAVIOUR_SHARE or latest["decision"] == "finetune"
+    if not wanted:
+        verdict = "no fine-tune"
+        advice = [f"keep the weights: behaviour failures are {_pct(share)} of cases (< {_pct(BEHAVIOUR_SHARE)}) "
+                  "and no slice regressed"]  # fmt: skip
+        would_change = [f"behaviour failures above {_pct(BEHAVIOUR_SHARE)} of cases, or a slice regression at an "
+                        "evaluation (which triggers the finetune deployment by itself)"]  # fmt: skip
+    elif ex["train"] < MIN_EXAMPLES:
+        verdict = "label more"
+        advice = [f"behaviour needs the weights ({_pct(share)} of cases fail on it), but only {ex['train']} labelled "
+                  f"examples exist (< {MIN_EXAMPLES}): label more before fine-tuning"]  # fmt: skip
+        would_change = [f"{MIN_EXAMPLES - ex['train']} more labelled examples in the training set"]
+    elif len(tunes) >= FUTILE_TRIES and not promoted:
+        spent = sum(t["train_seconds"] or 0 for t in tunes)
+        verdict = "hold"
+        advice = [f"{len(tunes)} fine-tunes in {days} days, none promoted ({spent:.0f} s of training spent): change "
+                  "the training data or the base model (`generator.model`) before fine-tuning again"]  # fmt: skip
+        would_change = ["a fine-tune that wins at the gate, after a change of data or base model"]
+    else:
+        verdict = "fine-tune"
+        record = f"; {len(promoted)} of {len(tunes)} recent fine-tunes won at the gate" if tunes else ""
+        advice = [f"fine-tune for behaviour: {_pct(share)} of cases fail on behaviour with the right context, "
+                  f"and {ex['train']} labelled examples exist{record}"]  # fmt: skip
+        would_change = [f"behaviour failures under {_pct(BEHAVIOUR_SHARE)} of cases with no regressed slice "
+                        f"(then keep the weights), or {FUTILE_TRIES}+ fine-tunes rejected at the gate "
+                        "(then change data or base model first)"]  # fmt: skip
+    return {"verdict": verdict, "advice": advice, "evidence": evidence, "would_change": would_change}
+
+
+def advise(ev: dict) -> dict:
+    """The recommendation ('retrieval' | 'fine-tune' | 'both') with the evidence behind each part."""
+    knowledge, behaviour = _knowledge(ev), _behaviour(ev)
+    if behaviour["verdict"] == "fine-tune":
+        recommendation = "both" if knowledge["active"] else "fine-tune"
+    else:
+        recommendation = "retrieval"
+    headline = {
+        "both": "both: retrieval for the facts that change, a LoRA fine-tune for the behaviour that fails",
+        "fine-tune": "fine-tune: the knowledge is stable and retrieval finds it; behaviour is what fails",
+        "retrieval": "keep to retrieval: " + (behaviour["advice"][0] if behaviour["advice"] else "no fine-tune now"),
+    }[recommendation]
+    return {"recommendation": recommendation, "headline": headline, "knowledge": knowledge, "behaviour": behaviour,
+            "evidence": ev}  # fmt: skip

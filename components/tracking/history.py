@@ -1,0 +1,246 @@
+"""What the system has recorded, read back: `ragloop status` (where things stand now) and the evidence that
+`ragloop advise` weighs (index runs, evaluations, fine-tunes, gate verdicts).
+
+Everything comes from the deployment's own records: the index manifest and its documents folder, and the MLflow
+tracking server or embedded store (runs of the knowledge, evaluation and fine-tune experiments, and the
+registry). Nothing is estimated: a figure that has no record behind it is reported as missing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from components.config import Params, Settings
+from components.tracking.mlflow_runs import client_for
+
+DAY_MS = 86_400_000
+
+
+def _iso(ms: float | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _runs(client: Any, name: str, since_ms: int | None = None, limit: int = 1000) -> list[Any]:
+    """Runs of an experiment, newest first (none when the experiment does not exist yet)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    flt = f"attributes.start_time >= {since_ms}" if since_ms is not None else ""
+    return list(client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
+                                   max_results=limit))  # fmt: skip
+
+
+def _versions(client: Any, name: str) -> tuple[list[Any], dict[str, str]]:
+    """All versions of the registered model (newest first) and its aliases; nothing when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = dict(client.get_registered_model(name).aliases)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return [], {}
+        raise
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted(found, key=lambda v: int(v.version), reverse=True), {k: str(v) for k, v in aliases.items()}
+
+
+# -- the index -------------------------------------------------------------------------------------------------
+def index_state(params: Params) -> dict:
+    """The published version, when it was published, its size, and what changed in the documents since (the
+    same stat-then-hash comparison a re-index starts with; read-only, no lock, nothing embedded)."""
+    from components.knowledge.indexer import detect_changes
+    from components.knowledge.session import open_index
+
+    if not (params.paths.index / "manifest.sqlite").is_file():
+        return {"version": None, "reindex_pending": True, "reason": f"no index under {params.paths.index} yet"}
+    with open_index(params, lock=False) as s:
+        version = s.manifest.published()
+        info = s.manifest.version(version)
+        docs = s.manifest.docs_at(version) if version else {}
+        chunks = len(s.manifest.records_at(version)) if version else 0
+        changes = detect_changes(s)
+    pending = {"added": len(changes.added), "modified": len(changes.modified), "deleted": len(changes.deleted),
+               "renamed": len(changes.renamed)}  # fmt: skip
+    published_at = info.created_at if info else None
+    reasons = [f"{n} document(s) {k} since version {version}" for k, n in pending.items() if n]
+    if changes.key_changed:
+        reasons.append("the embedder or chunker changed: every document is re-chunked and re-embedded")
+    if not version:
+        reasons.append("nothing published yet")
+    return {
+        "version": version or None,
+        "published_at": None if published_at is None else _iso(published_at * 1000),
+        "age_s": None if published_at is None else round(time.time() - published_at, 1),
+        "documents": len(docs),
+        "stale_documents": sum(1 for row in docs.values() if row.stale),
+        "chunks": chunks,
+        "collection": info.collection if info else None,
+        "changes_since": pending,
+        "reindex_pending": bool(reasons),
+        "reason": "; ".join(reasons) or "the documents match the published version",
+    }
+
+
+# -- the registry and the runs ---------------------------------------------------------------------------------
+def _version_row(client: Any, mv: Any, aliases: dict[str, str]) -> dict:
+    rates: dict[str, float] = {}
+    if mv.run_id:
+        metrics = client.get_run(mv.run_id).data.metrics
+        rates = {k[len("gate_") : -len("_pass_rate")]: v for k, v in metrics.items()
+                 if k.startswith("gate_") and k.endswith("_pass_rate")}  # fmt: skip
+    return {
+        "version": str(mv.version),
+        "aliases": sorted(a for a, v in aliases.items() if v == str(mv.version)),
+        "gate": mv.tags.get("gate", "pending"),
+        "registered_at": _iso(mv.creation_timestamp),
+        "run_id": mv.run_id,
+        "parent_version": mv.tags.get("parent_version"),
+        "index_version": mv.tags.get("index_version"),
+        "gate_pass_rates": dict(sorted(rates.items())),
+    }
+
+
+def _evaluation_row(run: Any) -> dict:
+    tags, m = run.data.tags, run.data.metrics
+    slices = sorted({k[: -len("_pass_rate")] for k in m if k.endswith("_pass_rate") and "_baseline_" not in k})
+    return {
+        "run_id": run.info.run_id,
+        "at": _iso(run.info.start_time),
+        "start_ms": int(run.info.start_time),
+        "model_version": tags.get("model_version"),
+        "index_version": tags.get("index_version"),
+        "decision": tags.get("ragloop.decision"),
+        "regressed_slices": [s for s in tags.get("ragloop.regressed_slices", "none").split(",") if s != "none"],
+        "pass_rates": {s: m[f"{s}_pass_rate"] for s in slices},
+        "diagnosis": {k: int(m.get(f"diagnosis_{k}", 0)) for k in ("pass", "behaviour", "knowledge")},
+        "retrieval": {k[len("retrieval_") :]: v for k, v in m.items() if k.startswith("retrieval_")},
+        "reason": tags.get("ragloop.reason"),
+    }
+
+
+def _champion_evaluations(client: Any, params: Params, since_ms: int | None = None) -> list[dict]:
+    """Evaluations of the serving model (the champion, or the base before any), newest first; a candidate's
+    evaluation inside a fine-tune is not one."""
+    runs = _runs(client, params.tracking.evaluation_experiment, since_ms)
+    return [_evaluation_row(r) for r in runs if r.data.tags.get("model_version") != "candidate"]
+
+
+def status(params: Params, settings: Settings) -> dict:
+    """`ragloop status`: the index and its freshness, champion and previous with their gate-set rates, the last
+    evaluation's decision, and what is pending (re-index, fine-tune, gate)."""
+    client = client_for(params, settings)
+    index = index_state(params)
+    versions, aliases = _versions(client, params.tracking.registered_model)
+    by_version = {str(v.version): v for v in versions}
+    models = {alias: (_version_row(client, by_version[v], aliases) if v in by_version else None)
+              for alias, v in ((a, aliases.get(a)) for a in ("champion", "previous"))}  # fmt: skip
+    ungated = [str(v.version) for v in versions if "gate" not in v.tags]
+    evaluations = _champion_evaluations(client, params)
+    last = evaluations[0] if evaluations else None
+    champion_label = f"v{aliases['champion']}" if "champion" in aliases else "base"
+    finetunes = _runs(client, params.tracking.finetune_experiment, limit=50)
+
+    pending_finetune, why_finetune = False, "no evaluation yet: run `ragloop evaluate`"
+    if last is not None:
+        started_after = [r for r in finetunes if r.info.start_time >= last["start_ms"]]
+        if last["decision"] != "finetune":
+            why_finetune = f"the last evaluation decided {last['decision']!r}"
+        elif started_after:
+            why_finetune = f"the regression was answered by fine-tune run {started_after[-1].info.run_id}"
+        else:
+            pending_finetune = True
+            why_finetune = f"the last evaluation found a behaviour regression in {', '.join(last['regressed_slices'])}"
+    evaluation_current = last is not None and (last["model_version"], str(last["index_version"])) == (
+        champion_label, str(index["version"]))  # fmt: skip
+    return {
+        "index": index,
+        "champion": models["champion"],
+        "previous": models["previous"],
+        "last_evaluation": None if last is None else {**last, "current": evaluation_current},
+        "pending": {
+            "reindex": index["reindex_pending"],
+            "reindex_reason": index["reason"],
+            "finetune": pending_finetune,
+            "finetune_reason": why_finetune,
+            "gate": ungated,
+            "evaluation": not evaluation_current,
+            "evaluation_reason": "the last evaluation is of the current champion on the published index"
+            if evaluation_current
+            else f"no evaluation of {champion_label} on index version {index['version']} yet",
+        },
+        "tracking_uri": str(client.tracking_uri) if hasattr(client, "tracking_uri") else None,
+    }
+
+
+# -- the evidence for `advise` ---------------------------------------------------------------------------------
+def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
+    """The recorded history `ragloop advise` weighs, over the last `days` days."""
+    from components.behaviour.suite import SuiteError
+
+    client = client_for(params, settings)
+    since = int(time.time() * 1000) - days * DAY_MS
+    index_runs = _runs(client, params.tracking.knowledge_experiment, since)
+    published = [r for r in index_runs if r.data.metrics.get("published", 0) > 0]
+
+    def total(key: str, runs: list[Any] = published) -> int:
+        return int(sum(r.data.metrics.get(key, 0) for r in runs))
+
+    latest_chunks = int(index_runs[0].data.metrics.get("chunks_total", 0)) if index_runs else 0
+    changed_docs = sum(total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed"))
+    knowledge = {
+        "index_runs": len(index_runs),
+        "published_versions": len(published),
+        "documents_changed": changed_docs,
+        "documents": {k: total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed")},
+        "chunks_embedded": total("chunks_embedded"),
+        "chunks_deleted": total("chunks_deleted"),
+        "chunks_now": latest_chunks,
+        "churn": round((total("chunks_embedded") + total("chunks_deleted")) / latest_chunks, 4) if latest_chunks else 0,
+        "index_seconds": round(sum(r.data.metrics.get("duration_s", 0.0) for r in published), 1),
+        "first_index_in_window": bool(published) and published[-1].data.metrics.get("documents_unchanged", 0) == 0,
+    }
+
+    evaluations = _champion_evaluations(client, params, since)
+    cases = {k: sum(e["diagnosis"][k] for e in evaluations) for k in ("pass", "behaviour", "knowledge")}
+    n_cases = sum(cases.values())
+    latest = evaluations[0] if evaluations else None
+    behaviour = {
+        "evaluations": len(evaluations),
+        "cases": cases,
+        "behaviour_share": round(cases["behaviour"] / n_cases, 4) if n_cases else None,
+        "knowledge_share": round(cases["knowledge"] / n_cases, 4) if n_cases else None,
+        "latest": latest,
+        "regressions": sum(1 for e in evaluations if e["decision"] == "finetune"),
+    }
+
+    try:
+        from components.behaviour.loop import load_suite
+
+        gate, train = load_suite(params)
+        examples: dict[str, Any] = {"train": len(train), "gate": len(gate),
+                                    "train_by_intent": _count(c.intent for c in train)}  # fmt: skip
+    except (SuiteError, OSError) as exc:
+        examples = {"train": 0, "gate": 0, "error": str(exc)}
+
+    versions, _ = _versions(client, params.tracking.registered_model)
+    version_of = {v.run_id: str(v.version) for v in versions if v.run_id}
+    tunes = []
+    for r in _runs(client, params.tracking.finetune_experiment, since):
+        m = r.data.metrics
+        tunes.append({
+            "run_id": r.info.run_id, "at": _iso(r.info.start_time), "version": version_of.get(r.info.run_id),
+            "status": r.info.status, "verdict": r.data.tags.get("ragloop.gate", "pending"),
+            "train_seconds": m.get("train_seconds"), "train_steps": m.get("train_steps"),
+            "train_tokens_per_s": m.get("train_tokens_per_s"), "training_pairs": m.get("training_pairs"),
+            "gains": {k[len("gate_gain_") :]: round(v, 4) for k, v in sorted(m.items()) if k.startswith("gate_gain_")},
+        })  # fmt: skip
+    return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes}
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
