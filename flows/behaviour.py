@@ -305,6 +305,8 @@ def _champion_evaluation(params: Params, settings: Settings, champ, index_versio
         if same == (label, index_version, _fingerprint(params)):
             return Evaluation(summary, [], data["behaviour"])
     ev = evaluate_gate(params, settings, champ)
+    baseline = champion_baseline(champ)
+    ev.summary["mlflow_run_id"] = record(params, settings, ev, "the champion, paired with a candidate", baseline)
     if index_version is not None and ev.summary["index_version"] != index_version:
         raise RuntimeError(
             f"the index moved from version {index_version} to {ev.summary['index_version']} since the candidate "

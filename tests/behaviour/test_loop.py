@@ -51,6 +51,9 @@ def _configure(dep: Deployment, **finetune: object) -> None:
         paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
                "behaviour": "behaviour", "models": "state/models"},
         generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2},
+        # dense: the 18-case gate of this 2.6 M-parameter model was sized on dense contexts; with hybrid ones a
+        # few out-of-scope prompts change and 36 training pairs no longer teach the refusal (format 0.56 < 0.6)
+        retrieval={"mode": "dense"},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
         finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 200,
                   "max_seconds": 600, **finetune},
@@ -217,10 +220,14 @@ def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> Non
     assert st["champion"]["version"] == champ.version and st["champion"]["gate"] == "promoted"
     assert st["champion"]["gate_pass_rates"]["format"] >= 0.6
     assert st["pending"]["gate"] == []
+    assert not st["pending"]["evaluation"] and st["last_evaluation"]["model_version"] == f"v{champ.version}"
     loop_dep.write("new-policy.md", "# Overdraft\n\nAn arranged overdraft costs 10 percent a year.\n")
     st = json.loads(CliRunner().invoke(app, ["status", "--json", "--params", p]).stdout)
     assert st["pending"]["reindex"] and st["index"]["changes_since"]["added"] == 1
-    (loop_dep.docs / "new-policy.md").unlink()
+    assert CliRunner().invoke(app, ["index", "--json", "--params", p]).exit_code == 0  # the reindex flow
+    st = json.loads(CliRunner().invoke(app, ["status", "--json", "--params", p]).stdout)
+    assert st["index"]["version"] == 2 and not st["pending"]["reindex"]
+    assert st["pending"]["evaluation"]  # the champion was last evaluated on index version 1
     human = CliRunner().invoke(app, ["status", "--params", p])
     assert human.exit_code == 0 and "champion" in human.output
 
@@ -231,7 +238,8 @@ def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> Non
     assert a["recommendation"] in {"both", "retrieval"}
     assert a["knowledge"]["verdict"] == "retrieval"
     ev = a["evidence"]
-    assert ev["knowledge"]["published_versions"] == 1 and ev["examples"]["train"] == 36
+    assert ev["knowledge"]["published_versions"] == 1 and ev["knowledge"]["documents"]["added"] == 1
+    assert ev["examples"]["train"] == 36
     assert {t["verdict"] for t in ev["finetunes"]} >= {"promoted", "rejected"}
     assert any("fine-tune" in e and "promoted" in e for e in a["behaviour"]["evidence"])
     assert CliRunner().invoke(app, ["advise", "--params", p]).exit_code == 0
