@@ -88,6 +88,27 @@ class EmbedderParams(_Section):
         return v
 
 
+class RetrievalParams(_Section):
+    """How `Retriever.search` ranks the published version's chunks: `dense` (cosine in Chroma), `lexical` (BM25 over
+    the chunk texts) or `hybrid` (both, fused by reciprocal rank; measured best, see bench/README.md)."""
+
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    candidates: int = Field(50, ge=1)  # chunks taken from each ranking before fusion (at least k)
+    rrf_k: int = Field(60, ge=1)  # reciprocal rank fusion: 1 / (rrf_k + rank)
+    bm25_k1: float = Field(0.9, ge=0)  # term-frequency saturation (0.9 / 0.4: the Anserini BM25 defaults)
+    bm25_b: float = Field(0.4, ge=0, le=1)  # document-length normalisation
+    stemmer: str | None = "english"  # Snowball stemmer language for BM25 terms; None: exact words only
+
+    @field_validator("stemmer")
+    @classmethod
+    def _stemmer(cls, v: str | None) -> str | None:
+        import snowballstemmer
+
+        if v is not None and v not in snowballstemmer.algorithms():
+            raise ValueError(f"unknown stemmer {v!r}; one of {', '.join(sorted(snowballstemmer.algorithms()))} or null")
+        return v
+
+
 class TrackingParams(_Section):
     knowledge_experiment: str = "ragloop-knowledge"
     evaluation_experiment: str = "ragloop-evaluation"
@@ -217,6 +238,7 @@ class Params(_Section):
     index: IndexParams = IndexParams()
     chunking: ChunkingParams = ChunkingParams()
     embedder: EmbedderParams = EmbedderParams()
+    retrieval: RetrievalParams = RetrievalParams()
     tracking: TrackingParams = TrackingParams()
     generator: GeneratorParams = GeneratorParams()
     base_model: BaseModelParams = BaseModelParams()

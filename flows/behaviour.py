@@ -277,12 +277,13 @@ def gate_markdown(version: str, champion_label: str, label: str, reasons: list[s
 
 def _fingerprint(params: Params) -> str:
     """What an evaluation's results depend on besides the model and the index: generation, the regression
-    test, and the gate set's content."""
+    test, how retrieval ranks, and the gate set's content."""
     import hashlib
 
     from components.behaviour.suite import suite_hash
 
     parts = [params.generator.model_dump_json(), params.regression.model_dump_json(),
+             params.retrieval.model_dump_json(),
              suite_hash(params.paths.behaviour / "gate.jsonl")]  # fmt: skip
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 

@@ -1,30 +1,142 @@
 """Read the published index: what `ragloop query` and the assistant see. Takes no lock and never sees a
-version that is not fully published (records are filtered by the published version's interval)."""
+version that is not fully published (records are filtered by the published version's interval).
+
+`retrieval.mode` (params.yaml) picks the ranking: `dense` (cosine similarity in Chroma), `lexical` (BM25 over the
+published version's chunk texts) or `hybrid` (both, fused by reciprocal rank). The lexical index is built from the
+manifest's records and texts of the version this Retriever reads, and cached per (index, version): a re-index
+publishes a new version, so a cached index never serves chunks the reader's version does not contain.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+import re
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass
 from types import TracebackType
 
-from components.config import Params, Settings
+import numpy as np
+import snowballstemmer
+
+from components.config import Params, RetrievalParams, Settings
 from components.knowledge.embedder import Embedder
-from components.knowledge.manifest import Manifest
+from components.knowledge.manifest import Manifest, Record
 from components.knowledge.store import Store
+
+_WORD = re.compile(r"\w+")
+_CACHE_SIZE = 4  # lexical indexes kept per process (one per index version read recently)
 
 
 class IndexNotReadyError(RuntimeError):
     """No index version has been published yet."""
 
 
+@functools.lru_cache(maxsize=8)
+def _stemmer(language: str) -> snowballstemmer.stemmer:
+    return snowballstemmer.stemmer(language)
+
+
+@functools.lru_cache(maxsize=500_000)
+def _stem(language: str, word: str) -> str:
+    return str(_stemmer(language).stemWord(word))
+
+
+def tokenize(text: str, stemmer: str | None = None) -> list[str]:
+    """Lower-cased word tokens (letters, digits, underscore; any script), reduced to their Snowball stem in
+    `stemmer`'s language when one is given ("payments" and "payment" both become "payment")."""
+    words = _WORD.findall(text.lower())
+    return words if stemmer is None else [_stem(stemmer, w) for w in words]
+
+
+@dataclass
+class LexicalIndex:
+    """Okapi BM25 over the chunk records of one index version. Each posting holds its term's whole BM25 weight
+    (idf x saturated, length-normalised tf), so a query is one scatter-add per query term."""
+
+    records: list[Record]
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (record positions, weights)
+    stemmer: str | None = None
+
+    @classmethod
+    def build(cls, records: list[Record], texts: dict[str, str], k1: float, b: float,
+              stemmer: str | None = None) -> LexicalIndex:  # fmt: skip
+        records = sorted(records, key=lambda r: r.id)  # a deterministic order: ties rank the same every time
+        counts = [Counter(tokenize(texts.get(r.chunk_hash, ""), stemmer)) for r in records]
+        lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
+        norm = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if len(records) else 0.0, 1e-9))
+        by_term: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for pos, c in enumerate(counts):
+            for term, tf in c.items():
+                by_term[term].append((pos, tf))
+        n = len(records)
+        postings = {}
+        for term, rows in by_term.items():
+            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            pos_arr = np.fromiter((p for p, _ in rows), dtype=np.int64, count=len(rows))
+            freq = np.fromiter((t for _, t in rows), dtype=np.float64, count=len(rows))
+            postings[term] = (pos_arr, idf * freq * (k1 + 1) / (freq + norm[pos_arr]))
+        return cls(records, postings, stemmer)
+
+    def top(self, text: str, n: int) -> list[tuple[Record, float]]:
+        """The n best records for `text` with a positive score, best first."""
+        scores = np.zeros(len(self.records))
+        for term in set(tokenize(text, self.stemmer)):
+            if term in self.postings:
+                pos, weight = self.postings[term]
+                scores[pos] += weight
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) > n:
+            hits = hits[np.argpartition(-scores[hits], n - 1)[:n]]
+        order = hits[np.lexsort((hits, -scores[hits]))]  # by score, then position: deterministic
+        return [(self.records[i], float(scores[i])) for i in order]
+
+
+_LEXICAL: OrderedDict[tuple, LexicalIndex] = OrderedDict()
+
+
+def lexical_index(manifest: Manifest, version: int, collection: str, created_at: float,
+                  params: RetrievalParams) -> LexicalIndex:  # fmt: skip
+    """The BM25 index of one published version, built once per process. The key holds the version's creation
+    time too, so an index folder deleted and rebuilt (version numbers start again) is never served stale."""
+    key = (str(manifest.path.resolve()), version, created_at, collection, params.bm25_k1, params.bm25_b, params.stemmer)
+    if key in _LEXICAL:
+        _LEXICAL.move_to_end(key)
+        return _LEXICAL[key]
+    records = manifest.records_at(version, collection)
+    texts = manifest.texts({r.chunk_hash for r in records})
+    index = _LEXICAL[key] = LexicalIndex.build(records, texts, params.bm25_k1, params.bm25_b, params.stemmer)
+    while len(_LEXICAL) > _CACHE_SIZE:
+        _LEXICAL.popitem(last=False)
+    return index
+
+
+def fuse(rankings: list[list[str]], k: int, rrf_k: int) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion: score(id) = sum over rankings of 1 / (rrf_k + rank), rank from 1; ties keep the
+    first ranking's order. Scores are divided by their maximum (first in every ranking), so 1.0 is the top."""
+    scores: dict[str, float] = defaultdict(float)
+    first_seen: dict[str, tuple[int, int]] = {}
+    for which, ids in enumerate(rankings):
+        for rank, rid in enumerate(ids, start=1):
+            scores[rid] += 1.0 / (rrf_k + rank)
+            first_seen.setdefault(rid, (rank, which))
+    best = len(rankings) / (rrf_k + 1)
+    ranked = sorted(scores, key=lambda rid: (-scores[rid], first_seen[rid]))
+    return [(rid, scores[rid] / best) for rid in ranked[:k]]
+
+
 class Retriever:
     """The published version, opened once for many queries (an evaluation asks hundreds)."""
 
     def __init__(self, params: Params, settings: Settings | None = None) -> None:
+        self.params = params.retrieval
         self.manifest = Manifest(params.paths.index / "manifest.sqlite")
         self.version = self.manifest.published()
         info = self.manifest.version(self.version)
         if info is None:
             self.manifest.close()
             raise IndexNotReadyError(f"no index published under {params.paths.index}: run `ragloop index` first")
+        self.info = info
         model, _, revision = info.embedder.rpartition("@")
         embedder_params = params.embedder.model_copy(
             update={"model": model, "revision": None if revision.startswith("sha256:") else revision}
@@ -32,17 +144,42 @@ class Retriever:
         self.embedder = Embedder(embedder_params, info.embedder)
         self.store = Store(params.paths.index, settings or Settings.from_env())
         self.collection = self.store.collection(info.collection)
+        self._lexical: LexicalIndex | None = None
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        if self._lexical is None:
+            self._lexical = lexical_index(self.manifest, self.version, self.info.collection, self.info.created_at,
+                                          self.params)  # fmt: skip
+        return self._lexical
 
     def search(self, texts: list[str], k: int) -> list[list[dict]]:
-        """For each text, the k best chunks: [{"doc", "chunk_id", "score", "text"}], best first."""
-        vectors = self.embedder.encode(texts)
-        hits = [self.store.query(self.collection, v, k, self.version) for v in vectors]
-        chunk_texts = self.manifest.texts({rec.metadata["chunk_hash"] for per in hits for rec, _ in per})
+        """For each text, the k best chunks: [{"doc", "chunk_id", "score", "text"}], best first. The score is the
+        cosine similarity (dense), the BM25 score (lexical) or the normalised fused score (hybrid, 1.0 = ranked
+        first by both)."""
+        if self.params.mode == "lexical":
+            per_text = [[(r.id, r.doc, r.chunk_id, r.chunk_hash, s) for r, s in self.lexical.top(t, k)] for t in texts]
+        else:
+            vectors = self.embedder.encode(texts)
+            n = k if self.params.mode == "dense" else max(k, self.params.candidates)
+            dense = [self.store.query(self.collection, v, n, self.version) for v in vectors]
+            per_text = [[(rec.id, rec.metadata["doc"], rec.metadata["chunk_id"], rec.metadata["chunk_hash"], s)
+                         for rec, s in hits] for hits in dense]  # fmt: skip
+            if self.params.mode == "hybrid":
+                per_text = [self._fuse(hits, t, k) for hits, t in zip(per_text, texts, strict=True)]
+        chunk_texts = self.manifest.texts({h[3] for per in per_text for h in per})
         return [
-            [{"doc": rec.metadata["doc"], "chunk_id": rec.metadata["chunk_id"], "score": round(score, 6),
-              "text": chunk_texts.get(rec.metadata["chunk_hash"], "")} for rec, score in per]
-            for per in hits
+            [{"doc": doc, "chunk_id": cid, "score": round(score, 6), "text": chunk_texts.get(h, "")}
+             for _, doc, cid, h, score in per]
+            for per in per_text
         ]  # fmt: skip
+
+    def _fuse(self, dense: list[tuple[str, str, str, str, float]], text: str, k: int) -> list:
+        lexical = self.lexical.top(text, max(k, self.params.candidates))
+        rows = {rid: (rid, doc, cid, h) for rid, doc, cid, h, _ in dense}
+        rows.update({r.id: (r.id, r.doc, r.chunk_id, r.chunk_hash) for r, _ in lexical})
+        fused = fuse([[row[0] for row in dense], [r.id for r, _ in lexical]], k, self.params.rrf_k)
+        return [(*rows[rid], score) for rid, score in fused]
 
     def stale_docs(self) -> set[str]:
         """Documents of the published version whose last parse failed (their chunks are an old text)."""
