@@ -22,7 +22,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS = 1
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install browser run test lint format typecheck unit bench bench-behaviour clean
+.PHONY: help install browser run test lint format typecheck unit bench bench-behaviour bench-peers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ bench: $(STAMP) ## knowledge-path and scale-out benchmarks (need ../shared/data)
 bench-behaviour: $(STAMP) ## behaviour-path benchmarks: regression -> promotion time, banking77 intent accuracy
 	test -f data/models/base/model.safetensors || $(BIN)/ragloop base-model
 	for b in regression_to_promotion banking77; do $(BIN)/python bench/$$b.py || exit 1; done
+
+bench-peers: $(STAMP) ## head-to-head with LangChain and LlamaIndex: speed, store contents, retrieval quality
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/python bench/head_to_head.py && $(BIN)/python bench/retrieval_quality.py
 
 clean: ## remove local state (index, metrics, MLflow store, Prefect home); keeps .venv
 	rm -rf data/index data/metrics .mlflow .prefect
