@@ -13,7 +13,8 @@ from prefect.events import emit_event
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
 from components.config import Params, Settings, load_params
-from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run, write_plot
+from components.tracking.lineage import write_plot
+from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from flows.deployments import TRAINING_LIMIT, slot
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED, MODEL_RESOURCE
 
@@ -62,8 +63,8 @@ def write_metrics(params: Params, ev: Evaluation) -> None:
     (params.paths.metrics / "evaluation.json").write_text(json.dumps(ev.summary, indent=2) + "\n")
     slices = [{"slice": name, **s} for name, s in sorted(ev.summary["slices"].items())]
     retrieval = [{"metric": name, "value": v} for name, v in sorted(ev.summary["retrieval"].items())]
-    write_plot(params, "slices.json", slices)
-    write_plot(params, "retrieval.json", retrieval)
+    write_plot(params.paths.metrics, "slices.json", slices)
+    write_plot(params.paths.metrics, "retrieval.json", retrieval)
     results = {"behaviour": ev.results, "summary": ev.summary, "fingerprint": _fingerprint(params)}
     (params.paths.metrics / "evaluation_results.json").write_text(json.dumps(results) + "\n")
 
@@ -74,9 +75,10 @@ def evaluate(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
     ev = evaluate_gate(params, settings, champ)
-    ev.summary["mlflow_run_id"] = record(params, settings, ev, reason, champion_baseline(champ))
+    baseline = champion_baseline(champ)
+    ev.summary["mlflow_run_id"] = record(params, settings, ev, reason, baseline)
     write_metrics(params, ev)
-    _announce(ev.summary, evaluation_note(ev.summary, champion_baseline(champ), reason))
+    _announce(ev.summary, evaluation_note(ev.summary, baseline, reason))
     return ev.summary
 
 

@@ -20,7 +20,8 @@ from components.knowledge import indexer
 from components.knowledge.embedder import Embedder
 from components.knowledge.report import contract, to_markdown
 from components.knowledge.session import IndexSession, open_index
-from components.tracking.mlflow_runs import log_index_run, write_plot
+from components.tracking.lineage import write_plot
+from components.tracking.mlflow_runs import log_index_run
 from flows.deployments import EMBEDDING_LIMIT, slot
 from flows.events import INDEX_PUBLISHED, INDEX_RESOURCE
 
@@ -106,7 +107,7 @@ def write_metrics(params: Params, report: dict) -> None:
     keep = {k: report[k] for k in ("index_version", "documents", "chunks", "duration_s", "freshness_lag_s")}
     (params.paths.metrics / "index.json").write_text(json.dumps(keep, indent=2) + "\n")
     live = sum(v for k, v in report["documents"].items() if k not in {"deleted", "failed"})
-    write_plot(params, "index_size.json", [{"index_version": report["index_version"], "documents": live,
+    write_plot(params.paths.metrics, "index_size.json", [{"index_version": report["index_version"], "documents": live,
                                             "chunks": report["chunks"]["total"]}])  # fmt: skip
 
 

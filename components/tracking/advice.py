@@ -80,7 +80,8 @@ def _behaviour(ev: dict) -> dict:
         f"{ex['train']} labelled training examples ({len(ex.get('train_by_intent', {}))} intents), "
         f"{ex['gate']} held-out gate cases",
     ]
-    promoted = [t for t in tunes if t["verdict"] == "promoted"]
+    judged = [t for t in tunes if t["verdict"] in ("promoted", "rejected")]  # a killed or ungated run is no try
+    promoted = [t for t in judged if t["verdict"] == "promoted"]
     for t in tunes:
         gains = ", ".join(f"{s} {g:+.2f}" for s, g in t["gains"].items()) or "no gate result"
         cost = f"{t['train_seconds']:.0f} s of training" if t["train_seconds"] is not None else "cost not recorded"
@@ -100,15 +101,15 @@ def _behaviour(ev: dict) -> dict:
         advice = [f"behaviour needs the weights ({_pct(share)} of cases fail on it), but only {ex['train']} labelled "
                   f"examples exist (< {MIN_EXAMPLES}): label more before fine-tuning"]  # fmt: skip
         would_change = [f"{MIN_EXAMPLES - ex['train']} more labelled examples in the training set"]
-    elif len(tunes) >= FUTILE_TRIES and not promoted:
+    elif len(judged) >= FUTILE_TRIES and not promoted:
         spent = sum(t["train_seconds"] or 0 for t in tunes)
         verdict = "hold"
-        advice = [f"{len(tunes)} fine-tunes in {days} days, none promoted ({spent:.0f} s of training spent): change "
+        advice = [f"{len(judged)} fine-tunes in {days} days, none promoted ({spent:.0f} s of training spent): change "
                   "the training data or the base model (`generator.model`) before fine-tuning again"]  # fmt: skip
         would_change = ["a fine-tune that wins at the gate, after a change of data or base model"]
     else:
         verdict = "fine-tune"
-        record = f"; {len(promoted)} of {len(tunes)} recent fine-tunes won at the gate" if tunes else ""
+        record = f"; {len(promoted)} of {len(judged)} recent fine-tunes won at the gate" if judged else ""
         advice = [f"fine-tune for behaviour: {_pct(share)} of cases fail on behaviour with the right context, "
                   f"and {ex['train']} labelled examples exist{record}"]  # fmt: skip
         would_change = [f"behaviour failures under {_pct(BEHAVIOUR_SHARE)} of cases with no regressed slice "

@@ -9,11 +9,12 @@ registry). Nothing is estimated: a figure that has no record behind it is report
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from components.config import Params, Settings
-from components.tracking.mlflow_runs import client_for
+from components.tracking.mlflow_runs import client_for, tracking_uri
 
 DAY_MS = 86_400_000
 
@@ -170,7 +171,7 @@ def status(params: Params, settings: Settings) -> dict:
             if evaluation_current
             else f"no evaluation of {champion_label} on index version {index['version']} yet",
         },
-        "tracking_uri": str(client.tracking_uri) if hasattr(client, "tracking_uri") else None,
+        "tracking_uri": tracking_uri(params, settings),
     }
 
 
@@ -184,16 +185,16 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     index_runs = _runs(client, params.tracking.knowledge_experiment, since)
     published = [r for r in index_runs if r.data.metrics.get("published", 0) > 0]
 
-    def total(key: str, runs: list[Any] = published) -> int:
-        return int(sum(r.data.metrics.get(key, 0) for r in runs))
+    def total(key: str) -> int:
+        return int(sum(r.data.metrics.get(key, 0) for r in published))
 
     latest_chunks = int(index_runs[0].data.metrics.get("chunks_total", 0)) if index_runs else 0
-    changed_docs = sum(total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed"))
+    documents = {k: total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed")}
     knowledge = {
         "index_runs": len(index_runs),
         "published_versions": len(published),
-        "documents_changed": changed_docs,
-        "documents": {k: total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed")},
+        "documents_changed": sum(documents.values()),
+        "documents": documents,
         "chunks_embedded": total("chunks_embedded"),
         "chunks_deleted": total("chunks_deleted"),
         "chunks_now": latest_chunks,
@@ -219,8 +220,8 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
         from components.behaviour.loop import load_suite
 
         gate, train = load_suite(params)
-        examples: dict[str, Any] = {"train": len(train), "gate": len(gate),
-                                    "train_by_intent": _count(c.intent for c in train)}  # fmt: skip
+        by_intent = dict(sorted(Counter(c.intent for c in train).items()))
+        examples: dict[str, Any] = {"train": len(train), "gate": len(gate), "train_by_intent": by_intent}
     except (SuiteError, OSError) as exc:
         examples = {"train": 0, "gate": 0, "error": str(exc)}
 
@@ -237,10 +238,3 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
             "gains": {k[len("gate_gain_") :]: round(v, 4) for k, v in sorted(m.items()) if k.startswith("gate_gain_")},
         })  # fmt: skip
     return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes}
-
-
-def _count(values: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))

@@ -1,4 +1,5 @@
-"""What a run was built from: the git commit of the code and the DVC hash of the documents."""
+"""What a run was built from (the git commit of the code, the DVC hash of the documents), and the data files
+that `dvc plots` draws."""
 
 from __future__ import annotations
 
@@ -43,3 +44,9 @@ def docs_dvc_md5(folder: Path) -> str:
     entries.sort(key=lambda e: e["relpath"])
     payload = json.dumps(entries, sort_keys=True).encode()
     return hashlib.md5(payload, usedforsecurity=False).hexdigest() + ".dir"
+
+
+def write_plot(folder: Path, name: str, rows: list[dict]) -> None:
+    """A `dvc plots` data file (a list of records) under <folder>/plots/; dvc.yaml says how to draw it."""
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    (folder / "plots" / name).write_text(json.dumps(rows, indent=2) + "\n")

@@ -85,19 +85,13 @@ def log_index_run(params: Params, settings: Settings, report: dict, markdown: st
     return run_id
 
 
-def write_plot(params: Params, name: str, rows: list[dict]) -> None:
-    """A `dvc plots` data file (a list of records) under <paths.metrics>/plots/; dvc.yaml says how to draw it."""
-    import json
-
-    folder = params.paths.metrics / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(json.dumps(rows, indent=2) + "\n")
-
-
 def _millis() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+CASES_TABLE = "cases.json"  # the per-case table of an evaluation run
 
 
 def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcomes: list[dict],
@@ -150,9 +144,6 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
         client.log_table(run_id, data={k: [o[k] for o in outcomes] for k in outcomes[0]}, artifact_file=CASES_TABLE)
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-CASES_TABLE = "cases.json"
 
 
 def evaluation_note(summary: dict, baseline: dict[str, dict] | None, reason: str) -> str:

@@ -82,6 +82,8 @@ def test_too_few_examples_or_futile_tries_do_not_fine_tune() -> None:
     futile = advise(_history(tunes=[_tune("rejected", -0.01)] * FUTILE_TRIES))
     assert futile["behaviour"]["verdict"] == "hold"
     assert f"{FUTILE_TRIES} fine-tunes in 30 days, none promoted (480 s" in futile["behaviour"]["advice"][0]
+    killed = advise(_history(tunes=[_tune("pending", 0.0)] * (FUTILE_TRIES + 1)))  # no gate verdict: no try
+    assert killed["behaviour"]["verdict"] == "fine-tune"
     one_win = advise(_history(tunes=[_tune("rejected", 0.0)] * FUTILE_TRIES + [_tune("promoted", 0.3)]))
     assert one_win["behaviour"]["verdict"] == "fine-tune"
 
