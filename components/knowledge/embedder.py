@@ -92,20 +92,51 @@ class Embedder:
         model = self._load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        # Sort by length so each batch pads little; encode in slices so progress can be reported.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        step = self.params.batch_size * 8
-        for start in range(0, len(texts), step):
-            idx = order[start : start + step]
-            vecs = model.encode(
-                [texts[i] for i in idx],
-                batch_size=self.params.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            out[idx] = vecs
-            if progress is not None:
-                progress(len(idx))
-        return out
+        return encode_batched(model, texts, self.params.batch_size, self.params.batch_tokens, progress)
+
+
+def encode_batched(
+    model: Any, texts: list[str], max_texts: int, max_tokens: int, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """L2-normalised float32 vectors of `texts`, in their order. Longest first, then batches of equal padded size
+    (`max_tokens`) rather than of equal count: long texts go in small batches that stay in cache, short ones in
+    large batches that amortise the call."""
+    lengths = token_lengths(model, texts)
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    for batch in plan_batches(lengths[order], max_texts, max_tokens):
+        idx = order[batch]
+        out[idx] = model.encode(
+            [texts[i] for i in idx],
+            batch_size=len(idx),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
+def token_lengths(model: Any, texts: list[str]) -> np.ndarray:
+    """What each text costs the model: its token count after truncation (characters when there is no tokenizer)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    if tokenizer is None or not callable(tokenizer):
+        return np.array([len(t) for t in texts], dtype=np.int64)
+    ids = tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
+    return np.array([len(x) for x in ids], dtype=np.int64)
+
+
+def plan_batches(lengths: np.ndarray, max_texts: int, max_tokens: int) -> list[slice]:
+    """Consecutive slices over `lengths` (sorted longest first) with at most `max_texts` texts and at most
+    `max_tokens` padded tokens (count x longest) each; a text longer than `max_tokens` goes alone.
+    `max_tokens=0` gives plain batches of `max_texts`."""
+    batches, start, n = [], 0, len(lengths)
+    while start < n:
+        size = max_texts
+        if max_tokens > 0:
+            size = max(1, min(max_texts, max_tokens // max(1, int(lengths[start]))))
+        batches.append(slice(start, min(n, start + size)))
+        start += size
+    return batches

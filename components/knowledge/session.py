@@ -49,7 +49,7 @@ class IndexSession:
 
     def embedding_function(self) -> RagloopEmbedding:
         e = self.params.embedder
-        return RagloopEmbedding(e.model, self.embedder_id, e.batch_size, e.device)
+        return RagloopEmbedding(e.model, self.embedder_id, e.batch_size, e.device, e.batch_tokens)
 
     def collection(self, name: str) -> Any:
         return self.store.collection(name, self.embedding_function())

@@ -27,9 +27,13 @@ PAGE = 2000
 class RagloopEmbedding(EmbeddingFunction[Documents]):
     """The collection's own embedding function (Chroma's default would download a model and fail offline)."""
 
-    def __init__(self, model: str, identity: str, batch_size: int = 32, device: str = "auto") -> None:
+    def __init__(
+        self, model: str, identity: str, batch_size: int = 256, device: str = "auto", batch_tokens: int = 4096
+    ) -> None:
         self.model, self.identity, self.batch_size, self.device = model, identity, batch_size, device
-        self._embedder = Embedder(EmbedderParams(model=model, batch_size=batch_size, device=device), identity)
+        self.batch_tokens = batch_tokens
+        params = EmbedderParams(model=model, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
+        self._embedder = Embedder(params, identity)
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self._embedder.encode(list(input)))
@@ -43,6 +47,7 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
             "model": self.model,
             "identity": self.identity,
             "batch_size": self.batch_size,
+            "batch_tokens": self.batch_tokens,
             "device": self.device,
         }
 

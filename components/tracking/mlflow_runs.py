@@ -68,6 +68,7 @@ def log_index_run(params: Params, settings: Settings, report: dict, markdown: st
         "embedder.model": params.embedder.model,
         "embedder.identity": report["embedder"],
         "embedder.batch_size": params.embedder.batch_size,
+        "embedder.batch_tokens": params.embedder.batch_tokens,
         "chunking.max_chars": params.chunking.max_chars,
         "chunking.min_chars": params.chunking.min_chars,
         "index.keep_versions": params.index.keep_versions,
