@@ -49,6 +49,8 @@ def main() -> None:
     texts = corpus_texts(args.sample)
     model = load_model()
     lengths = token_lengths(model, texts)
+    assert lengths is not None, "MiniLM has a tokenizer"
+    at_window = int((lengths >= model.max_seq_length).sum())
     model.encode(texts[:64], batch_size=32, show_progress_bar=False)  # warm
     default = EmbedderParams()
     settings: list[tuple[str, Any]] = [(f"fixed {n}", int(n)) for n in args.fixed.split(",")]
@@ -70,13 +72,14 @@ def main() -> None:
     best = min(rows, key=lambda r: r["seconds"])
     chosen = f"tokens {default.batch_tokens}"
     print(f"\n{len(texts):,} texts, {int(lengths.sum()):,} tokens (mean {lengths.mean():.0f}, "
-          f"{int((lengths >= model.max_seq_length).sum())} at the {model.max_seq_length}-token window)")  # fmt: skip
+          f"{at_window} at the {model.max_seq_length}-token window)")  # fmt: skip
     print(c.table(["setting", "s", "texts/s", "tokens/s", "x fixed 32", "others"],
                   [[r["setting"], r["seconds"], r["texts_per_s"], r["tokens_per_s"], r["speedup_vs_fixed_32"],
                     r["others"]] for r in rows]))  # fmt: skip
     print(f"fastest: {best['setting']}; the default is {chosen}")
     c.save("embed_batching", {
         "texts": len(texts), "tokens": int(lengths.sum()), "max_seq_length": model.max_seq_length,
+        "texts_at_window": at_window,
         "sample_one_in": args.sample, "default": {"batch_size": default.batch_size,
                                                    "batch_tokens": default.batch_tokens},
         "fastest": best["setting"], "results": rows,

@@ -42,7 +42,7 @@ from churn import HISTORY, NEW, OLD, expected_documents, extract, read_docs
 
 from components.config import EmbedderParams
 from components.knowledge.chunking import chunk_document
-from components.knowledge.embedder import Embedder, encode_batched, resolve_model
+from components.knowledge.embedder import Embedder, encode_batched, resolve_model, token_lengths
 from components.knowledge.indexer import run_index
 from components.knowledge.session import open_index
 from components.knowledge.store import visible_at
@@ -291,12 +291,18 @@ def _brief(report: dict) -> dict:
     return {k: v for k, v in report.items() if k in keep}
 
 
-def raw_encode(model: Any, texts: list[str], max_wait: float) -> dict[str, Any]:
+def raw_encode(model: Any, texts: list[str], max_wait: float, tokens_first: bool = False) -> dict[str, Any]:
     """The model alone on exactly these texts, batched two ways: 32 texts a batch (sentence-transformers sorts
-    them by length inside the call) and ragloop's token-budget batches. The limit is the faster."""
-    out: dict[str, Any] = {"texts": len(texts)}
+    them by length inside the call) and ragloop's token-budget batches, in the order given. The limit is the faster.
+    Also what the texts cost: tokens after truncation and how many reach the model's window."""
+    lengths = token_lengths(model, texts) if texts else None
+    out: dict[str, Any] = {
+        "texts": len(texts),
+        "tokens": int(lengths.sum()) if lengths is not None else 0,
+        "at_window": int((lengths >= model.max_seq_length).sum()) if lengths is not None else 0,
+    }
     defaults = EmbedderParams()
-    for batching in ("fixed_32", "tokens"):
+    for batching in ("tokens", "fixed_32") if tokens_first else ("fixed_32", "tokens"):
         c.wait_quiet(max_wait=max_wait)
         with c.Timer() as t:
             if texts and batching == "fixed_32":
@@ -398,9 +404,10 @@ def measure(names: list[str], work: Path, max_wait: float, every: int = 1) -> di
         key = (hash(tuple(must_full)), hash(tuple(must_churn)))
         if key not in limits:
             c.log(f"raw encode of the texts {s.name} must embed: {len(must_full)} + {len(must_churn)}")
+            first = len(limits) % 2 == 1  # alternate which batching goes first from one text set to the next
             limits[key] = {
-                "full": raw_encode(model, must_full, max_wait),
-                "churn": raw_encode(model, must_churn, max_wait),
+                "full": raw_encode(model, must_full, max_wait, tokens_first=first),
+                "churn": raw_encode(model, must_churn, max_wait, tokens_first=not first),
             }
         out[s.name]["limit"] = limits[key]
         for phase in ("full", "churn"):

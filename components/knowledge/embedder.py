@@ -89,10 +89,10 @@ class Embedder:
         return int(self._load().get_embedding_dimension())
 
     def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        model = self._load()
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return encode_batched(model, texts, self.params.batch_size, self.params.batch_tokens, progress)
+        return encode_batched(self._load(), texts, self.params.batch_size, self.params.batch_tokens, progress)
+
+
+PLAN_WINDOW = 8192  # texts tokenized and ordered together
 
 
 def encode_batched(
@@ -100,31 +100,38 @@ def encode_batched(
 ) -> np.ndarray:
     """L2-normalised float32 vectors of `texts`, in their order. Longest first, then batches of equal padded size
     (`max_tokens`) rather than of equal count: long texts go in small batches that stay in cache, short ones in
-    large batches that amortise the call."""
-    lengths = token_lengths(model, texts)
-    order = np.argsort(-lengths, kind="stable")
+    large batches that amortise the call. Works through the texts in windows of PLAN_WINDOW, so a large corpus is
+    never tokenized at once. A model without a tokenizer gets plain batches of `max_texts`."""
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    for batch in plan_batches(lengths[order], max_texts, max_tokens):
-        idx = order[batch]
-        out[idx] = model.encode(
-            [texts[i] for i in idx],
-            batch_size=len(idx),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        if progress is not None:
-            progress(len(idx))
+    for start in range(0, len(texts), PLAN_WINDOW):
+        window = texts[start : start + PLAN_WINDOW]
+        lengths = token_lengths(model, window)
+        budget = max_tokens if lengths is not None else 0
+        if lengths is None:
+            lengths = np.array([len(t) for t in window], dtype=np.int64)  # only to order them
+        order = np.argsort(-lengths, kind="stable")
+        for batch in plan_batches(lengths[order], max_texts, budget):
+            idx = order[batch]
+            out[start + idx] = model.encode(
+                [window[i] for i in idx],
+                batch_size=len(idx),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(len(idx))
     return out
 
 
-def token_lengths(model: Any, texts: list[str]) -> np.ndarray:
-    """What each text costs the model: its token count after truncation (characters when there is no tokenizer)."""
+def token_lengths(model: Any, texts: list[str]) -> np.ndarray | None:
+    """What each text costs the model: its token count after truncation; None when the model has no tokenizer."""
     tokenizer = getattr(model, "tokenizer", None)
-    limit = getattr(model, "max_seq_length", None)
     if tokenizer is None or not callable(tokenizer):
-        return np.array([len(t) for t in texts], dtype=np.int64)
-    ids = tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
+        return None
+    limit = getattr(model, "max_seq_length", None)
+    ids = tokenizer(texts, truncation=limit is not None, max_length=limit, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]  # fmt: skip
     return np.array([len(x) for x in ids], dtype=np.int64)
 
 

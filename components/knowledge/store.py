@@ -25,7 +25,12 @@ PAGE = 2000
 
 @register_embedding_function
 class RagloopEmbedding(EmbeddingFunction[Documents]):
-    """The collection's own embedding function (Chroma's default would download a model and fail offline)."""
+    """The collection's own embedding function (Chroma's default would download a model and fail offline).
+
+    Chroma persists `get_config()` with the collection and rebuilds the function from it. Batching is runtime
+    tuning, not identity: `batch_tokens` stays out of the persisted config (so older ragloop versions still rebuild
+    it), and `build_from_config` ignores keys it does not know (so this version reads configs written by newer ones).
+    """
 
     def __init__(
         self, model: str, identity: str, batch_size: int = 256, device: str = "auto", batch_tokens: int = 4096
@@ -43,17 +48,12 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
         return "ragloop-sentence-transformers"
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "identity": self.identity,
-            "batch_size": self.batch_size,
-            "batch_tokens": self.batch_tokens,
-            "device": self.device,
-        }
+        return {"model": self.model, "identity": self.identity, "batch_size": self.batch_size, "device": self.device}
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> RagloopEmbedding:
-        return RagloopEmbedding(**config)
+        known = {"model", "identity", "batch_size", "device", "batch_tokens"}
+        return RagloopEmbedding(**{k: v for k, v in config.items() if k in known})
 
     def default_space(self) -> str:  # type: ignore[override]
         return "cosine"
