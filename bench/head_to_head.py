@@ -298,7 +298,7 @@ def raw_encode(model: Any, texts: list[str], max_wait: float, tokens_first: bool
     lengths = token_lengths(model, texts) if texts else None
     out: dict[str, Any] = {
         "texts": len(texts),
-        "tokens": int(lengths.sum()) if lengths is not None else 0,
+        "token_count": int(lengths.sum()) if lengths is not None else 0,
         "at_window": int((lengths >= model.max_seq_length).sum()) if lengths is not None else 0,
     }
     defaults = EmbedderParams()
