@@ -22,9 +22,9 @@ from typing import Any
 import _common as c  # sets the offline environment before the project imports
 from churn import HISTORY, OLD, extract
 from head_to_head import load_model, read_folder, sample
+from index_throughput import chunk_texts
 
-from components.config import ChunkingParams, EmbedderParams
-from components.knowledge.chunking import chunk_document
+from components.config import EmbedderParams
 from components.knowledge.embedder import encode_batched, token_lengths
 
 
@@ -34,9 +34,7 @@ def corpus_texts(every: int) -> list[str]:
         docs = extract(tar, work / "snap")
         if every > 1:
             sample(docs, every)
-        files = read_folder(docs)
-    params = ChunkingParams()
-    return sorted({ch.text for rel, text in files.items() for ch in chunk_document(rel, text, params)})
+        return chunk_texts(read_folder(docs), c.deployment(work / "chunker"))  # ragloop's chunks, default params
 
 
 def main() -> None:

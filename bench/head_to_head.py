@@ -42,6 +42,7 @@ from churn import HISTORY, NEW, OLD, expected_documents, extract, read_docs
 
 from components.config import EmbedderParams
 from components.knowledge.chunking import chunk_document
+from components.knowledge.documents import decode_text
 from components.knowledge.embedder import Embedder, encode_batched, resolve_model, token_lengths
 from components.knowledge.indexer import run_index
 from components.knowledge.session import open_index
@@ -119,14 +120,8 @@ def llamaindex_splitter() -> Any:
 
 def read_folder(folder: Path) -> dict[str, str]:
     """rel path -> text, the files ragloop's scanner would index (.md here), decoded as it does."""
-    out = {}
-    for rel, data in read_docs(folder, (".md", ".markdown", ".txt")).items():
-        if data.strip():
-            try:
-                out[rel] = data.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                out[rel] = data.decode("cp1252", errors="replace")
-    return out
+    docs = read_docs(folder, (".md", ".markdown", ".txt"))
+    return {rel: decode_text(rel, data)[0] for rel, data in docs.items() if data.strip()}
 
 
 def chroma_client(path: Path) -> Any:

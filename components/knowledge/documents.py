@@ -111,14 +111,15 @@ def parse_document(rel: str, data: bytes) -> ParsedDocument:
     if suffix == ".pdf":
         doc = _parse_pdf(rel, data)
     else:
-        text, warnings = _decode_text(rel, data)
+        text, warnings = decode_text(rel, data)
         doc = ParsedDocument(_html_to_text(text) if suffix in {".html", ".htm"} else text, warnings)
     if not doc.text.strip():
         raise DocumentError(rel, "no extractable text")
     return doc
 
 
-def _decode_text(rel: str, data: bytes) -> tuple[str, tuple[str, ...]]:
+def decode_text(rel: str, data: bytes) -> tuple[str, tuple[str, ...]]:
+    """A text file's bytes as the indexer reads them: UTF-8 (BOM dropped), else cp1252 with a warning."""
     head = data[:8192]
     if b"\x00" in head:
         raise DocumentError(rel, f"binary content in a {Path(rel).suffix} file (NUL bytes); expected text")

@@ -84,10 +84,6 @@ class Embedder:
                 raise EmbedderError(f"embedder.model={self.params.model!r} cannot be loaded{hint}: {exc}") from None
         return self._model
 
-    @property
-    def dimension(self) -> int:
-        return int(self._load().get_embedding_dimension())
-
     def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         return encode_batched(self._load(), texts, self.params.batch_size, self.params.batch_tokens, progress)
 

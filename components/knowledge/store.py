@@ -8,6 +8,7 @@ documents was three quarters of the write cost on short chunks, and nothing here
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from components.config import EmbedderParams, Settings
 from components.knowledge.embedder import Embedder
 
 PAGE = 2000
+_DEFAULT = EmbedderParams()
 
 
 @register_embedding_function
@@ -32,9 +34,8 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
     it), and `build_from_config` ignores keys it does not know (so this version reads configs written by newer ones).
     """
 
-    def __init__(
-        self, model: str, identity: str, batch_size: int = 256, device: str = "auto", batch_tokens: int = 4096
-    ) -> None:
+    def __init__(self, model: str, identity: str, batch_size: int = _DEFAULT.batch_size, device: str = _DEFAULT.device,
+                 batch_tokens: int = _DEFAULT.batch_tokens) -> None:  # fmt: skip
         self.model, self.identity, self.batch_size, self.device = model, identity, batch_size, device
         self.batch_tokens = batch_tokens
         params = EmbedderParams(model=model, batch_size=batch_size, batch_tokens=batch_tokens, device=device)
@@ -52,7 +53,7 @@ class RagloopEmbedding(EmbeddingFunction[Documents]):
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> RagloopEmbedding:
-        known = {"model", "identity", "batch_size", "device", "batch_tokens"}
+        known = inspect.signature(RagloopEmbedding).parameters
         return RagloopEmbedding(**{k: v for k, v in config.items() if k in known})
 
     def default_space(self) -> str:  # type: ignore[override]
