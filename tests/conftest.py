@@ -9,6 +9,10 @@ from components.config import QUIET_OFFLINE_ENV
 
 os.environ.update(QUIET_OFFLINE_ENV)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"))
+# Every process that runs a flow with no PREFECT_API_URL (each `ragloop` CLI call, each DVC stage) starts its own
+# temporary Prefect server: 29-34 s to answer on a new database on a slow shared 2-core machine (STACK.md), where
+# Prefect's default wait of 20 s fails the run with "Timed out while attempting to connect to ephemeral Prefect API".
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 for _server_var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAGLOOP_CHROMA_HOST"):
     os.environ.pop(_server_var, None)  # tests use the embedded defaults unless a test sets these itself
 
@@ -28,5 +32,5 @@ def prefect_server():
     """A real temporary Prefect server for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=180):
         yield

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +17,26 @@ from tests.helpers import DOCS, REPO
 pytestmark = pytest.mark.slow
 
 
-def _sh(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}",
+def _run(cwd: Path, *cmd: str, bytecode: bool = False) -> subprocess.CompletedProcess:
+    """`cmd` in the project with the venv first on PATH; `bytecode` turns Python's .pyc writing on, as on a
+    user's machine (ours set PYTHONDONTWRITEBYTECODE=1, which hid __pycache__ folders from these tests)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PREFECT_HOME": str(cwd / ".prefect")}  # fmt: skip
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _sh(cwd: Path, *cmd: str, bytecode: bool = False) -> str:
+    result = _run(cwd, *cmd, bytecode=bytecode)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A fresh git + DVC project with the repo's dvc.yaml and params.yaml and a tiny knowledge base."""
-    for name in ("dvc.yaml", "params.yaml"):
+    """A fresh git + DVC project with the repo's dvc.yaml, params.yaml and .dvcignore and a tiny knowledge base."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, tmp_path / name)
     for name in ("components", "flows"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -87,6 +96,52 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
                       ("workspace", "chunks"): (2, 6), ("workspace", "documents"): (2, 3)}  # fmt: skip
     status = _sh(project, "dvc", "status", "index")
     assert "up to date" in status or status.strip() == ""
+
+
+# What tools, editors and the OS leave next to the real files of a dependency folder (.dvcignore names them)
+NOISE = ["components/knowledge/.indexer.py.swp", "components/knowledge/indexer.py~",
+         "components/knowledge/.mypy_cache/3.11/cache.db", "components/knowledge/.ruff_cache/CACHEDIR.TAG",
+         "components/knowledge/.pytest_cache/README.md", "data/docs/.DS_Store", "data/docs/cards/.#lost-card.md",
+         "data/docs/._fees.md"]  # fmt: skip
+
+
+def _dependency_paths(project: Path) -> list[str]:
+    """Every dep and out of every stage in dvc.yaml, and every file git tracks under one of them."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values()
+    named = {next(iter(e)) if isinstance(e, dict) else e
+             for stage in stages for key in ("deps", "outs", "metrics") for e in stage.get(key, [])}  # fmt: skip
+    tracked = _sh(project, "git", "ls-files").splitlines()
+    return sorted(named | {f for f in tracked if any(f.startswith(d.rstrip("/") + "/") for d in named)})
+
+
+def test_bytecode_and_editor_files_in_a_dependency_folder_leave_dvc_status_clean(project: Path) -> None:
+    """With bytecode writing on, as on a user's machine: running the code of a stage's dependency folder
+    (components/knowledge, a Python package) writes its __pycache__ there; neither that nor an editor's or a
+    tool's leftovers may make DVC see a changed dependency. A real edit of a source file still does."""
+    _sh(project, "dvc", "repro", "index", bytecode=True)
+    # `python -m` from the project imports the project's own copy of the package (the `ragloop` script the stage
+    # runs imports the installed one), so this is what a user's first query does to their checkout
+    hits = json.loads(_sh(project, sys.executable, "-m", "flows.cli", "query", "SWIFT transfer fee", "--json",
+                          bytecode=True))  # fmt: skip
+    assert hits and hits[0]["doc"] == "fees.md"
+    package = project / "components" / "knowledge"
+    assert list((package / "__pycache__").glob("retrieval.*.pyc")), "the query wrote no bytecode: nothing was tested"
+    for rel in NOISE:
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("noise\n")
+
+    assert json.loads(_sh(project, "dvc", "status", "index", "--json")) == {}
+    ignored = _sh(project, "dvc", "check-ignore", "components/knowledge/__pycache__", *NOISE).split()
+    assert ignored == ["components/knowledge/__pycache__", *NOISE]
+    sources = _dependency_paths(project)
+    assert "components/knowledge/indexer.py" in sources and "data/docs/fees.md" in sources
+    checked = _run(project, "dvc", "check-ignore", "--details", *sources)
+    assert checked.returncode == 1 and checked.stdout == "", f"real inputs ignored by .dvcignore:\n{checked.stdout}"
+
+    chunking = package / "chunking.py"
+    chunking.write_text(chunking.read_text() + "\n# an edit\n")
+    changed = json.loads(_sh(project, "dvc", "status", "index", "--json"))
+    assert changed == {"index": [{"changed deps": {"components/knowledge": "modified"}}]}
 
 
 def _tiny_loop(project: Path) -> None:
