@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,11 +83,40 @@ class Deployment:
         with self.session() as s:
             return _visible(s)
 
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 300, prefix: tuple[str, ...] = ()
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 900, prefix: tuple[str, ...] = ()
             ) -> subprocess.CompletedProcess:  # fmt: skip
+        """`ragloop ARGS --params` this deployment's file; `timeout` only guards against a hang (generous: a slow
+        shared 2-core machine runs these 3x slower than the machines the project was built on)."""
         cmd = [*prefix, sys.executable, "-m", "flows.cli", *args, "--params", str(self.params_file)]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def watches(pid: int, folder: Path) -> bool:
+    """Whether process `pid` holds an inotify watch on `folder` (Linux, /proc/PID/fdinfo): a file watcher there is
+    set up and sees the next change. Waiting for this replaces a guessed "the watcher is up by now" sleep."""
+    assert Path("/proc/self/fdinfo").is_dir(), "watches() reads Linux's /proc"
+    ino = f"ino:{folder.stat().st_ino:x}"
+    for info in Path(f"/proc/{pid}/fdinfo").glob("*"):
+        try:
+            lines = info.read_text().splitlines()
+        except OSError:  # closed while listed
+            continue
+        if any(line.startswith("inotify ") and ino in line.split() for line in lines):
+            return True
+    return False
+
+
+def wait_until(observed: Callable[[], bool], what: str, limit: float = 300,
+               alive: subprocess.Popen | None = None, log: Path | None = None) -> None:  # fmt: skip
+    """Poll until `observed()` holds. Fail at once if the process `alive` exits first, and after `limit` seconds,
+    a hang guard sized for a slow shared machine (never the moment to act), with the tail of `log` if given."""
+    tail = (lambda: "\n" + log.read_text(errors="replace")[-4000:]) if log else (lambda: "")
+    deadline = time.monotonic() + limit
+    while not observed():
+        assert alive is None or alive.poll() is None, f"exited {alive.returncode} before {what}{tail()}"
+        assert time.monotonic() < deadline, f"no {what} after {limit:.0f} s{tail()}"
+        time.sleep(0.2)
 
 
 def _visible(s: IndexSession) -> dict[str, str]:

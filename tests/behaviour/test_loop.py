@@ -245,29 +245,42 @@ def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> Non
     assert CliRunner().invoke(app, ["advise", "--params", p]).exit_code == 0
 
 
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # also between the old adapter's removal and the new one's rename into place
+        return 0
+
+
 def test_killing_a_fine_tune_leaves_the_champion(loop_dep: Deployment) -> None:
-    """SIGKILL a real `ragloop finetune` while it trains or evaluates: the registry aliases do not move."""
+    """SIGKILL a real `ragloop finetune` in a state it was seen in, not after a guessed delay: training over and
+    the new adapter in place, the candidate's gate-set evaluation under way. The registry aliases do not move."""
+    import os
     import signal
     import subprocess
     import sys
-    import time
 
-    from tests.helpers import REPO
+    from prefect.settings import PREFECT_API_URL
 
-    params = load_params(loop_dep.params_file)
-    before = registry.champion(params, Settings.from_env())
+    from tests.helpers import REPO, wait_until
+
+    params, settings = load_params(loop_dep.params_file), Settings.from_env()
+    before = registry.champion(params, settings)
     assert before is not None, "runs after the promotion test"
     candidate = params.paths.models / "candidate"
-    stamp = candidate.stat().st_mtime_ns if candidate.exists() else 0
+    stamp = _mtime(candidate)
+    log = loop_dep.root / "finetune-killed.log"
     cmd = [sys.executable, "-m", "flows.cli", "finetune", "--params", str(loop_dep.params_file)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:  # kill once training has produced an adapter
-        if candidate.exists() and candidate.stat().st_mtime_ns != stamp:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    after = registry.champion(params, Settings.from_env())
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}  # the session's server: none to start
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until(lambda: _mtime(candidate) not in {0, stamp}, "a new candidate adapter", limit=900, alive=proc,
+                   log=log)  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a no-op when it has already exited
+        code = proc.wait(timeout=60)
+    assert code == -signal.SIGKILL, f"the fine-tune exited {code} on its own:\n{log.read_text()[-4000:]}"
+    after = registry.champion(params, settings)
     assert after is not None
     assert after.version == before.version

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# Limits sized for a slow, shared 2-core machine, where the servers answer late (STACK.md): `mlflow server` takes
+# 25-70 s to answer /health and `prefect server start` 30+ s on a new database. They guard against a hang; every
+# wait polls for the state it needs, so a fast machine never waits for them.
+STARTUP_TIMEOUT = 300.0
+HTTP_TIMEOUT = 60.0  # one REST call to a server under load (httpx's default is 5 s)
 
 
 def free_port() -> int:
@@ -31,19 +36,21 @@ class Server:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> Server:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> Server:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                          start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(self.health, timeout=2)
+                urllib.request.urlopen(self.health, timeout=10)
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    why = (f"exited {self.proc.returncode}" if self.proc.poll() is not None
+                           else f"did not answer {self.health} in {timeout:.0f} s")  # fmt: skip
                     self.stop()
-                    raise RuntimeError(f"{self.name} did not start; log: {self.log.read_text()[-3000:]}") from None
+                    raise RuntimeError(f"{self.name} {why}; log: {self.log.read_text()[-3000:]}") from None
                 time.sleep(0.5)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
