@@ -130,6 +130,7 @@ class GeneratorParams(_Section):
     context_chars: int = Field(200, gt=0)
     batch_size: int = Field(16, gt=0)
     prompt: str = "### Context:\n{context}\n### Customer: {question}\n### Assistant:"
+    system: str | None = None  # a chat model's system message before each prompt; unused without a chat template
 
     @field_validator("prompt")
     @classmethod
@@ -141,7 +142,9 @@ class GeneratorParams(_Section):
 
 
 class BaseModelParams(_Section):
-    """The small Llama-architecture model built offline from the corpus (tokenizer + brief pretraining)."""
+    """The small Llama-architecture model built offline from the corpus (tokenizer + brief pretraining).
+    Pretraining is defined by work (steps of `batch_size` x `seq_len` tokens), never by the clock, so two builds
+    with the same params give the same weights on any machine; `max_seconds` is an optional safety cap."""
 
     vocab_size: int = Field(4096, ge=300)
     hidden_size: int = Field(192, gt=0)
@@ -149,26 +152,32 @@ class BaseModelParams(_Section):
     heads: int = Field(3, gt=0)
     intermediate_size: int = Field(512, gt=0)
     context: int = Field(512, ge=64)
-    pretrain_seconds: float = Field(60, ge=0)
-    pretrain_steps: int | None = Field(None, ge=0)  # also stop after this many steps (reproducible builds)
+    tie_embeddings: bool = False  # untied: the output layer is its own matrix (LoRA learns sharper outputs)
+    pretrain_steps: int = Field(300, ge=0)
+    max_seconds: float | None = Field(None, gt=0)  # safety cap, off by default; a build it cuts short fails
     batch_size: int = Field(16, gt=0)
     seq_len: int = Field(128, ge=16)
     learning_rate: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)  # linear warm-up, then cosine decay to 10 % over pretrain_steps
     seed: int = 0
 
 
 class FinetuneParams(_Section):
-    """LoRA on the generator (peft). A fine-tune runs only on a behaviour regression; these are its knobs."""
+    """LoRA on the generator (peft). A fine-tune runs only on a behaviour regression; these are its knobs. The
+    work is `epochs` passes over the training pairs (or `max_steps` steps, whichever ends first), seeded: the
+    same adapter on any machine. `max_seconds` is an optional safety cap; a run it cuts short is truncated."""
 
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | tuple[str, ...] = "all-linear"
     learning_rate: float = Field(3e-3, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"  # after warm-up, decay over the planned steps
+    warmup_steps: int = Field(10, ge=0)
     batch_size: int = Field(16, gt=0)
-    epochs: int = Field(20, gt=0)
-    max_seconds: float = Field(240, gt=0)  # stop early when the time budget is spent
-    max_steps: int | None = Field(None, gt=0)  # or after this many steps: the same work however busy the machine
+    epochs: int = Field(8, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # a cap on the planned steps (None: epochs decide)
+    max_seconds: float | None = Field(None, gt=0)  # safety cap, off by default; a run it cuts short is truncated
     max_length: int = Field(384, ge=32)
     failing_case_repeats: int = Field(1, ge=0)  # extra copies of the training cases the champion fails; 0: off
     seed: int = 0

@@ -12,7 +12,9 @@ from prefect.events import emit_event
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.loop import data_lineage, evaluate_model
+from components.behaviour.training import TruncatedTraining, machine_info
 from components.config import Params, Settings, load_params
+from components.hashing import folder_digest
 from components.tracking.lineage import write_plot
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from flows.deployments import TRAINING_LIMIT, slot
@@ -166,15 +168,22 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
     try:
         pairs, failing = build_pairs(params, settings, champ)
         adapter, log = train_adapter(params, pairs)
+        mlflow_runs.log_training(
+            params, settings, run_id, log.losses, training_figures(log, len(pairs), failing), machine_info()
+        )
+        if log.truncated:
+            mlflow_runs.mark_truncated(params, settings, run_id, log.steps, log.planned_steps)
+            raise TruncatedTraining(
+                f"finetune.max_seconds ({params.finetune.max_seconds} s) stopped the fine-tune after {log.steps} of "
+                f"{log.planned_steps} planned steps: the candidate was not registered (it would not reproduce); "
+                "raise or remove the cap"
+            )
         candidate_eval = evaluate_candidate(params, settings, adapter, champion_eval)
         record(
             params, settings, candidate_eval, f"candidate of fine-tune run {run_id}", champion_eval.summary["slices"]
         )
         rates = {f"gate_{k}_pass_rate": v["pass_rate"] for k, v in candidate_eval.summary["slices"].items()}
-        mlflow_runs.log_training(params, settings, run_id, log.losses, {
-            "train_tokens_per_s": log.tokens_per_second, "train_seconds": log.seconds, "train_steps": log.steps,
-            "trainable_parameters": log.trainable_parameters, "training_pairs": len(pairs),
-            "failing_train_cases": failing, **rates})  # fmt: skip
+        mlflow_runs.log_figures(params, settings, run_id, rates)
         version = register_candidate(params, settings, run_id, adapter, lineage, candidate_eval)
         ok = True
     finally:
@@ -182,14 +191,24 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
     outcome = {
         "version": version, "regressed_slices": champion_eval.summary["regressed_slices"],
         "candidate": candidate_eval.summary, "mlflow_run_id": run_id, "training_pairs": len(pairs),
-        "failing_train_cases": failing, "train_seconds": round(log.seconds, 1),
-        "train_tokens_per_s": round(log.tokens_per_second, 1),
+        "failing_train_cases": failing, "train_steps": log.steps, "train_tokens": log.tokens,
+        "train_seconds": round(log.seconds, 1), "train_tokens_per_s": round(log.tokens_per_second, 1),
+        "adapter_sha256": folder_digest(adapter, None),
     }  # fmt: skip
     create_markdown_artifact(key="finetune-run", markdown=finetune_markdown(outcome, champion_eval.summary),
                              description=f"LoRA candidate version {version}")  # fmt: skip
     if run_gate:
         outcome.update(gate_version(params, settings, version, champion_eval))
     return outcome
+
+
+def training_figures(log, pairs: int, failing: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The work a fine-tune did (steps, tokens: the same on any machine) and what it cost here (seconds)."""
+    return {"train_steps": log.steps, "train_planned_steps": log.planned_steps, "train_tokens": log.tokens,
+            "train_padding_ratio": 1 - log.tokens / log.padded_tokens if log.padded_tokens else 0.0,
+            "train_seconds": log.seconds, "train_tokens_per_s": log.tokens_per_second,
+            "trainable_parameters": log.trainable_parameters, "training_pairs": pairs,
+            "failing_train_cases": failing}  # fmt: skip
 
 
 def finetune_markdown(outcome: dict, champion: dict) -> str:

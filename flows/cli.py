@@ -1,17 +1,22 @@
-"""`ragloop`: one subcommand per job. DVC stages and users call these; `--json` output is a stable contract."""
+"""`ragloop`: one subcommand per job. DVC stages and users call these; `--json` output is a stable contract.
+
+Importing this module is cheap (typer and rich only: `ragloop --help` answers at once); each command imports what
+it needs when it runs.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from components.config import ParamsError, load_params
 
 app = typer.Typer(
     name="ragloop",
@@ -29,6 +34,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (a 
 
 
 def _load(params_file: Path):  # type: ignore[no-untyped-def]
+    from components.config import ParamsError, load_params
+
     try:
         return load_params(params_file)
     except ParamsError as exc:
@@ -148,12 +155,21 @@ def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
 def base_model(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """Build the offline default generator (BPE tokenizer + small Llama pretrained on the corpus)."""
     from components.behaviour.base_model import build_base_model, corpus_texts
+    from components.behaviour.training import machine_info
+    from components.config import Settings
+    from components.tracking.mlflow_runs import log_base_model_run
 
     params = _load(params_file)
     out = params.paths.models / "base"  # where generator.model points by default
     texts = corpus_texts(params.paths.docs, params.index.suffixes, params.index.max_file_bytes)
     info = {"path": str(out), **build_base_model(texts, out, params.base_model)}
+    info["mlflow_run_id"] = log_base_model_run(params, Settings.from_env(), info, machine_info())
     _emit(info, as_json, _dict_table)
+    if info["truncated"]:
+        err.print(f"[red]error:[/] truncated: base_model.max_seconds ({params.base_model.max_seconds} s) stopped "
+                  f"pretraining after {info['pretrain_steps']} of {info['pretrain_planned_steps']} steps; the model "
+                  "was saved but would not reproduce, so this stage fails (raise or remove the cap)")  # fmt: skip
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -207,14 +223,21 @@ def finetune_cmd(
         last = params.paths.metrics / "evaluation.json"
         decision = json.loads(last.read_text())["decision"] if last.exists() else "finetune"
         if decision != "finetune":
-            _record(out, {"skipped": True, "why": f"the last evaluation decided {decision!r}, not 'finetune'"},
-                    as_json)  # fmt: skip
+            why = f"the last evaluation decided {decision!r}, not 'finetune'"
+            _clear_candidate(params.paths.models / "candidate", why)
+            _record(out, {"skipped": True, "why": why}, as_json)
             return
+    from components.behaviour.training import TruncatedTraining
     from flows.behaviour import finetune
 
-    result = finetune(params_file=str(params.source), reason=reason, run_gate=run_gate)
-    keep = ("version", "promoted", "reasons", "training_pairs", "failing_train_cases", "train_seconds",
-            "train_tokens_per_s")  # fmt: skip
+    try:
+        result = finetune(params_file=str(params.source), reason=reason, run_gate=run_gate)
+    except TruncatedTraining as exc:
+        _write(out, {"skipped": False, "truncated": True, "why": str(exc)})
+        err.print(f"[red]error:[/] truncated: {exc}")
+        raise typer.Exit(3) from None
+    keep = ("version", "promoted", "reasons", "training_pairs", "failing_train_cases", "train_steps", "train_tokens",
+            "adapter_sha256", "train_seconds", "train_tokens_per_s")  # fmt: skip
     _write(out, {"skipped": False, **{k: result[k] for k in keep if k in result}})
     _emit(result, as_json, _dict_table)
 
@@ -259,6 +282,15 @@ def gate_cmd(
         raise typer.Exit(1) from None
     _write(out, {"skipped": False, **{k: result[k] for k in ("version", "promoted", "reasons", "champion_before")}})
     _emit(result, as_json, _dict_table)
+
+
+def _clear_candidate(folder: Path, why: str) -> None:
+    """A skipped fine-tune leaves no adapter behind (the DVC stage's output says why instead): a stale adapter
+    from an earlier run must never pass for this run's."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    _write(folder / "skipped.json", {"skipped": True, "why": why})
 
 
 def _write(path: Path, data: dict) -> None:
@@ -312,7 +344,7 @@ def run(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) 
 @app.command()
 def serve(params_file: ParamsOpt = Path("params.yaml")) -> None:
     """Serve every deployment (schedules, event triggers, concurrency limits) from this process, against the
-    Prefect API in PREFECT_API_URL (or a temporary local server). Stops cleanly on Ctrl-C or SIGTERM."""
+    Prefect API in PREFECT_API_URL (or the project's Prefect server). Stops cleanly on Ctrl-C or SIGTERM."""
     from flows.service import serve as serve_all
 
     serve_all(_load(params_file))
@@ -321,7 +353,7 @@ def serve(params_file: ParamsOpt = Path("params.yaml")) -> None:
 @app.command()
 def watch(params_file: ParamsOpt = Path("params.yaml")) -> None:
     """Watch the documents folder; emit one debounced `ragloop.documents.changed` event per burst of changes
-    (the reindex deployment's trigger). Runs until Ctrl-C or SIGTERM."""
+    (the reindex deployment's trigger) to the Prefect API `serve` uses. Runs until Ctrl-C or SIGTERM."""
     import signal
     import threading
 
@@ -382,6 +414,71 @@ def advise(
 
     params = _load(params_file)
     _emit(decide(evidence(params, Settings.from_env(), days)), as_json, _advice_view)
+
+
+server_app = typer.Typer(
+    name="server",
+    help="The project's Prefect server (PREFECT_HOME, `.prefect` beside params.yaml by default): the commands that "
+    "run flows start it when it is not running and reuse it, and its UI shows their runs.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app)
+
+
+@server_app.command("start")
+def server_start(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: RAGLOOP_PREFECT_PORT, else 4200 when free, else a free one).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer /api/health.")] = 180.0,
+) -> None:
+    """Start the project's Prefect server, detached (it outlives this command), or reuse the running one."""
+    import os
+
+    from flows import prefect_server as ps
+
+    try:
+        started = ps.start(ps.project_home(params_file), port, timeout)[1]
+    except ps.ServerError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if os.environ.get("PREFECT_API_URL"):
+        err.print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flow commands use that API")
+    _emit({"started": started, **ps.status(ps.project_home(params_file))}, as_json, _server_table)
+
+
+@server_app.command("stop")
+def server_stop(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Stop the project's Prefect server (SIGTERM, then wait until it has exited)."""
+    from flows import prefect_server as ps
+
+    home = ps.project_home(params_file)
+    stopped = ps.stop(home)
+    _emit({"stopped": stopped is not None, **ps.status(home), **({"pid": stopped.pid} if stopped else {})}, as_json,
+          _server_table)  # fmt: skip
+
+
+@server_app.command("status")
+def server_status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Whether the project's Prefect server runs and answers, with its URL (the UI) and pid; exit 1 when it does
+    not answer."""
+    from flows import prefect_server as ps
+
+    result = ps.status(ps.project_home(params_file))
+    _emit(result, as_json, _server_table)
+    if not result["healthy"]:
+        raise typer.Exit(1)
+
+
+def _server_table(s: dict) -> Table:
+    state = "healthy" if s["healthy"] else "running, not answering" if s["running"] else "not running"
+    t = Table("", "", title=f"Prefect server: {state}" + (f" (UI {s['url']})" if s.get("url") else ""))
+    for key in ("started", "stopped", "url", "api_url", "pid", "port", "home", "log", "started_at"):
+        if key in s:
+            t.add_row(key, str(s[key]))
+    return t
 
 
 def _status_view(s: dict) -> Table:
@@ -481,6 +578,41 @@ def _versions_table(rows: list[dict]) -> Table:
     for r in rows:
         t.add_row(str(r["version"]), "*" if r["published"] else "", r["kind"], r["embedder"], r["collection"])
     return t
+
+
+# The commands that run Prefect flows, and when they do. Each connects to a Prefect API before its flow module imports
+# prefect: PREFECT_API_URL (or the active Prefect profile's) when set, else the project's server, started by the
+# first such command and reused by the next (flows/prefect_server.py; RAGLOOP_PREFECT_SERVER=ephemeral: Prefect's
+# temporary server per process instead).
+_RUNS_A_FLOW: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "index": lambda kw: not kw["direct"] and kw["rollback"] is None,
+    **dict.fromkeys(("evaluate", "finetune", "gate", "run", "serve", "watch"), lambda kw: True),
+}
+
+
+def _on_prefect_api(command: Callable[..., Any], runs_a_flow: Callable[[dict[str, Any]], bool]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        if not runs_a_flow(kwargs):
+            return command(**kwargs)
+        from flows.prefect_server import ServerError, prefect_api
+
+        _load(kwargs["params_file"])  # a bad params file exits 2 before any server starts
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(prefect_api(kwargs["params_file"], notice=err.print))
+            except ServerError as exc:
+                err.print(f"[red]error:[/] {exc}")
+                raise typer.Exit(1) from None
+            return command(**kwargs)
+
+    return run
+
+
+for _info in app.registered_commands:
+    _name = _info.name or (_info.callback.__name__ if _info.callback else "")
+    if _info.callback is not None and _name in _RUNS_A_FLOW:
+        _info.callback = _on_prefect_api(_info.callback, _RUNS_A_FLOW[_name])
 
 
 def optional_rollback_value(args: list[str]) -> list[str]:

@@ -1,9 +1,10 @@
 """Build the offline default generator: a byte-level BPE tokenizer trained on the corpus and a small
-Llama-architecture causal LM pretrained on it for a fixed time budget, saved with `save_pretrained` so that it
-loads through exactly the same `from_pretrained` path as a hub model.
+Llama-architecture causal LM pretrained on it for a fixed number of steps, saved with `save_pretrained` so that
+it loads through exactly the same `from_pretrained` path as a hub model.
 
 Pretraining only gives generation a base to stand on; the behaviour (format, labels, citations) comes from the
-LoRA fine-tune, which is why the budget is about a minute.
+LoRA fine-tune, which is why it is short. It is defined by steps and a seed, so two builds give the same weights
+(bench/README.md, "The offline default model").
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from components.behaviour.training import Deadline, lr_factor
 from components.config import BaseModelParams
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
@@ -48,7 +49,7 @@ def build_model(tokenizer: Any, params: BaseModelParams) -> Any:
         num_attention_heads=params.heads,
         num_key_value_heads=params.heads,
         max_position_embeddings=params.context,
-        tie_word_embeddings=True,
+        tie_word_embeddings=params.tie_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -56,32 +57,37 @@ def build_model(tokenizer: Any, params: BaseModelParams) -> Any:
     return AutoModelForCausalLM.from_config(config)
 
 
-def pretrain(model: Any, tokenizer: Any, texts: list[str], params: BaseModelParams) -> dict[str, float]:
-    """Next-token training on packed corpus windows until the time budget is spent."""
+def pretrain(model: Any, tokenizer: Any, texts: list[str], params: BaseModelParams) -> dict[str, Any]:
+    """Next-token training on packed corpus windows for `pretrain_steps` steps (warm-up, then cosine decay);
+    `truncated` is True when the optional `max_seconds` cap stopped it first."""
     import torch
 
     ids: list[int] = []
     for text in texts:
         ids.extend([*tokenizer(text)["input_ids"], tokenizer.eos_token_id])
     windows = [ids[i : i + params.seq_len] for i in range(0, len(ids) - params.seq_len, params.seq_len)]
-    if not windows or params.pretrain_seconds <= 0:
-        return {"pretrain_steps": 0.0, "pretrain_loss": math.nan, "pretrain_tokens": 0.0}
+    planned = params.pretrain_steps if windows else 0
     rng = random.Random(params.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("cosine", params.warmup_steps, planned))
     model.train()
-    steps, loss_value, deadline = 0, math.nan, time.monotonic() + params.pretrain_seconds
-    max_steps = params.pretrain_steps if params.pretrain_steps is not None else math.inf
-    while time.monotonic() < deadline and steps < max_steps:
+    steps, loss_value, cap = 0, math.nan, Deadline(params.max_seconds)
+    while steps < planned and not cap.passed():
         batch = torch.tensor(rng.sample(windows, min(params.batch_size, len(windows))))
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
         steps, loss_value = steps + 1, loss.item()
     model.eval()
-    return {"pretrain_steps": float(steps), "pretrain_loss": loss_value,
-            "pretrain_tokens": float(steps * params.batch_size * params.seq_len)}  # fmt: skip
+    seconds = cap.elapsed()
+    tokens = steps * min(params.batch_size, len(windows)) * params.seq_len
+    return {"pretrain_steps": steps, "pretrain_planned_steps": planned, "pretrain_loss": loss_value,
+            "pretrain_tokens": tokens, "pretrain_seconds": round(seconds, 2),
+            "pretrain_tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
+            "truncated": steps < planned}  # fmt: skip
 
 
 def build_base_model(texts: list[str], out_dir: Path, params: BaseModelParams) -> dict[str, Any]:
@@ -97,8 +103,10 @@ def build_base_model(texts: list[str], out_dir: Path, params: BaseModelParams) -
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    info = {**stats, "parameters": float(sum(p.numel() for p in model.parameters())), "vocab": float(len(tokenizer))}
-    (tmp / "ragloop_base.json").write_text(json.dumps({"params": params.model_dump(), **info}, indent=2))
+    info = {**stats, "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+    # Only what the weights depend on goes next to them: timings and the machine vary, the files must not.
+    reproducible = {k: v for k, v in info.items() if k not in {"pretrain_seconds", "pretrain_tokens_per_s"}}
+    (tmp / "ragloop_base.json").write_text(json.dumps({"params": params.model_dump(), **reproducible}, indent=2))
     _replace_dir(tmp, out_dir)
     return info
 

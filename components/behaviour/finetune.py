@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.behaviour.assistant import REFUSAL, build_prompt, format_answer
+from components.behaviour.assistant import REFUSAL, build_prompt, encode_turn, format_answer
+from components.behaviour.training import Deadline, length_batches, lr_factor
 from components.config import FinetuneParams, GeneratorParams
 
 
@@ -23,10 +23,17 @@ from components.config import FinetuneParams, GeneratorParams
 class TrainingLog:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
-    tokens: int = 0
+    planned_steps: int = 0
+    tokens: int = 0  # real (unpadded) tokens seen
+    padded_tokens: int = 0  # tokens computed, padding included
     seconds: float = 0.0
     trainable_parameters: int = 0
     total_parameters: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        """The safety cap stopped the run before its planned steps."""
+        return self.steps < self.planned_steps
 
     @property
     def tokens_per_second(self) -> float:
@@ -47,14 +54,37 @@ def training_pairs(cases: list[Any], hits: list[list[dict]], params: GeneratorPa
     return pairs
 
 
+class PairEncodingError(ValueError):
+    """A training pair that would teach nothing, or never to stop: refused before any training step."""
+
+
 def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """input ids + labels with the prompt masked (-100): only the answer line and EOS are learned."""
+    """input ids + labels with the prompt masked (-100): only the answer and its end token are learned. Each pair
+    is encoded by `encode_turn`, as the generator encodes prompts at answer time (its chat template, if any), and
+    cut to its last `max_length` tokens. A pair whose learned labels are empty (a template that drops the
+    assistant turn) or hold no EOS (a template whose end-of-turn is not the tokenizer's eos) is refused."""
     out = []
-    for prompt, target in pairs:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        t = tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for i, (prompt, target) in enumerate(pairs):
+        where = f"training pair {i} (prompt ending {prompt[-48:]!r}, target {target[:48]!r})"
+        try:
+            p, t = encode_turn(tokenizer, prompt, target)
+        except ValueError as exc:
+            raise PairEncodingError(f"{where}: {exc}") from None
         ids = (p + t)[-max_length:]
         labels = ([-100] * len(p) + t)[-max_length:]
+        learned = [token for token in labels if token != -100]
+        if not learned:
+            raise PairEncodingError(
+                f"{where}: no answer token left to learn ({len(p)} prompt + {len(t)} answer tokens, max_length "
+                f"{max_length}): expected the target line and its end token after the prompt"
+            )
+        if tokenizer.eos_token_id not in learned:
+            raise PairEncodingError(
+                f"{where}: the learned answer holds no end-of-sequence token {tokenizer.eos_token!r} (id "
+                f"{tokenizer.eos_token_id}), so the model would never learn to stop; it ends "
+                f"{tokenizer.decode(learned[-6:])!r}: expected the tokenizer's eos_token at the end of the answer "
+                "(with a chat template: its end-of-turn token)"
+            )
         out.append((ids, labels))
     return out
 
@@ -72,7 +102,10 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, An
 def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params: FinetuneParams,
                on_step: Callable[[int, float], None] | None = None) -> tuple[Any, TrainingLog]:  # fmt: skip
     """LoRA training through `accelerate`: one device in this process, or, under `accelerate launch` (see
-    `launch_multi_gpu`), data-parallel across GPUs with each process training on its shard of the pairs."""
+    `launch_multi_gpu`), data-parallel across GPUs with each process training on its shard of the pairs.
+
+    The work is planned up front (`epochs` passes, at most `max_steps` steps) and seeded; batches group pairs of
+    similar length. Only the optional `max_seconds` cap can end it early, and then `log.truncated` is True."""
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, TaskType, get_peft_model
@@ -83,54 +116,64 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], params:
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
                         lora_dropout=params.dropout, target_modules=target)  # fmt: skip
     peft_model = get_peft_model(model, config)
+    every = encode_pairs(tokenizer, pairs, params.max_length)
+    rows = every[accelerator.process_index :: accelerator.num_processes]  # this process's shard
+    steps_per_epoch = math.ceil(math.ceil(len(every) / accelerator.num_processes) / params.batch_size)  # same in all
+    planned = min(params.epochs * steps_per_epoch, params.max_steps or math.inf)
     log = TrainingLog(
+        planned_steps=int(planned),
         trainable_parameters=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in peft_model.parameters()),
     )
-    every = encode_pairs(tokenizer, pairs, params.max_length)
-    rows = every[accelerator.process_index :: accelerator.num_processes]  # this process's shard
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(params.lr_schedule, params.warmup_steps, log.planned_steps)
+    )
     wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
     rng = random.Random(params.seed)
+    lengths = [len(ids) for ids, _ in rows]
     wrapped.train()
-    start = time.monotonic()
-    steps_per_epoch = math.ceil(math.ceil(len(every) / accelerator.num_processes) / params.batch_size)  # same in all
-    stop = False
-    for _ in range(params.epochs):
-        rng.shuffle(rows)
-        for i in range(steps_per_epoch):
-            chunk = rows[i * params.batch_size : (i + 1) * params.batch_size] or rows[: params.batch_size]
+    cap = Deadline(params.max_seconds)
+    while log.steps < log.planned_steps:
+        batches = length_batches(lengths, params.batch_size, rng)
+        for i in range(min(steps_per_epoch, log.planned_steps - log.steps)):
+            chunk = [rows[j] for j in (batches[i] if i < len(batches) else batches[0])]
             batch = {k: v.to(accelerator.device) for k, v in _batch(chunk, tokenizer.pad_token_id).items()}
             loss = wrapped(**batch).loss
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {log.steps}")
             accelerator.backward(loss)
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad()
             log.steps += 1
             log.tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            log.padded_tokens += batch["attention_mask"].numel() * accelerator.num_processes
             log.losses.append(loss.item())
             if on_step is not None:
                 on_step(log.steps, log.losses[-1])
-            stop = _out_of_time(accelerator, start, params, log.steps)
-            if stop:
-                break
-        if stop:
-            break
-    log.seconds = time.monotonic() - start
+            if _out_of_time(accelerator, cap):
+                log.seconds = cap.elapsed()
+                return _finish(accelerator, wrapped), log
+    log.seconds = cap.elapsed()
+    return _finish(accelerator, wrapped), log
+
+
+def _finish(accelerator: Any, wrapped: Any) -> Any:
     peft_model = accelerator.unwrap_model(wrapped)
     peft_model.eval()
-    return peft_model, log
+    return peft_model
 
 
-def _out_of_time(accelerator: Any, start: float, params: FinetuneParams, steps: int) -> bool:
+def _out_of_time(accelerator: Any, cap: Deadline) -> bool:
     """Every process stops at the same step: the slowest clock decides (a DDP step needs them all)."""
     import torch
 
-    done = time.monotonic() - start > params.max_seconds or (params.max_steps is not None and steps >= params.max_steps)
+    if cap.max_seconds is None:
+        return False
     if accelerator.num_processes == 1:
-        return done
-    late = torch.tensor([1.0 if done else 0.0], device=accelerator.device)
+        return cap.passed()
+    late = torch.tensor([1.0 if cap.passed() else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(late, reduction="max").item() > 0)
 
 

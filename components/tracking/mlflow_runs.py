@@ -178,13 +178,34 @@ def start_finetune_run(params: Params, settings: Settings, lineage: dict[str, st
     return run_id
 
 
-def log_training(params: Params, settings: Settings, run_id: str, losses: list[float], metrics: dict[str, float]
-                 ) -> None:  # fmt: skip
-    """The loss curve (one point per step) and the run's summary figures (throughput, gate rates)."""
-    from mlflow.entities import Metric
+def log_base_model_run(params: Params, settings: Settings, info: dict, machine: dict[str, str]) -> str:
+    """The base model's build in the fine-tune experiment: its params, the work (steps, tokens), what it cost
+    here (seconds, tokens/s) and the machine; tagged truncated when the safety cap cut it short."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = client_for(params, settings)
+    exp = experiment_id(client, params, settings, params.tracking.finetune_experiment)
+    tags = {"mlflow.runName": "base-model", "ragloop.stage": "base_model",
+            "git_commit": git_commit(params.source.parent),
+            "ragloop.truncated": str(bool(info["truncated"])).lower(), **machine}  # fmt: skip
+    run_id = str(client.create_run(exp, tags=tags).info.run_id)
+    now = _millis()
+    figures = {k: float(v) for k, v in info.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in figures.items() if v == v],
+                     params=[Param(f"base_model.{k}", str(v)) for k, v in params.base_model.model_dump().items()],
+                     tags=[RunTag("ragloop.base_model_path", str(info["path"]))])  # fmt: skip
+    client.set_terminated(run_id, "FAILED" if info["truncated"] else "FINISHED")
+    return run_id
+
+
+def log_training(params: Params, settings: Settings, run_id: str, losses: list[float], metrics: dict[str, float],
+                 tags: dict[str, str]) -> None:  # fmt: skip
+    """The loss curve (one point per step), the work and its cost (steps, tokens, seconds) and the machine."""
+    from mlflow.entities import Metric, RunTag
 
     client = client_for(params, settings)
     now = _millis()
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     curve = [Metric("train_loss", loss, now, step) for step, loss in enumerate(losses, 1)]
     for i in range(0, len(curve), 900):
         client.log_batch(run_id, metrics=curve[i : i + 900])
@@ -197,6 +218,22 @@ def log_training(params: Params, settings: Settings, run_id: str, losses: list[f
             client.log_figure(run_id, fig, "charts/loss_curve.png")
         finally:
             charts.close(fig)
+
+
+def log_figures(params: Params, settings: Settings, run_id: str, figures: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = _millis()
+    client_for(params, settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()])
+
+
+def mark_truncated(params: Params, settings: Settings, run_id: str, steps: int, planned: int) -> None:
+    """A run the wall-clock cap cut short: tagged, so no one mistakes it for a reproducible result."""
+    from mlflow.entities import RunTag
+
+    client_for(params, settings).log_batch(
+        run_id, tags=[RunTag("ragloop.truncated", "true"), RunTag("ragloop.truncated_at", f"{steps}/{planned} steps")]
+    )
 
 
 def log_verdict(params: Params, settings: Settings, run_id: str, verdict: str, gains: dict[str, float]) -> None:

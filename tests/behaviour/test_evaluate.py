@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
         hits = r.search([c.question for c in CASES], 2)
     pairs = training_pairs(CASES, hits, params.generator)
     assert len(pairs) == 4
-    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=400, max_seconds=900)
+    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=400)
     gen.model, _ = train_lora(gen.model, gen.tokenizer, pairs, ft)
     return dep, gen
 

@@ -13,7 +13,7 @@ from components.config import BaseModelParams, FinetuneParams, load_params
 from tests.helpers import DOCS, Deployment
 
 TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
-                       pretrain_seconds=120, pretrain_steps=60, batch_size=4, seq_len=32)  # fmt: skip
+                       pretrain_steps=60, batch_size=4, seq_len=32)  # fmt: skip
 PAIRS = [
     ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),
     (
@@ -55,7 +55,7 @@ def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Pa
     pairs = _prompts(params)
     before = gen.generate([p for p, _ in pairs])
     assert all(parse_answer(o) is None for o in before)  # the base model knows nothing of the format
-    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=3, epochs=400, max_seconds=900)
+    ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=3, epochs=400)
     peft_model, log = train_lora(gen.model, gen.tokenizer, pairs, ft)
     assert log.losses[-1] < log.losses[0] / 3
     assert 0 < log.trainable_parameters < log.total_parameters
@@ -102,6 +102,6 @@ def test_max_steps_caps_training_whatever_the_time_budget(tiny) -> None:
 
     _, params = tiny
     generator = Generator(params)
-    capped = params.finetune.model_copy(update={"epochs": 50, "batch_size": 1, "max_steps": 4, "max_seconds": 600})
+    capped = params.finetune.model_copy(update={"epochs": 50, "batch_size": 1, "max_steps": 4})
     _, log = train_lora(generator.model, generator.tokenizer, _prompts(params), capped)
     assert log.steps == 4 and len(log.losses) == 4

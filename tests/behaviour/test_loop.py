@@ -56,7 +56,7 @@ def _configure(dep: Deployment, **finetune: object) -> None:
         retrieval={"mode": "dense"},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
         finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 3e-3, "batch_size": 12, "epochs": 200,
-                  "max_seconds": 600, **finetune},
+                  **finetune},
     )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from components.tracking.registry import (
 from tests.helpers import DOCS, Deployment
 
 TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
-                       pretrain_seconds=0, batch_size=4, seq_len=32)  # fmt: skip
+                       pretrain_steps=0, batch_size=4, seq_len=32)  # fmt: skip
 SETTINGS = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
 PAIRS = [
     ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),

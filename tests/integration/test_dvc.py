@@ -24,7 +24,9 @@ def _run(cwd: Path, *cmd: str, bytecode: bool = False) -> subprocess.CompletedPr
            "PREFECT_HOME": str(cwd / ".prefect")}  # fmt: skip
     if bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    # the limit guards against a hang: a `dvc repro` of the tiny loop runs five stages, each a process with its own
+    # temporary Prefect server, minutes on a slow shared machine
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def _sh(cwd: Path, *cmd: str, bytecode: bool = False) -> str:
@@ -153,7 +155,7 @@ def _tiny_loop(project: Path) -> None:
     params["base_model"] = TINY.model_dump()
     params["generator"].update(max_new_tokens=90, context_chunks=2)
     params["regression"].update(min_cases=3, min_effect=0.2, floors={"format": 0.6})
-    params["finetune"].update(r=8, alpha=16, dropout=0.0, batch_size=12, epochs=3, max_seconds=600)
+    params["finetune"].update(r=8, alpha=16, dropout=0.0, batch_size=12, epochs=3)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_suite(project / "data" / "behaviour")
     _sh(project, "git", "add", "-A")
