@@ -16,7 +16,9 @@ CHROMIUM = Path(os.environ.get("RAGLOOP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
-TIMEOUT_MS = 120_000  # a single-page app's first load takes 10+ s on a busy 2-core machine
+# Every wait in these tests is for content (a run's name, an alias), never a fixed delay; this limit only says
+# when to give up. Sized for a slow, loaded 2-core machine, where MLflow's page still read "Loading..." after 5 s.
+TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,11 @@ def browser(chromium: Path) -> Iterator:
 
 @pytest.fixture
 def page(browser) -> Iterator:
-    """A fresh browser context (no cookies, no storage) per test."""
+    """A fresh browser context (no cookies, no storage) per test, with every wait at TIMEOUT_MS: the context's
+    actions and navigations, and `expect(...)` assertions, whose own default (5 s) the context does not change."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     context.set_default_navigation_timeout(TIMEOUT_MS)
