@@ -51,6 +51,40 @@ def build_prompt(params: GeneratorParams, question: str, hits: list[dict]) -> st
     return params.prompt.format(context=context or "(nothing retrieved)", question=question.strip())
 
 
+SYSTEM_ATTRIBUTE = "ragloop_system"  # set on its tokenizer by `Generator`: training receives that tokenizer
+
+
+def encode_turn(tokenizer: Any, prompt: str, target: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): the one encoding that training and answering share, so they cannot drift apart.
+
+    With a chat template, `prompt` (what `build_prompt` returns) is the user message, after the system message
+    `generator.system` if set; the prompt is rendered with the generation prompt, and the answer is exactly what
+    the template puts after it when `target` is the assistant message (its end-of-turn token included). Without
+    one: the prompt as it is, then " " + target + EOS. Never `add_special_tokens`: a template writes its own BOS."""
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if not getattr(tokenizer, "chat_template", None):
+        return ids(prompt), [] if target is None else [*ids(" " + target), tokenizer.eos_token_id]
+    system = getattr(tokenizer, SYSTEM_ATTRIBUTE, None)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    head = ids(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    if target is None:
+        return head, []
+    turn = [*messages, {"role": "assistant", "content": target}]
+    whole = ids(tokenizer.apply_chat_template(turn, tokenize=False))
+    if whole[: len(head)] != head:  # then training would teach a prompt the model never sees at answer time
+        at = next((i for i, (a, b) in enumerate(zip(head, whole, strict=False)) if a != b), len(whole))
+        raise ValueError(
+            "the chat template's prompt (add_generation_prompt=True) is not a token prefix of the conversation with "
+            f"the answer: they part at token {at}, prompt {tokenizer.decode(head[at : at + 8])!r} vs conversation "
+            f"{tokenizer.decode(whole[at : at + 8])!r}"
+        )
+    return head, whole[len(head) :]
+
+
 def resolve_generator(params: Params) -> str:
     """A folder relative to the params file when one exists there; otherwise the value is a hub id."""
     candidate = Path(params.generator.model)
@@ -68,7 +102,10 @@ def generator_identity(params: Params) -> str:
 
 
 class Generator:
-    """AutoTokenizer + AutoModelForCausalLM (safetensors only, no remote code), optionally with a LoRA adapter."""
+    """AutoTokenizer + AutoModelForCausalLM (safetensors only, no remote code), optionally with a LoRA adapter.
+
+    Prompts are encoded by `encode_turn` (through the tokenizer's chat template when it has one, with
+    `generator.system`), exactly as `encode_pairs` encodes them for training on `self.tokenizer`."""
 
     def __init__(self, params: Params, adapter: Path | None = None, device: str | None = None) -> None:
         import torch
@@ -85,7 +122,12 @@ class Generator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        setattr(self.tokenizer, SYSTEM_ATTRIBUTE, self.params.system)
         model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_safetensors=True, **common)
+        # stop at any end token the model declares (a chat model's end-of-turn, e.g. <|im_end|>) or the tokenizer's
+        configured = model.generation_config.eos_token_id
+        ends = configured if isinstance(configured, list) else [configured]
+        self.eos_ids = sorted({i for i in [*ends, self.tokenizer.eos_token_id] if i is not None})
         if adapter is not None:
             from peft import PeftModel
 
@@ -94,18 +136,22 @@ class Generator:
         torch.manual_seed(0)
 
     def generate(self, prompts: list[str]) -> list[str]:
-        """Greedy continuations (deterministic: the evaluation compares runs case by case)."""
+        """Greedy continuations (deterministic: the evaluation compares runs case by case), each stopped at the
+        first of `eos_ids`."""
         import torch
 
+        pad = self.tokenizer.pad_token_id
         out: list[str] = []
         for i in range(0, len(prompts), self.params.batch_size):
-            enc = self.tokenizer(prompts[i : i + self.params.batch_size], return_tensors="pt", padding=True,
-                                 return_token_type_ids=False).to(self.device)  # fmt: skip
+            rows = [encode_turn(self.tokenizer, p)[0] for p in prompts[i : i + self.params.batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # left padding
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             with torch.no_grad():
-                ids = self.model.generate(**enc, max_new_tokens=self.params.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
-            new = ids[:, enc["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+                done = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=pad,
+                                           max_new_tokens=self.params.max_new_tokens,
+                                           eos_token_id=self.eos_ids or None)  # fmt: skip
+            out.extend(t.strip() for t in self.tokenizer.batch_decode(done[:, width:], skip_special_tokens=True))
         return out
 
 
