@@ -15,6 +15,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 for _server_var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAGLOOP_CHROMA_HOST"):
     os.environ.pop(_server_var, None)  # tests use the embedded defaults unless a test sets these itself
+# A `ragloop` flow command started by a test uses Prefect's temporary server, not the project's detached one (which
+# would outlive the test): tests/integration/test_prefect_server.py sets RAGLOOP_PREFECT_SERVER=project itself.
+os.environ["RAGLOOP_PREFECT_SERVER"] = "ephemeral"
 
 import pytest  # noqa: E402
 
