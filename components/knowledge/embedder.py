@@ -1,4 +1,7 @@
-"""The sentence-transformers embedder and its identity.
+"""The embedder (a sentence-transformers model) and its identity.
+
+The model runs through plain transformers with sentence-transformers' own pipeline (components/knowledge/
+sentence_model.py: the same vectors, without importing sentence_transformers on every command).
 
 The identity (model + revision, or a hash of the local weight files) is part of the index key: a different
 identity means a different collection, so a store never mixes vectors of two embedders. Hashing the weights
@@ -71,13 +74,11 @@ class Embedder:
 
     def _load(self) -> Any:
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
+            from components.knowledge.sentence_model import load_sentence_model
 
             location = resolve_model(self.params.model)
             try:
-                self._model = SentenceTransformer(
-                    location, device=pick_device(self.params.device), revision=self.params.revision
-                )
+                self._model = load_sentence_model(location, self.params.revision, pick_device(self.params.device))
             except OSError as exc:
                 offline = os.environ.get("HF_HUB_OFFLINE") == "1"
                 hint = " (HF_HUB_OFFLINE=1: only local folders or package: models load)" if offline else ""
