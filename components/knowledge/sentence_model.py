@@ -1,6 +1,7 @@
-"""A sentence-transformers model run through plain `transformers`: the same vectors without importing
-sentence_transformers (12.6 s of a 14.7 s cold `ragloop query` on a slow 2-core machine; torch + transformers
-are needed either way).
+"""A sentence-transformers model run without sentence-transformers: the same vectors, without importing
+sentence_transformers (12.6 s of a 14.7 s cold `ragloop query` on a slow 2-core machine). The tokenizer is
+transformers' AutoTokenizer; the Transformer module is components/knowledge/encoders.py (plain BERT on torch.nn
+alone, anything else through transformers' AutoModel).
 
 A sentence-transformers folder describes its pipeline in `modules.json`: a Transformer (the folder itself or a
 subfolder), a Pooling (`1_Pooling/config.json`) and, for normalised models, a Normalize. This module runs exactly
@@ -11,7 +12,6 @@ Normalize, no default prompt) with the truncation of `sentence_bert_config.json`
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -104,20 +104,22 @@ class SentenceModel:
     `get_embedding_dimension`), as sentence-transformers' SentenceTransformer offers it."""
 
     def __init__(self, pipeline: Pipeline, device: str) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from components.knowledge.encoders import load_encoder
 
         self.pipeline, self.device = pipeline, device
+        config = _read(pipeline.transformer / "config.json") or {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(pipeline.transformer))
-        self.model = AutoModel.from_pretrained(str(pipeline.transformer)).to(device).eval()
-        self._inputs = set(inspect.signature(self.model.forward).parameters)  # e.g. no token_type_ids for some
+        self.model = load_encoder(pipeline.transformer, config, device)
         # sentence-transformers' window: the module's max_seq_length, else the tokenizer's capped by the model's
-        positions = getattr(self.model.config, "max_position_embeddings", -1)
+        positions = config.get("max_position_embeddings", -1)
         self.max_seq_length: int = pipeline.max_seq_length or min(
             self.tokenizer.model_max_length, positions if positions > 0 else self.tokenizer.model_max_length
         )
 
     def get_embedding_dimension(self) -> int:
-        return int(self.model.config.hidden_size) * len(self.pipeline.pooling)
+        return self.model.hidden_size * len(self.pipeline.pooling)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize_embeddings: bool = False,
                convert_to_numpy: bool = True, show_progress_bar: bool = False) -> np.ndarray:  # fmt: skip
@@ -136,7 +138,7 @@ class SentenceModel:
         batch = self.tokenizer(texts, padding=True, truncation="longest_first", max_length=self.max_seq_length,
                                return_tensors="pt").to(self.device)  # fmt: skip
         with torch.inference_mode():
-            tokens = self.model(**{k: v for k, v in batch.items() if k in self._inputs}).last_hidden_state
+            tokens = self.model(**batch)
             vectors = torch.cat([_pool(mode, tokens, batch["attention_mask"]) for mode in self.pipeline.pooling], 1)
             if self.pipeline.normalize or normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
