@@ -22,7 +22,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS = 1
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install browser run test lint format typecheck unit bench bench-behaviour bench-peers clean
+.PHONY: help install browser run stop test lint format typecheck unit bench bench-behaviour bench-peers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,10 +45,17 @@ browser: ## install Debian's chromium for the browser tests (tests/browser), unl
 	@test -x $(CHROMIUM) || $(APT_GET) install -y -q --no-install-recommends chromium \
 		|| { $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends chromium; }
 
+# The stages' `ragloop` commands reuse the project's Prefect server (.prefect); it keeps running for its UI.
 run: $(STAMP) ## the whole loop: dvc repro (base model, index, evaluate, finetune, gate), then dvc metrics show
 	@test -d .git || { git init -q && git add -A && git -c user.name=ragloop -c user.email=ragloop@localhost commit -qm "initial"; }
+	$(BIN)/ragloop server start
 	dvc repro
 	dvc metrics show
+	@echo "Prefect UI, with the runs above: $$($(BIN)/ragloop server status --json | \
+		$(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["url"])') (make stop ends the server)"
+
+stop: ## stop the project's Prefect server (started by make run or by any ragloop command that runs a flow)
+	@if test -x $(BIN)/ragloop; then $(BIN)/ragloop server stop; fi
 
 test: $(STAMP) browser lint typecheck ## lint, type-check and run the whole test suite
 	$(BIN)/pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
@@ -78,5 +85,5 @@ bench-peers: $(STAMP) ## head-to-head with LangChain and LlamaIndex: speed, stor
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/head_to_head.py && $(BIN)/python bench/retrieval_quality.py
 
-clean: ## remove local state (index, metrics, MLflow store, Prefect home); keeps .venv
+clean: stop ## remove local state (index, metrics, MLflow store, Prefect home); keeps .venv
 	rm -rf data/index data/metrics .mlflow .prefect
