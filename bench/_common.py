@@ -170,8 +170,11 @@ def median(values: Sequence[float]) -> float:
 def machine() -> dict[str, Any]:
     import torch
 
+    from components.behaviour.training import cpu_model
+
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

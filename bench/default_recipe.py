@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,23 +40,35 @@ def _hits(params, cases, settings) -> list[list[dict]]:  # type: ignore[no-untyp
 
 
 def _base(params, overrides: dict, cache: Path) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
-    from components.behaviour.base_model import build_base_model, corpus_texts
+    from components.behaviour.base_model import build_base_model, corpus_texts, pretrain_chunking
 
     base_params = params.base_model.model_copy(update=overrides)
     key = hashlib.sha256(base_params.model_dump_json().encode()).hexdigest()[:12]
     out = cache / f"base-{key}"
     info_file = out / "bench_info.json"
     if not info_file.exists():
-        texts = corpus_texts(params.paths.docs, params.index.suffixes, params.index.max_file_bytes)
+        texts = corpus_texts(
+            params.paths.docs, params.index.suffixes, params.index.max_file_bytes, pretrain_chunking(params)
+        )
         info = build_base_model(texts, out, base_params)
         info_file.write_text(json.dumps(info))
     return out, json.loads(info_file.read_text())
 
 
-def run_variant(name: str, spec: dict[str, dict], cache: Path) -> dict:
-    from components.behaviour.assistant import Generator
+def _rates(gate, gate_hits, outputs) -> dict[str, float]:  # type: ignore[no-untyped-def]
     from components.behaviour.checks import SLICES, check_output
-    from components.behaviour.finetune import save_adapter, train_lora, training_pairs
+
+    passed: dict[str, list[bool]] = {s: [] for s in SLICES}
+    for case, hits, output in zip(gate, gate_hits, outputs, strict=True):
+        retrieved = tuple(dict.fromkeys(h["doc"] for h in hits))
+        for k, ok in check_output(case.intent, case.gold_docs, output, retrieved).items():
+            passed[k].append(ok)
+    return {k: round(sum(v) / len(v), 3) for k, v in passed.items() if v}
+
+
+def run_variant(name: str, spec: dict[str, dict], cache: Path, reuse: bool = False) -> dict:
+    from components.behaviour.assistant import Generator, build_prompt, context_docs
+    from components.behaviour.finetune import TrainingLog, save_adapter, train_lora, training_pairs
     from components.behaviour.loop import load_suite
     from components.behaviour.training import machine_info
     from components.config import Settings, load_params
@@ -69,27 +82,28 @@ def run_variant(name: str, spec: dict[str, dict], cache: Path) -> dict:
     )
     gate, train = load_suite(params)
     pairs = training_pairs(train, _hits(params, train, settings), params.generator)
-    generator = Generator(params, device="cpu")
-    peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = save_adapter(peft_model, Path(tmp) / "adapter")
-        tuned = Generator(params, adapter, device="cpu")
-        gate_hits = _hits(params, gate, settings)
-        from components.behaviour.assistant import build_prompt
-
+    adapter = cache / f"adapter-{name}"
+    if not (adapter / "adapter_config.json").exists() or not reuse:
+        generator = Generator(params, device="cpu")
+        peft_model, trained = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
+        save_adapter(peft_model, adapter)
+        (cache / f"log-{name}.json").write_text(json.dumps(asdict(trained)))
+    log = TrainingLog(**json.loads((cache / f"log-{name}.json").read_text()))
+    gate_hits = _hits(params, gate, settings)
+    prompts = [build_prompt(params.generator, c.question, h) for c, h in zip(gate, gate_hits, strict=True)]
+    sources = [context_docs(params.generator, h) for h in gate_hits]
+    scored = {}
+    for grounded in (True, False):
+        generation = params.model_copy(update={"generator": params.generator.model_copy(update={"grounded": grounded})})
         t0 = time.perf_counter()
-        outputs = tuned.generate(
-            [build_prompt(params.generator, c.question, h) for c, h in zip(gate, gate_hits, strict=True)]
-        )
-        gen_seconds = time.perf_counter() - t0
-    passed: dict[str, list[bool]] = {s: [] for s in SLICES}
-    for case, hits, output in zip(gate, gate_hits, outputs, strict=True):
-        retrieved = tuple(dict.fromkeys(h["doc"] for h in hits))
-        for k, ok in check_output(case.intent, case.gold_docs, output, retrieved).items():
-            passed[k].append(ok)
-    rates = {k: round(sum(v) / len(v), 3) for k, v in passed.items() if v}
+        outputs = Generator(generation, adapter, device="cpu").generate(prompts, sources)
+        scored[grounded] = (_rates(gate, gate_hits, outputs), round(time.perf_counter() - t0, 1), outputs)
+        (cache / f"outputs-{name}-{'grounded' if grounded else 'free'}.json").write_text(json.dumps(
+            [{"id": c.id, "intent": c.intent, "gold": c.gold_docs, "retrieved": s, "output": o}
+             for c, s, o in zip(gate, sources, outputs, strict=True)], indent=1))  # fmt: skip
+    rates, gen_seconds, outputs = scored[True]
     return {
-        "variant": name, "spec": spec, "rates": rates,
+        "variant": name, "spec": spec, "rates": rates, "rates_ungrounded": scored[False][0],
         "pairs": len(pairs), "steps": log.steps, "tokens": log.tokens, "padded_tokens": log.padded_tokens,
         "tokens_per_pair": round(log.tokens / max(log.steps * params.finetune.batch_size, 1), 1),
         "train_seconds": round(log.seconds, 1), "train_tokens_per_s": round(log.tokens_per_second, 1),
@@ -103,6 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ragloop-recipe-bases")
+    ap.add_argument("--reuse", action="store_true", help="score the adapters already trained in --cache again")
     ap.add_argument("--variants", type=Path, help="a JSON file of extra variants {name: overrides}")
     args = ap.parse_args()
     variants = dict(VARIANTS)
@@ -113,7 +128,7 @@ def main() -> None:
     out = RESULTS / "default_recipe.json"
     rows = json.loads(out.read_text()) if out.exists() else []
     for name in names:
-        row = run_variant(name, variants[name], args.cache)
+        row = run_variant(name, variants[name], args.cache, args.reuse)
         rows = [r for r in rows if r["variant"] != name] + [row]
         out.write_text(json.dumps(rows, indent=2) + "\n")
         r = row["rates"]

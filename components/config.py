@@ -129,6 +129,7 @@ class GeneratorParams(_Section):
     context_chunks: int = Field(2, ge=0)
     context_chars: int = Field(200, gt=0)
     batch_size: int = Field(16, gt=0)
+    grounded: bool = True  # sources can only name the documents in the context, intents only known labels
     prompt: str = "### Context:\n{context}\n### Customer: {question}\n### Assistant:"
     system: str | None = None  # a chat model's system message before each prompt; unused without a chat template
 
@@ -152,7 +153,8 @@ class BaseModelParams(_Section):
     heads: int = Field(3, gt=0)
     intermediate_size: int = Field(512, gt=0)
     context: int = Field(512, ge=64)
-    tie_embeddings: bool = False  # untied: the output layer is its own matrix (LoRA learns sharper outputs)
+    tie_embeddings: bool = False  # untied: the output layer is its own matrix
+    pretrain_on: Literal["chunks", "documents"] = "chunks"  # chunks: "[<doc path>] <chunk>", as prompts show them
     pretrain_steps: int = Field(300, ge=0)
     max_seconds: float | None = Field(None, gt=0)  # safety cap, off by default; a build it cuts short fails
     batch_size: int = Field(16, gt=0)

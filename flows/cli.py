@@ -154,14 +154,16 @@ def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
 @app.command("base-model")
 def base_model(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """Build the offline default generator (BPE tokenizer + small Llama pretrained on the corpus)."""
-    from components.behaviour.base_model import build_base_model, corpus_texts
+    from components.behaviour.base_model import build_base_model, corpus_texts, pretrain_chunking
     from components.behaviour.training import machine_info
     from components.config import Settings
     from components.tracking.mlflow_runs import log_base_model_run
 
     params = _load(params_file)
     out = params.paths.models / "base"  # where generator.model points by default
-    texts = corpus_texts(params.paths.docs, params.index.suffixes, params.index.max_file_bytes)
+    texts = corpus_texts(
+        params.paths.docs, params.index.suffixes, params.index.max_file_bytes, pretrain_chunking(params)
+    )
     info = {"path": str(out), **build_base_model(texts, out, params.base_model)}
     info["mlflow_run_id"] = log_base_model_run(params, Settings.from_env(), info, machine_info())
     _emit(info, as_json, _dict_table)

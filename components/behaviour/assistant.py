@@ -85,6 +85,11 @@ def encode_turn(tokenizer: Any, prompt: str, target: str | None = None) -> tuple
     return head, whole[len(head) :]
 
 
+def context_docs(params: GeneratorParams, hits: list[dict]) -> list[str]:
+    """The documents the prompt's context shows (what the answer may cite), in rank order, once each."""
+    return list(dict.fromkeys(h["doc"] for h in hits[: params.context_chunks]))
+
+
 def resolve_generator(params: Params) -> str:
     """A folder relative to the params file when one exists there; otherwise the value is a hub id."""
     candidate = Path(params.generator.model)
@@ -133,12 +138,16 @@ class Generator:
 
             model = PeftModel.from_pretrained(model, str(adapter))
         self.model = model.to(self.device).eval()
+        self.labels = _labels(params) if self.params.grounded else None
         torch.manual_seed(0)
 
-    def generate(self, prompts: list[str]) -> list[str]:
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]:
         """Greedy continuations (deterministic: the evaluation compares runs case by case), each stopped at the
-        first of `eos_ids`."""
+        first of `eos_ids`. With `sources` (the documents each prompt's context shows) and `generator.grounded`,
+        the line can only cite those documents and name known labels (components/behaviour/constrain.py)."""
         import torch
+
+        from components.behaviour.constrain import GroundedDecoding
 
         pad = self.tokenizer.pad_token_id
         out: list[str] = []
@@ -147,12 +156,25 @@ class Generator:
             width = max(len(r) for r in rows)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # left padding
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            grounded = None
+            if sources is not None and self.params.grounded:
+                batch_sources = sources[i : i + self.params.batch_size]
+                grounded = GroundedDecoding(self.tokenizer, width, batch_sources, self.labels, self.eos_ids)
             with torch.no_grad():
                 done = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=pad,
                                            max_new_tokens=self.params.max_new_tokens,
-                                           eos_token_id=self.eos_ids or None)  # fmt: skip
+                                           eos_token_id=self.eos_ids or None,
+                                           prefix_allowed_tokens_fn=grounded)  # fmt: skip
             out.extend(t.strip() for t in self.tokenizer.batch_decode(done[:, width:], skip_special_tokens=True))
         return out
+
+
+def _labels(params: Params) -> list[str] | None:
+    """The contract's labels (data/behaviour/labels.json), when the deployment has them."""
+    from components.behaviour.suite import load_labels
+
+    path = params.paths.behaviour / "labels.json"
+    return list(load_labels(path)) if path.is_file() else None
 
 
 def _dtype(name: str, device: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.behaviour.training import Deadline, lr_factor
-from components.config import BaseModelParams
+from components.config import BaseModelParams, ChunkingParams, Params
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
@@ -125,14 +125,29 @@ def _replace_dir(src: Path, dst: Path) -> None:
         src.rename(dst)
 
 
-def corpus_texts(docs_root: Path, suffixes: tuple[str, ...], max_bytes: int) -> list[str]:
-    """The knowledge base as text, through the same parsers as the index (documents that fail are skipped)."""
+def pretrain_chunking(params: Params) -> ChunkingParams | None:
+    """The index's chunking when the base model pretrains on chunks (as prompts show them), else None."""
+    return params.chunking if params.base_model.pretrain_on == "chunks" else None
+
+
+def corpus_texts(docs_root: Path, suffixes: tuple[str, ...], max_bytes: int,
+                 chunking: ChunkingParams | None = None) -> list[str]:  # fmt: skip
+    """The knowledge base as text, through the same parsers as the index (documents that fail are skipped).
+
+    With `chunking`, each document is cut by the index's own chunker and every chunk is written the way the
+    assistant's prompt shows retrieved context, `[<doc path>] <text>`: the model then learns the paths it will
+    have to cite and what they contain, not only the prose."""
+    from components.knowledge.chunking import split_text
     from components.knowledge.documents import DocumentError, parse_document, read_bytes, scan_documents
 
     texts = []
     for rel in sorted(scan_documents(docs_root, suffixes).files):
         try:
-            texts.append(parse_document(rel, read_bytes(docs_root, rel, max_bytes)).text)
+            text = parse_document(rel, read_bytes(docs_root, rel, max_bytes)).text
         except DocumentError:
             continue
+        if chunking is None:
+            texts.append(text)
+        else:
+            texts.extend(f"[{rel}] {' '.join(piece.split())}" for piece in split_text(text, chunking))
     return texts

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from components.behaviour.assistant import build_prompt
+from components.behaviour.assistant import build_prompt, context_docs
 from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
 from components.behaviour.stats import Results, detect_regression, slice_summary
 from components.behaviour.suite import Case
@@ -24,7 +24,7 @@ class _Retriever(Protocol):
 
 
 class _Generator(Protocol):
-    def generate(self, prompts: list[str]) -> list[str]: ...
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class Evaluation:
 def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
               k: int) -> list[CaseOutcome]:  # fmt: skip
     hits = retriever.search([c.question for c in cases], k)
-    outputs = generator.generate([build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)])
+    prompts = [build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)]
+    outputs = generator.generate(prompts, [context_docs(params, h) for h in hits])
     stale = retriever.stale_docs()
     outcomes = []
     for case, found, output in zip(cases, hits, outputs, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.behaviour.assistant import Generator, build_prompt, generator_identity, parse_answer
+from components.behaviour.assistant import Generator, build_prompt, context_docs, generator_identity, parse_answer
 from components.behaviour.evaluate import Evaluation, run_cases, summarise
 from components.behaviour.stats import Results
 from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
@@ -46,7 +46,8 @@ def answer_question(params: Params, settings: Settings, question: str, adapter: 
     with Retriever(params, settings) as retriever:
         hits = retriever.search([question], params.generator.context_chunks)[0]
         index_version = retriever.version
-    output = Generator(params, adapter).generate([build_prompt(params.generator, question, hits)])[0]
+    prompt = build_prompt(params.generator, question, hits)
+    output = Generator(params, adapter).generate([prompt], [context_docs(params.generator, hits)])[0]
     parsed = parse_answer(output)
     return {
         "answer": parsed.answer if parsed else output,

@@ -50,7 +50,7 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool
     order = list(range(len(lengths)))
     rng.shuffle(order)
     span = batch_size * max(pool, 1)
-    batches = []
+    batches: list[list[int]] = []
     for start in range(0, len(order), span):
         group = sorted(order[start : start + span], key=lambda i: lengths[i])
         batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
