@@ -164,13 +164,13 @@ def summarise(runs: dict[str, list[dict]], starts: dict[str, list[float]]) -> tu
                "help": summary["help_s"] < TARGET_HELP_S}  # fmt: skip
     rows: list[list[Any]] = [
         [f"{INDEX}, no change", med[INDEX], f"{DIRECT} + {PREFECT}", floor_index,
-         f"+{summary['index_overhead_s']:.2f} s", f"<= +{TARGET_INDEX_OVERHEAD_S:.0f} s",
+         f"{summary['index_overhead_s']:+.2f} s", f"<= +{TARGET_INDEX_OVERHEAD_S:.0f} s",
          _met(targets["index_overhead"])],
         [f"  {EPHEMERAL}", med.get(EPHEMERAL, "-"), "", "", "", "", ""],
         [f"  {DIRECT}", med[DIRECT], "", "", "", "", ""],
         [f"  {PREFECT}", med[PREFECT], "", "", "", "", ""],
         [f"  {MLFLOW} (the Prefect path logs to MLflow)", med[MLFLOW], f"{DIRECT} + this", med[DIRECT] + med[MLFLOW],
-         f"+{summary['index_overhead_over_prefect_and_mlflow_imports_s']:.2f} s", "", ""],
+         f"{summary['index_overhead_over_prefect_and_mlflow_imports_s']:+.2f} s", "", ""],
         [QUERY_CMD, med[QUERY_CMD], STACK, floor_query, f"{summary['query_ratio']:.2f}x", f"<= {TARGET_QUERY_RATIO}x",
          _met(targets["query_ratio"])],
         [HELP, med[HELP], "", "", "", f"< {TARGET_HELP_S:.0f} s", _met(targets["help"])],

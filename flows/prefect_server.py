@@ -290,11 +290,9 @@ def prefect_api(params_file: Path, notice: Callable[[str], None] | None = None) 
         notice(f"started the project's Prefect server: UI {state.url} (pid {state.pid}; `ragloop server stop` ends it)")
     os.environ.setdefault("PREFECT_HOME", str(home))  # the client's files beside its server's
     if "prefect" not in sys.modules:
-        os.environ["PREFECT_API_URL"] = state.api_url  # also seen by the processes the body starts (Dask workers)
-        try:
-            yield state.api_url
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        # kept after the body, as Prefect keeps what it read at import; also seen by the processes the body starts
+        os.environ["PREFECT_API_URL"] = state.api_url
+        yield state.api_url
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
