@@ -32,11 +32,11 @@ VARIANTS: dict[str, dict[str, dict]] = {
 }
 
 
-def _hits(params, cases, settings) -> list[list[dict]]:  # type: ignore[no-untyped-def]
+def _hits(params, cases, settings, depth: int = 0) -> list[list[dict]]:  # type: ignore[no-untyped-def]
     from components.knowledge.retrieval import Retriever
 
     with Retriever(params, settings) as retriever:
-        return retriever.search([c.question for c in cases], params.generator.context_chunks)
+        return retriever.search([c.question for c in cases], max(params.generator.context_chunks, depth))
 
 
 def _base(params, overrides: dict, cache: Path) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
@@ -81,7 +81,7 @@ def run_variant(name: str, spec: dict[str, dict], cache: Path, reuse: bool = Fal
         update={"generator": generator_params, "finetune": params.finetune.model_copy(update=spec.get("finetune", {}))}
     )
     gate, train = load_suite(params)
-    pairs = training_pairs(train, _hits(params, train, settings), params.generator)
+    pairs = training_pairs(train, _hits(params, train, settings, params.finetune.gold_context_depth), params.generator)
     adapter = cache / f"adapter-{name}"
     if not (adapter / "adapter_config.json").exists() or not reuse:
         generator = Generator(params, device="cpu")

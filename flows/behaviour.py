@@ -110,7 +110,7 @@ def build_pairs(params: Params, settings: Settings, champ) -> tuple[list[tuple[s
     _, train = load_suite(params)
     k = params.generator.context_chunks
     with Retriever(params, settings) as retriever:
-        hits = retriever.search([c.question for c in train], k)
+        hits = retriever.search([c.question for c in train], max(k, params.finetune.gold_context_depth))
         pairs = training_pairs(train, hits, params.generator)
         repeats = params.finetune.failing_case_repeats
         if not repeats or champ is None:  # the untrained base fails every case: repeating all of them is no signal

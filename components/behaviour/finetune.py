@@ -41,17 +41,24 @@ class TrainingLog:
 
 
 def training_pairs(cases: list[Any], hits: list[list[dict]], params: GeneratorParams) -> list[tuple[str, str]]:
-    """(prompt, target line) for each case. The target cites the gold documents that were retrieved; an
-    answerable case whose gold document was not retrieved is left out (it would teach invented citations)."""
+    """(prompt, target line) for each case. `hits` may run deeper than the prompt's `context_chunks`: an
+    answerable case is shown its gold document's best chunk first (what the answer should be grounded in, when
+    retrieval found it at all), then the best of the rest; the target cites the gold documents shown. A case
+    whose gold document was not retrieved is left out (it would teach invented citations)."""
     pairs = []
     for case, found in zip(cases, hits, strict=True):
-        retrieved = {h["doc"] for h in found}
-        cited = [d for d in case.gold_docs if d in retrieved]
+        shown = _gold_first(found, case.gold_docs)[: params.context_chunks]
+        cited = [d for d in case.gold_docs if d in {h["doc"] for h in shown}]
         if case.gold_docs and not cited:
             continue
         answer = case.answer if case.gold_docs and case.answer else REFUSAL
-        pairs.append((build_prompt(params, case.question, found), format_answer(case.intent, answer, cited)))
+        pairs.append((build_prompt(params, case.question, shown), format_answer(case.intent, answer, cited)))
     return pairs
+
+
+def _gold_first(found: list[dict], gold: tuple[str, ...]) -> list[dict]:
+    first = next((h for h in found if h["doc"] in gold), None)
+    return found if first is None else [first, *(h for h in found if h is not first)]
 
 
 class PairEncodingError(ValueError):

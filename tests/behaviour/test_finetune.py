@@ -57,7 +57,7 @@ def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Pa
     assert all(parse_answer(o) is None for o in before)  # the base model knows nothing of the format
     ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=3, epochs=400)
     peft_model, log = train_lora(gen.model, gen.tokenizer, pairs, ft)
-    assert log.losses[-1] < log.losses[0] / 3
+    assert log.losses[-1] < log.losses[0] / 2  # an untied, frozen output layer keeps the loss above ~2
     assert 0 < log.trainable_parameters < log.total_parameters
     gen.model = peft_model
     after = gen.generate([p for p, _ in pairs])
@@ -105,3 +105,50 @@ def test_max_steps_caps_training_whatever_the_time_budget(tiny) -> None:
     capped = params.finetune.model_copy(update={"epochs": 50, "batch_size": 1, "max_steps": 4})
     _, log = train_lora(generator.model, generator.tokenizer, _prompts(params), capped)
     assert log.steps == 4 and len(log.losses) == 4
+
+
+def test_the_same_params_and_seed_give_the_same_base_model_files(tmp_path: Path) -> None:
+    """Pretraining is defined by steps and a seed: two builds are byte-identical (what `dvc repro` relies on)."""
+    from components.hashing import folder_digest
+
+    texts = list(DOCS.values()) * 5
+    tiny = TINY.model_copy(update={"pretrain_steps": 5})
+    first = build_base_model(texts, tmp_path / "a", tiny)
+    second = build_base_model(texts, tmp_path / "b", tiny)
+    assert first["pretrain_steps"] == second["pretrain_steps"] == 5 and not first["truncated"]
+    assert folder_digest(tmp_path / "a", None) == folder_digest(tmp_path / "b", None)
+    other = build_base_model(texts, tmp_path / "c", tiny.model_copy(update={"seed": 1}))
+    assert not other["truncated"]
+    assert folder_digest(tmp_path / "c", None) != folder_digest(tmp_path / "a", None)
+
+
+def test_the_safety_cap_truncates_a_fine_tune_and_says_so(tiny) -> None:
+    from components.behaviour.assistant import Generator
+
+    _, params = tiny
+    generator = Generator(params)
+    capped = params.finetune.model_copy(update={"epochs": 50, "batch_size": 1, "max_seconds": 1e-6})
+    _, log = train_lora(generator.model, generator.tokenizer, _prompts(params), capped)
+    assert log.steps == 1 and log.planned_steps == 150 and log.truncated
+    _, full = train_lora(Generator(params).model, generator.tokenizer, _prompts(params),
+                         capped.model_copy(update={"epochs": 2, "max_seconds": None}))  # fmt: skip
+    assert full.steps == full.planned_steps == 6 and not full.truncated
+
+
+def test_a_base_model_build_cut_short_by_the_cap_fails_its_stage_and_is_tagged_in_mlflow(tmp_path: Path) -> None:
+    """`ragloop base-model` (the DVC stage's command) exits non-zero when the cap cut pretraining short, so DVC
+    never records a model that `dvc repro` could not reproduce; the MLflow run says truncated and names the CPU."""
+    import mlflow
+
+    dep = Deployment.create(tmp_path)
+    dep.write_params(base_model={**TINY.model_dump(), "pretrain_steps": 10_000, "max_seconds": 0.5})
+    done = dep.cli("base-model", "--json")
+    assert done.returncode == 3, done.stderr
+    assert "truncated" in done.stderr and "of 10000 steps" in done.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'state/mlflow/mlflow.db'}")
+    [run] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.ragloop.stage = 'base_model'"
+    )
+    assert run.data.tags["ragloop.truncated"] == "true" and run.info.status == "FAILED"
+    assert run.data.tags["machine.cpu"] and run.data.tags["machine.torch"]
+    assert 0 < run.data.metrics["pretrain_steps"] < 10_000

@@ -117,14 +117,17 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     champ = registry.champion(params, settings)
     assert champ is not None, "runs after the promotion test"
     _configure(loop_dep, learning_rate=1e-7, epochs=1, failing_case_repeats=2)  # learns nothing: the base model
-    tuned = CliRunner().invoke(app, ["finetune", "--no-gate", "--json", "--params", p])
+    try:
+        tuned = CliRunner().invoke(app, ["finetune", "--no-gate", "--json", "--params", p])
+    finally:
+        _configure(loop_dep)  # later tests train normally even when this one fails
     assert tuned.exit_code == 0, tuned.output
     candidate = json.loads(tuned.stdout)
     assert "promoted" not in candidate
-    # the champion's failures on the training set are trained on twice more (it is not perfect on them)
+    # the champion's failures on the training set (if it has any: how many depends on how well it trained) are
+    # trained on twice more; every training case is kept (the gold documents are found in this tiny corpus)
     train_cases = 2 * sum(len(w) for _, _, w in QUESTIONS.values())
-    assert candidate["failing_train_cases"] > 0
-    assert train_cases < candidate["training_pairs"] <= train_cases + 2 * candidate["failing_train_cases"]
+    assert candidate["training_pairs"] == train_cases + 2 * candidate["failing_train_cases"]
     assert registry.gate_verdict(params, settings, candidate["version"]) is None  # registered, not yet judged
     assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
 
@@ -142,10 +145,12 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     assert again.exit_code == 0 and "already gated" in json.loads(again.stdout)["why"]
 
     _configure(loop_dep, target_modules=["no_such_module"])
-    with pytest.raises(ValueError, match="no_such_module"):
-        finetune(params_file=p)
+    try:
+        with pytest.raises(ValueError, match="no_such_module"):
+            finetune(params_file=p)
+    finally:
+        _configure(loop_dep)
     assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
-    _configure(loop_dep)
 
 
 def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from components.knowledge.failpoints import POINTS
 from components.knowledge.manifest import OPEN
-from tests.helpers import REPO, Deployment
+from tests.helpers import REPO, Deployment, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +90,27 @@ def test_kill_at_random_moments_then_converge(tmp_path: Path) -> None:
         dep.write(f"extra-{i}.md", f"# Extra {i}\n\n" + "\n\n".join(f"Paragraph {j} of {i}." * 8 for j in range(6)))
         cmd = [sys.executable, "-m", "flows.cli", "index", "--direct", "--params", str(dep.params_file)]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 9.0))
+        # the random moment counts from when the run holds the index (imports take 10-20 s on a slow machine:
+        # a delay from the start could kill every run before it touched anything)
+        wait_until(lambda: _holds_index_lock(dep), "the run to lock the index", limit=900, alive=proc)
+        time.sleep(rng.uniform(0.0, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     dep.index()
     _assert_converged(dep, _clean_state(tmp_path, dep))
+
+
+def _holds_index_lock(dep: Deployment) -> bool:
+    """Whether some process holds the index's run lock (an flock: try it without blocking)."""
+    import fcntl
+
+    lock = dep.params().paths.index / ".lock"
+    if not lock.exists():
+        return False
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
