@@ -182,7 +182,7 @@ class FinetuneParams(_Section):
     max_seconds: float | None = Field(None, gt=0)  # safety cap, off by default; a run it cuts short is truncated
     max_length: int = Field(384, ge=32)
     failing_case_repeats: int = Field(1, ge=0)  # extra copies of the training cases the champion fails; 0: off
-    gold_context_depth: int = Field(10, ge=0)  # training prompts show the gold chunk when retrieval ranks it this
+    gold_context_depth: int = Field(3, ge=0)  # training prompts show the gold chunk when retrieval ranks it this
     # deep (0: the plain top context_chunks, as at answer time)
     seed: int = 0
 
