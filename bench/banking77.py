@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-rows", type=int, default=770, help="stratified sample of test.csv (770 = 10 per label)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the training rows of each task")
     p.add_argument("--subset", type=int, default=10, help="labels in the subset task (0: only the 77-intent task)")
+    p.add_argument("--subset-epochs", type=int, default=12, help="passes over the subset task's (fewer) rows")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the fine-tune uses params.yaml's seed)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, one per core)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached base model")
@@ -224,7 +225,8 @@ def main() -> None:
         train = stratified([r for r in train_all if r[1] in keep], args.train_rows, args.seed)
         test = stratified([r for r in test_all if r[1] in keep], args.test_rows, args.seed)
         c.log(f"task {name}: {len(task_labels)} labels, training on {len(train):,} rows, testing on {len(test)}")
-        results[name] = run_task(params, base_dir, args, task_labels, train, test)
+        epochs = args.epochs if len(task_labels) == len(labels) else args.subset_epochs
+        results[name] = run_task(params, base_dir, epochs, task_labels, train, test)
     run = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items() if k != "rebuild"},
@@ -240,11 +242,11 @@ def main() -> None:
     report(run)
 
 
-def run_task(params: Params, base_dir: Path, args: argparse.Namespace, labels: list[str], train: list,
+def run_task(params: Params, base_dir: Path, epochs: int, labels: list[str], train: list,
              test: list) -> dict[str, Any]:  # fmt: skip
     max_new = max(len(ids) for ids in _label_tokens(base_dir, labels))
     generator = params.generator.model_copy(update={"model": str(base_dir), "max_new_tokens": max_new})
-    finetune = params.finetune.model_copy(update={"epochs": args.epochs, "max_seconds": None})
+    finetune = params.finetune.model_copy(update={"epochs": epochs, "max_seconds": None})
     params = params.model_copy(update={"generator": generator, "finetune": finetune})
     prompts, gold = [PROMPT.format(text=t) for t, _ in test], [lab for _, lab in test]
     gen = Generator(params)

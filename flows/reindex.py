@@ -103,6 +103,11 @@ def record(params: Params, settings: Settings, report: dict, reason: str) -> str
 
 @task(name="write dvc metrics", cache_policy=NO_CACHE)
 def write_metrics(params: Params, report: dict) -> None:
+    """The DVC metrics of the published version. A run that published nothing leaves them as they are (once
+    they exist): they describe what DVC tracks, and rewriting its timing would make `dvc status` report the
+    index stage as changed after a command that changed nothing."""
+    if not report["published"] and (params.paths.metrics / "index.json").is_file():
+        return
     params.paths.metrics.mkdir(parents=True, exist_ok=True)
     keep = {k: report[k] for k in ("index_version", "documents", "chunks", "duration_s", "freshness_lag_s")}
     (params.paths.metrics / "index.json").write_text(json.dumps(keep, indent=2) + "\n")

@@ -58,3 +58,8 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     assert second["chunks"]["deleted"] == 1
     runs = _runs(deployment)
     assert [r.data.metrics["index_version"] for r in runs] == [1, 2]
+    # a run that publishes nothing leaves the DVC metrics byte for byte (else `dvc status` sees the stage change)
+    written = (deployment.root / "state" / "metrics" / "index.json").read_bytes()
+    unchanged = reindex(params_file=str(deployment.params_file))
+    assert unchanged["chunks"]["embedded"] == 0 and not unchanged["published"]
+    assert (deployment.root / "state" / "metrics" / "index.json").read_bytes() == written
