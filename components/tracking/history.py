@@ -23,12 +23,16 @@ def _iso(ms: float | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def _runs(client: Any, name: str, since_ms: int | None = None, limit: int = 1000) -> list[Any]:
-    """Runs of an experiment, newest first (none when the experiment does not exist yet)."""
+def _runs(client: Any, name: str, since_ms: int | None = None, limit: int = 1000, stage: str | None = None
+          ) -> list[Any]:  # fmt: skip
+    """Runs of an experiment, newest first (none when the experiment does not exist yet); with `stage`, only the
+    runs tagged `ragloop.stage` so (the fine-tune experiment also holds the base model's builds)."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return []
-    flt = f"attributes.start_time >= {since_ms}" if since_ms is not None else ""
+    terms = [f"attributes.start_time >= {since_ms}"] if since_ms is not None else []
+    terms += [f"tags.`ragloop.stage` = '{stage}'"] if stage else []
+    flt = " and ".join(terms)
     return list(client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
                                    max_results=limit))  # fmt: skip
 
@@ -141,7 +145,7 @@ def status(params: Params, settings: Settings) -> dict:
     evaluations = _champion_evaluations(client, params)
     last = evaluations[0] if evaluations else None
     champion_label = f"v{aliases['champion']}" if "champion" in aliases else "base"
-    finetunes = _runs(client, params.tracking.finetune_experiment, limit=50)
+    finetunes = _runs(client, params.tracking.finetune_experiment, limit=50, stage="finetune")
 
     pending_finetune, why_finetune = False, "no evaluation yet: run `ragloop evaluate`"
     if last is not None:
@@ -228,7 +232,7 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     versions, _ = _versions(client, params.tracking.registered_model)
     version_of = {v.run_id: str(v.version) for v in versions if v.run_id}
     tunes = []
-    for r in _runs(client, params.tracking.finetune_experiment, since):
+    for r in _runs(client, params.tracking.finetune_experiment, since, stage="finetune"):
         m = r.data.metrics
         tunes.append({
             "run_id": r.info.run_id, "at": _iso(r.info.start_time), "version": version_of.get(r.info.run_id),
