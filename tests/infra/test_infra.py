@@ -47,6 +47,11 @@ LIBRARY_CLIENT_SETTINGS = {
 NOT_DEPLOYMENT_SETTINGS = {
     "RAGLOOP_FAILPOINT": "crash-test hook of components/knowledge/failpoints.py",
     "RAGLOOP_FAILPOINT_SIGNAL": "fault-test hook of components/knowledge/failpoints.py",
+    # flows/prefect_server.py reads these only to find or start the project's local Prefect server, which is
+    # never used where PREFECT_API_URL is set (the compose worker sets it)
+    "PREFECT_HOME": "local mode: where the project's own Prefect server keeps its database",
+    "PREFECT_PROFILE": "local mode: a Prefect profile whose API URL wins over the project's server",
+    "PREFECT_PROFILES_PATH": "local mode: where that profile is read from",
 }
 PREFECT_YAML_ENV = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")  # prefect.yaml's "{{ $NAME }}": read by the worker
 # The services whose environment Prefect and MLflow read (elsewhere a PREFECT_* name is just a compose variable).
