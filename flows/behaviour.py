@@ -134,7 +134,7 @@ def train_adapter(params: Params, pairs: list[tuple[str, str]]):  # type: ignore
             return out, launch_multi_gpu(params.source, pairs, out, gpus())
         generator = Generator(params)
         peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
-    return save_adapter(peft_model, out), log
+    return save_adapter(peft_model, out, params.generator.model), log
 
 
 @task(name="evaluate candidate on the gate set", cache_policy=NO_CACHE)

@@ -214,11 +214,26 @@ def launch_multi_gpu(params_file: Path, pairs: list[tuple[str, str]], out_dir: P
     return TrainingLog(**data)
 
 
-def save_adapter(peft_model: Any, out_dir: Path) -> Path:
-    """adapter_config.json + adapter_model.safetensors, swapped into place only once complete."""
+def save_adapter(peft_model: Any, out_dir: Path, base: str | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors, swapped into place only once complete.
+
+    The folder is a DVC output, so its bytes must depend on the training alone: peft writes the base model's
+    absolute path (a clone elsewhere differs), lists target modules in set order (differs between processes) and
+    adds a generated model card; the config gets `base` (the configured model, e.g. `data/models/base`) and sorted
+    modules, and the card is dropped. The loader is always given its base model, never this path."""
+    import json
+
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(str(tmp), safe_serialization=True)
+    config_file = tmp / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    if base is not None:
+        config["base_model_name_or_path"] = base
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / "README.md").unlink(missing_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     pairs = [tuple(p) for p in json.loads(Path(pairs_file).read_text())]
     peft_model, log = train_lora(generator.model, generator.tokenizer, pairs, params.finetune)
     if state.is_main_process:
-        save_adapter(peft_model, Path(out_dir))
+        save_adapter(peft_model, Path(out_dir), params.generator.model)
         Path(log_file).write_text(json.dumps(asdict(log)))
     state.wait_for_everyone()
 

@@ -64,7 +64,7 @@ def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Pa
     assert after == [t for _, t in pairs]  # memorised exactly: training really moves behaviour
 
     adapter = save_adapter(peft_model, tmp_path / "adapter")
-    assert {p.name for p in adapter.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert {p.name for p in adapter.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     reloaded = Generator(params, adapter=adapter)
     batch = gen.tokenizer([pairs[0][0]], return_tensors="pt", return_token_type_ids=False)
     with torch.no_grad():
@@ -152,3 +152,23 @@ def test_a_base_model_build_cut_short_by_the_cap_fails_its_stage_and_is_tagged_i
     assert run.data.tags["ragloop.truncated"] == "true" and run.info.status == "FAILED"
     assert run.data.tags["machine.cpu"] and run.data.tags["machine.torch"]
     assert 0 < run.data.metrics["pretrain_steps"] < 10_000
+
+
+def test_a_saved_adapter_depends_on_its_training_alone(tiny, tmp_path: Path) -> None:
+    """The adapter is a DVC output: no absolute path of this clone, no set order, no generated model card."""
+    import json
+
+    from components.behaviour.assistant import Generator
+    from components.hashing import folder_digest
+
+    _, params = tiny
+    generator = Generator(params)
+    one_step = params.finetune.model_copy(update={"max_steps": 1})
+    peft_model, _ = train_lora(generator.model, generator.tokenizer, _prompts(params), one_step)
+    a = save_adapter(peft_model, tmp_path / "clone-a" / "candidate", "data/models/base")
+    b = save_adapter(peft_model, tmp_path / "clone-b" / "candidate", "data/models/base")
+    assert folder_digest(a, None) == folder_digest(b, None)
+    config = json.loads((a / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "data/models/base"
+    assert config["target_modules"] == sorted(config["target_modules"]) and len(config["target_modules"]) > 1
+    assert not (a / "README.md").exists()
