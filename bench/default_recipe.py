@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -136,7 +135,6 @@ def main() -> None:
               f"citation {r.get('citation', 0):.2f} refusal {r.get('refusal', 0):.2f} | {row['steps']} steps "
               f"{row['tokens']} tok {row['train_seconds']} s {row['train_tokens_per_s']} tok/s "
               f"loss {row['final_loss']}", flush=True)  # fmt: skip
-    shutil.rmtree(args.cache / "unused", ignore_errors=True)
 
 
 if __name__ == "__main__":
