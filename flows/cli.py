@@ -82,8 +82,12 @@ def _direct(params):  # type: ignore[no-untyped-def]
     from components.knowledge.report import contract
     from components.knowledge.session import open_index
 
+    from components.knowledge.indexer import journal
+
     with open_index(params) as s:
-        return contract(run_index(s))
+        report = run_index(s)
+    journal(params.paths.index, report, "direct", None)
+    return contract(report)
 
 
 def _rollback(params, version: str) -> dict:  # type: ignore[no-untyped-def]

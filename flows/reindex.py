@@ -128,7 +128,8 @@ def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
         report = publish(session, plan, vectors)
         report["compacted"] = tidy(session) if report["published"] else False
     report = indexer.finish_report(report, embed_seconds, time.perf_counter() - t0)
-    report["mlflow_run_id"] = record(params, settings, report, reason)
+    report["mlflow_run_id"] = record(params, settings, report, reason) if indexer.worth_a_run_record(report) else None
+    indexer.journal(params.paths.index, report, reason, report["mlflow_run_id"])
     write_metrics(params, report)
     _announce(report)
     return contract(report)

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from components.knowledge.documents import (
     sha256_bytes,
 )
 from components.knowledge.failpoints import failpoint
-from components.knowledge.manifest import OPEN, DocRow, Record
+from components.knowledge.manifest import OPEN, DocRow, IndexRun, Manifest, Record
 from components.knowledge.session import IndexSession
 
 
@@ -302,6 +303,26 @@ def finish_report(report: dict, embed_seconds: float, seconds: float) -> dict:
     report["embed_chunks_per_s"] = round(embedded / embed_seconds, 1) if embedded and embed_seconds else 0.0
     report["duration_s"] = round(seconds, 3)
     return report
+
+
+def worth_a_run_record(report: dict) -> bool:
+    """Whether an index run gets its own MLflow run: it published a version or met a document it could not read.
+    A run that changed nothing is journaled in the manifest only (`journal`): a schedule every few minutes would
+    otherwise bury the runs that did something, and recording one costs importing MLflow (~2.5 s of a 0.7 s run)."""
+    return bool(report["published"] or report["documents"]["failed"] or report["errors"])
+
+
+def journal(index_dir: Path, report: dict, reason: str, mlflow_run_id: str | None) -> None:
+    """Append this run to the manifest's run journal (`ragloop advise` counts runs from it)."""
+    d = report["documents"]
+    manifest = Manifest(index_dir / "manifest.sqlite")
+    try:
+        manifest.journal_run(IndexRun(
+            finished_at=time.time(), reason=reason, index_version=int(report["index_version"]),
+            published=bool(report["published"]), changed=sum(d[k] for k in ("added", "modified", "deleted", "renamed")),
+            failed=int(d["failed"]), duration_s=float(report.get("duration_s", 0.0)), mlflow_run_id=mlflow_run_id))  # fmt: skip
+    finally:
+        manifest.close()
 
 
 def _metadata(plan: Plan, a: Addition) -> dict:

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS stat_cache(path TEXT PRIMARY KEY, size INTEGER NOT NU
   sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS collections(name TEXT PRIMARY KEY, embedder TEXT NOT NULL, chunker TEXT NOT NULL,
   removed_since_compact INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY AUTOINCREMENT, finished_at REAL NOT NULL, reason TEXT NOT NULL,
+  index_version INTEGER NOT NULL, published INTEGER NOT NULL, changed INTEGER NOT NULL, failed INTEGER NOT NULL,
+  duration_s REAL NOT NULL, mlflow_run_id TEXT);
 """
 
 
@@ -69,6 +72,20 @@ class VersionInfo:
     chunker: str
     kind: str
     report: str
+
+
+@dataclass(frozen=True)
+class IndexRun:
+    """A journaled index run: when it finished, why it ran, what it did, and its MLflow run if it has one."""
+
+    finished_at: float
+    reason: str
+    index_version: int
+    published: bool
+    changed: int  # documents added, modified, deleted or renamed
+    failed: int  # documents that failed to parse
+    duration_s: float
+    mlflow_run_id: str | None = None
 
 
 class Manifest:
@@ -170,6 +187,23 @@ class Manifest:
 
     def known_collections(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM collections")]
+
+    def runs_since(self, since: float) -> list[IndexRun]:
+        """Every index run journaled since `since` (epoch seconds), newest first."""
+        rows = self.db.execute(
+            "SELECT finished_at, reason, index_version, published, changed, failed, duration_s, mlflow_run_id "
+            "FROM runs WHERE finished_at>=? ORDER BY id DESC", (since,))  # fmt: skip
+        return [IndexRun(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def journal_run(self, run: IndexRun) -> None:
+        """One row per index run, whatever it did: the history of runs that changed nothing lives here only."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs(finished_at, reason, index_version, published, changed, failed, duration_s, "
+                "mlflow_run_id) VALUES (?,?,?,?,?,?,?,?)",
+                (run.finished_at, run.reason, run.index_version, int(run.published), run.changed, run.failed,
+                 run.duration_s, run.mlflow_run_id))  # fmt: skip
 
     def retained_versions(self, keep: int) -> list[int]:
         rows = self.db.execute("SELECT version FROM versions ORDER BY version DESC LIMIT ?", (keep,))

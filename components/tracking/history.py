@@ -180,6 +180,24 @@ def status(params: Params, settings: Settings) -> dict:
 
 
 # -- the evidence for `advise` ---------------------------------------------------------------------------------
+def _index_run_count(params: Params, recorded: list[Any], since_ms: int) -> int:
+    """Index runs in the window: the manifest journals every run (a run that changed nothing has no MLflow run);
+    MLflow's index runs from before the journal began (older deployments) are added."""
+    from components.knowledge.manifest import Manifest
+
+    path = params.paths.index / "manifest.sqlite"
+    if not path.is_file():
+        return len(recorded)
+    manifest = Manifest(path)
+    try:
+        journaled, first = manifest.runs_since(since_ms / 1000), manifest.runs_since(0)
+    finally:
+        manifest.close()
+    began_ms = first[-1].finished_at * 1000 if first else float("inf")
+    ids = {r.mlflow_run_id for r in first}
+    return len(journaled) + sum(1 for r in recorded if r.info.start_time < began_ms and r.info.run_id not in ids)
+
+
 def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     """The recorded history `ragloop advise` weighs, over the last `days` days."""
     from components.behaviour.suite import SuiteError
@@ -195,7 +213,7 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     latest_chunks = int(index_runs[0].data.metrics.get("chunks_total", 0)) if index_runs else 0
     documents = {k: total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed")}
     knowledge = {
-        "index_runs": len(index_runs),
+        "index_runs": _index_run_count(params, index_runs, since),
         "published_versions": len(published),
         "documents_changed": sum(documents.values()),
         "documents": documents,

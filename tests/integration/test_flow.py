@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from components.config import Settings
 from components.tracking.lineage import docs_dvc_md5
 from tests.helpers import Deployment
 
@@ -20,6 +21,16 @@ def _runs(dep: Deployment) -> list:
     assert exp is not None
     assert exp.artifact_location.startswith((dep.root / "state" / "mlflow").as_uri())  # never ./mlruns of the cwd
     return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+
+
+def _journal(dep: Deployment) -> list:
+    from components.knowledge.manifest import Manifest
+
+    manifest = Manifest(dep.root / "state" / "index" / "manifest.sqlite")
+    try:
+        return manifest.runs_since(0)
+    finally:
+        manifest.close()
 
 
 def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deployment) -> None:
@@ -63,3 +74,16 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     unchanged = reindex(params_file=str(deployment.params_file))
     assert unchanged["chunks"]["embedded"] == 0 and not unchanged["published"]
     assert (deployment.root / "state" / "metrics" / "index.json").read_bytes() == written
+    # it gets no MLflow run (only runs that published or met a bad document do) but is journaled in the manifest
+    assert unchanged["mlflow_run_id"] is None and len(_runs(deployment)) == 2
+    assert [(r.published, r.reason, r.mlflow_run_id) for r in _journal(deployment)] == [
+        (False, "manual", None), (True, "manual", runs[1].info.run_id), (True, "test", runs[0].info.run_id)]
+
+    deployment.write("broken.pdf", b"not a pdf")  # a bad document is worth a record even when nothing published
+    failed = reindex(params_file=str(deployment.params_file), reason="bad doc")
+    assert failed["documents"]["failed"] == 1 and failed["mlflow_run_id"] is not None
+    assert _runs(deployment)[-1].data.metrics["documents_failed"] == 1
+
+    from components.tracking.history import evidence
+
+    assert evidence(deployment.params(), Settings.from_env())["knowledge"]["index_runs"] == 4  # 2 + the unchanged + bad doc
