@@ -13,7 +13,7 @@ there and the output was still wrong: the weights are the fix).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from components.behaviour.assistant import OUT_OF_SCOPE, REFUSAL, parse_answer
@@ -49,6 +49,27 @@ def check_output(intent: str, gold_docs: tuple[str, ...], output: str, retrieved
             parsed is not None and parsed.intent == OUT_OF_SCOPE and parsed.answer == REFUSAL and not parsed.sources
         )
     return checks
+
+
+LIVE_CHECKS = ("format", "intent", "citation")
+
+
+def live_checks(output: str, retrieved_docs: Iterable[str], labels: Collection[str] | None) -> dict[str, bool]:
+    """The contract checks a live answer can be held to without knowing the right answer:
+    - format: the output is exactly one contract line;
+    - intent: its label is a known one (`labels`, from labels.json) or out_of_scope (any label when `labels` is
+      None: a deployment without a labels file);
+    - citation: an answer that is not the refusal cites at least one source and only documents that were
+      retrieved; the refusal cites none."""
+    parsed = parse_answer(output)
+    if parsed is None:
+        return dict.fromkeys(LIVE_CHECKS, False)
+    known = labels is None or parsed.intent == OUT_OF_SCOPE or parsed.intent in labels
+    if parsed.intent == OUT_OF_SCOPE and parsed.answer == REFUSAL:
+        cited_ok = not parsed.sources
+    else:
+        cited_ok = bool(parsed.sources) and set(parsed.sources) <= set(retrieved_docs)
+    return {"format": True, "intent": known, "citation": cited_ok}
 
 
 def diagnose(gold_docs: tuple[str, ...], retrieved: tuple[str, ...], checks: dict[str, bool],

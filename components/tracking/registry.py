@@ -209,6 +209,13 @@ def champion(params: Params, settings: Settings) -> VersionInfo | None:
     return None if mv is None else _fetch(params, settings, client, mv)
 
 
+def champion_version(params: Params, settings: Settings) -> str | None:
+    """The version the `champion` alias points to, without fetching its adapter (one registry read: what a
+    long-running server checks before each answer); None when there is no champion."""
+    mv = _alias(client_for(params, settings), params.tracking.registered_model, CHAMPION)
+    return None if mv is None else str(mv.version)
+
+
 def fetch_version(params: Params, settings: Settings, version: str) -> VersionInfo:
     """Any registered version, with its adapter in the local cache and its stored evaluation results."""
     client = client_for(params, settings)

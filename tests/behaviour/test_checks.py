@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from components.behaviour.assistant import format_answer, parse_answer
-from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
+from components.behaviour.checks import (
+    CaseOutcome,
+    check_output,
+    diagnose,
+    live_checks,
+    retrieval_metrics,
+    slice_results,
+)
 
 GOLD = ("fees/atm.md",)
 RETRIEVED = ("fees/atm.md", "cards/lost.md", "faq/general.md")
@@ -88,3 +95,40 @@ def test_retrieval_metrics_and_behaviour_only_slices() -> None:
     assert retrieval_metrics(outcomes) == {"hit_at_k": round(2 / 3, 4), "mrr": round((1 + 0.5) / 3, 4)}
     assert slice_results(outcomes)["citation"] == {"a": True, "b": False, "c": False}
     assert slice_results(outcomes, behaviour_only=True)["citation"] == {"a": True, "b": False}
+
+
+LABELS = {"fees", "card_lost"}
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (GOOD, {"format": True, "intent": True, "citation": True}),
+        ("intent: fees | answer: 2 EUR | sources: [cards/lost.md, fees/atm.md]",
+         {"format": True, "intent": True, "citation": True}),  # any retrieved document, not only a gold one
+        ("intent: mortgages | answer: 2 EUR | sources: [fees/atm.md]",
+         {"format": True, "intent": False, "citation": True}),  # a label the contract does not know
+        ("intent: fees | answer: 2 EUR | sources: [made/up.md]",
+         {"format": True, "intent": True, "citation": False}),  # cites a document it was not given
+        ("intent: fees | answer: 2 EUR | sources: [fees/atm.md, made/up.md]",
+         {"format": True, "intent": True, "citation": False}),
+        ("intent: fees | answer: 2 EUR | sources: []", {"format": True, "intent": True, "citation": False}),
+        ("intent: out_of_scope | answer: I don't know | sources: []",
+         {"format": True, "intent": True, "citation": True}),  # the refusal cites nothing, rightly
+        ("intent: out_of_scope | answer: I don't know | sources: [fees/atm.md]",
+         {"format": True, "intent": True, "citation": False}),  # a refusal that cites something
+        ("intent: out_of_scope | answer: we do not sell that | sources: []",
+         {"format": True, "intent": True, "citation": False}),  # not the refusal: an answer must cite
+        ("The fee is 2 EUR.", {"format": False, "intent": False, "citation": False}),
+        ("", {"format": False, "intent": False, "citation": False}),
+    ],
+)  # fmt: skip
+def test_live_checks_hold_an_answer_to_the_contract_without_a_gold_answer(output: str, expected: dict) -> None:
+    assert live_checks(output, RETRIEVED, LABELS) == expected
+
+
+def test_live_checks_without_a_labels_file_accept_any_label() -> None:
+    odd = "intent: mortgages | answer: 2 EUR | sources: [fees/atm.md]"
+    assert live_checks(odd, RETRIEVED, None)["intent"] is True
+    assert live_checks(odd, RETRIEVED, set())["intent"] is False
+    assert live_checks(GOOD, iter(["cards/lost.md"]), LABELS)["citation"] is False  # any iterable of documents

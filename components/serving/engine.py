@@ -1,0 +1,285 @@
+"""The assistant as a long-running service: the champion and the published index, loaded once per process, and
+switched without a restart when the `champion` alias moves or a new index version is published.
+
+Every answer is computed on one worker thread ("ragloop-engine"): generation is CPU-bound (two requests at once
+only share the cores), the embedded index's SQLite connections belong to the thread that opened them, and a
+switch happens on that thread between two answers. So an answer uses one snapshot from its retrieval to its
+generation (never a new index with an old model, or the reverse), no answer fails because of a switch, and the
+snapshot it replaced is closed at once: no answer holds it any more. A request for an answer waits in the
+thread's queue (`api.max_queue` at most).
+
+Before each answer (at most every `api.switch_check_s`), the worker reads the published version from the
+manifest and the champion from the registry; a change loads the new model (the registry's adapter, or the base
+model when there is no champion) or opens the new index, and from then on answers come from it. A registry that
+cannot be read keeps the current model: the answer is served, the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from components.behaviour.assistant import (
+    Generator,
+    build_prompt,
+    context_docs,
+    encode_turn,
+    generator_identity,
+    parse_answer,
+)
+from components.behaviour.checks import live_checks
+from components.config import Params, Settings
+from components.knowledge.manifest import Manifest
+from components.knowledge.retrieval import IndexNotReadyError, Retriever
+
+log = logging.getLogger("ragloop.serving")
+
+
+class EngineBusyError(RuntimeError):
+    """More answers are waiting than `api.max_queue` allows."""
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answer with everything its trace records: what was retrieved, the prompt, the raw output, which model
+    and index version produced it, the token counts and the time spent (retrieval, generation, in all)."""
+
+    question: str
+    answer: str  # the contract line's answer, or the raw output when it is not a contract line
+    intent: str | None
+    cited: tuple[str, ...]  # the sources the answer cites
+    raw: str  # the generator's whole output
+    prompt: str
+    hits: tuple[dict[str, Any], ...]  # retrieved chunks, best first: {"doc", "chunk_id", "score", "text"}
+    context_docs: tuple[str, ...]  # the documents the prompt showed (what the answer may cite)
+    model_version: str  # "v<N>" of the champion that answered, or "base"
+    adapter_version: str | None  # the registry version N, None for the base model
+    base_model: str  # generator identity (model id and revision, or a hash of the local weights)
+    index_version: int
+    tokens_in: int
+    tokens_out: int  # the output re-encoded by the tokenizer (the stop token excluded)
+    retrieve_ms: float
+    generate_ms: float
+    latency_ms: float  # retrieval + prompt + generation + checks (queueing excluded)
+    started_ns: int  # wall clock (ns since the epoch) at the start of retrieval, its end, and the answer's end
+    retrieved_ns: int
+    ended_ns: int
+    checks: dict[str, bool] = field(default_factory=dict)  # components.behaviour.checks.live_checks
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in self.hits]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Model:
+    version: str | None  # registry version; None: the base model
+    generator: Generator
+    identity: str
+
+    @property
+    def label(self) -> str:
+        return "base" if self.version is None else f"v{self.version}"
+
+
+@dataclass
+class _Index:
+    version: int
+    retriever: Retriever
+
+
+class Engine:
+    """`Engine(params, settings)` loads the champion (or the base model) and the published index; `answer(q)` or
+    `submit(q)` answers a question like `ragloop ask`. Thread-safe; `close()` when done."""
+
+    def __init__(self, params: Params, settings: Settings) -> None:
+        self.params = params
+        self.settings = settings
+        self.labels = _labels(params)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-engine")
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._model: _Model | None = None
+        self._index: _Index | None = None
+        self._checked = float("-inf")
+        self.counts = {"answered": 0, "failed": 0, "model_switches": 0, "index_switches": 0, "check_errors": 0}
+        self.last_error: str | None = None
+        self._closed = False
+        self._worker.submit(self._refresh, True).result()  # load now: the first answer does not pay for it
+
+    # --- public --------------------------------------------------------------------------------------------
+
+    def submit(self, question: str) -> Future[Answered]:
+        """Queue a question; the future holds its `Answered` (or the error). EngineBusyError when the queue is
+        full, RuntimeError after close()."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if self._queued >= self.params.api.max_queue:
+                raise EngineBusyError(f"{self._queued} answers are waiting (api.max_queue={self.params.api.max_queue})")
+            self._queued += 1
+        future = self._worker.submit(self._answer, question)
+        future.add_done_callback(self._done)
+        return future
+
+    def answer(self, question: str, timeout: float | None = None) -> Answered:
+        return self.submit(question).result(timeout)
+
+    def versions(self) -> dict[str, Any]:
+        """What answers now come from: {"model_version": "v<N>" | "base", "index_version": N | None}."""
+        model, index = self._model, self._index
+        return {"model_version": None if model is None else model.label,
+                "index_version": None if index is None else index.version}  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            queued = self._queued
+        return {**self.versions(), "queued": queued, **self.counts, "last_error": self.last_error}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._worker.submit(self._close_index).result()
+        self._worker.shutdown(wait=True)
+        self._model = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- on the worker thread ------------------------------------------------------------------------------
+
+    def _done(self, future: Future[Answered]) -> None:
+        with self._lock:
+            self._queued -= 1
+            if future.cancelled() or future.exception() is not None:
+                self.counts["failed"] += 1
+            else:
+                self.counts["answered"] += 1
+
+    def _answer(self, question: str) -> Answered:
+        self._refresh(False)
+        model, index = self._model, self._index  # one snapshot for the whole answer
+        if index is None:
+            raise IndexNotReadyError(f"no index published under {self.params.paths.index}: run `ragloop index`")
+        assert model is not None
+        g = self.params.generator
+        t0, started_ns = time.perf_counter(), time.time_ns()
+        hits = index.retriever.search([question], g.context_chunks)[0]
+        t1, retrieved_ns = time.perf_counter(), time.time_ns()
+        prompt = build_prompt(g, question, hits)
+        docs = context_docs(g, hits)
+        raw = model.generator.generate([prompt], [docs])[0]
+        t2 = time.perf_counter()
+        parsed = parse_answer(raw)
+        tokenizer = model.generator.tokenizer
+        tokens_in = len(encode_turn(tokenizer, prompt)[0])
+        tokens_out = len(tokenizer(raw, add_special_tokens=False)["input_ids"]) if raw else 0
+        checks = live_checks(raw, [h["doc"] for h in hits], self.labels)
+        return Answered(
+            question=question,
+            answer=parsed.answer if parsed else raw,
+            intent=parsed.intent if parsed else None,
+            cited=tuple(parsed.sources) if parsed else (),
+            raw=raw,
+            prompt=prompt,
+            hits=tuple(hits),
+            context_docs=tuple(docs),
+            model_version=model.label,
+            adapter_version=model.version,
+            base_model=model.identity,
+            index_version=index.version,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            retrieve_ms=round((t1 - t0) * 1000, 3),
+            generate_ms=round((t2 - t1) * 1000, 3),
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+            started_ns=started_ns,
+            retrieved_ns=retrieved_ns,
+            ended_ns=time.time_ns(),
+            checks=checks,
+        )
+
+    def _refresh(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.params.api.switch_check_s:
+            return
+        self._checked = now
+        self._refresh_index()
+        self._refresh_model()
+
+    def _published(self) -> int:
+        if self._index is not None:
+            return self._index.retriever.manifest.published()
+        path = self.params.paths.index / "manifest.sqlite"
+        if not path.is_file():
+            return 0
+        manifest = Manifest(path)
+        try:
+            return manifest.published()
+        finally:
+            manifest.close()
+
+    def _refresh_index(self) -> None:
+        published = self._published()
+        current = self._index
+        if published == 0 or (current is not None and current.version == published):
+            return
+        started = time.perf_counter()
+        if self.settings.chroma_host:  # a Chroma server: open the new version, then close the old one
+            retriever = Retriever(self.params, self.settings)
+            self._close_index()
+        else:  # embedded Chroma shares one client per folder in a process: the old one must go first, and the
+            self._close_index()  # new one then reads the files another process (`ragloop index`) wrote
+            retriever = Retriever(self.params, self.settings)
+        self._index = _Index(retriever.version, retriever)
+        if current is not None:
+            self.counts["index_switches"] += 1
+        log.info("index v%s open (%.2f s)%s", retriever.version, time.perf_counter() - started,
+                 "" if current is None else f", was v{current.version}")  # fmt: skip
+
+    def _refresh_model(self) -> None:
+        from components.tracking import registry
+
+        try:
+            version = registry.champion_version(self.params, self.settings)
+            info = None if version is None else registry.fetch_version(self.params, self.settings, version)
+        except Exception as exc:  # an unreachable registry must not fail the answer: keep the model we have
+            self.counts["check_errors"] += 1
+            self.last_error = f"champion check: {type(exc).__name__}: {exc}"
+            log.warning("cannot read the champion; answering with %s: %s", self.versions()["model_version"], exc)
+            if self._model is not None:
+                return
+            version, info = None, None  # nothing loaded yet: start on the base model, switch once it is readable
+        current = self._model
+        if current is not None and current.version == version:
+            return
+        started = time.perf_counter()
+        generator = Generator(self.params, None if info is None else info.adapter_dir)
+        self._model = _Model(version, generator, generator_identity(self.params))
+        if current is not None:
+            self.counts["model_switches"] += 1
+        log.info("model %s loaded (%.2f s)%s", self._model.label, time.perf_counter() - started,
+                 "" if current is None else f", was {current.label}")  # fmt: skip
+
+    def _close_index(self) -> None:
+        if self._index is not None:
+            index, self._index = self._index, None
+            index.retriever.close()
+
+
+def _labels(params: Params) -> frozenset[str] | None:
+    from components.behaviour.suite import load_labels
+
+    path = params.paths.behaviour / "labels.json"
+    return frozenset(load_labels(path)) if path.is_file() else None
