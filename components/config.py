@@ -115,6 +115,7 @@ class TrackingParams(_Section):
     evaluation_experiment: str = "ragloop-evaluation"
     finetune_experiment: str = "ragloop-finetune"
     registered_model: str = "ragloop-assistant"
+    serving_experiment: str = "ragloop-serving"  # the API server's traces (one per answer) and their feedback
 
 
 class GeneratorParams(_Section):
@@ -215,6 +216,7 @@ class ServiceParams(_Section):
     reindex_cron: str | None = "*/30 * * * *"  # also triggered by the documents-changed event
     evaluate_cron: str | None = "0 2 * * *"  # a regression it finds triggers the finetune deployment
     pipeline_cron: str | None = None
+    triage_cron: str | None = "15 * * * *"  # hourly: route the live failures since the last triage to their fix
     timezone: str = "UTC"
     work_pool: str = "ragloop-process"  # the work pool of prefect.yaml's deployments
     watch_debounce_ms: int = Field(1600, ge=50)  # a burst of file writes within this yields one event
@@ -225,7 +227,7 @@ class ServiceParams(_Section):
     dask_workers: int = Field(2, ge=1)  # workers of the local cluster
     embed_batch_chunks: int = Field(512, ge=1)  # chunks per mapped embedding task on Dask
 
-    @field_validator("reindex_cron", "evaluate_cron", "pipeline_cron")
+    @field_validator("reindex_cron", "evaluate_cron", "pipeline_cron", "triage_cron")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
         if v is None:
@@ -247,6 +249,19 @@ class ServiceParams(_Section):
         return v
 
 
+class TriageParams(_Section):
+    """`ragloop triage`: how a failing live answer is routed to its fix. Relevance is the cosine similarity of the
+    question and a retrieved chunk under the index's own embedder (absolute, unlike a fused hybrid score)."""
+
+    experiment: str = "ragloop-triage"  # one MLflow run per triage: counts, gap report, routed actions
+    relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this similar to the question is relevant context
+    group_similarity: float = Field(0.55, ge=-1, le=1)  # unanswered questions this similar share a gap group
+    topic_terms: int = Field(3, ge=1, le=10)  # distinctive terms that name a gap group's topic
+    feedback_grace_hours: float = Field(24.0, ge=0)  # traces this much older than the watermark are read again,
+    # for feedback that arrived after the last triage (a routed trace is tagged and never routed twice)
+    max_traces: int = Field(10_000, ge=1)  # read per triage run, oldest first; the rest wait for the next run
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     index: IndexParams = IndexParams()
@@ -259,6 +274,7 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     regression: RegressionParams = RegressionParams()
     service: ServiceParams = ServiceParams()
+    triage: TriageParams = TriageParams()
     source: Path = Path("params.yaml")
 
 

@@ -101,6 +101,26 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def binomial_greater(k: int, n: int, p0: float) -> float:
+    """Exact one-sided binomial p-value P(X >= k) for X ~ Binomial(n, p0): how surprising k failures in n are if
+    the true failure rate is p0. Summed in log space, so it stays finite for any n."""
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0 <= p0 <= 1:
+        raise ValueError(f"p0 must be a rate between 0 and 1, got {p0}")
+    if k == 0:
+        return 1.0
+    if p0 == 0.0:
+        return 0.0
+    if p0 == 1.0:
+        return 1.0
+    log_p, log_q = math.log(p0), math.log1p(-p0)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(k, n + 1)]  # fmt: skip
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
 def slice_summary(results: Results, confidence: float = 0.95) -> dict[str, SliceSummary]:
     """Pass rate and its Wilson interval per slice, for reports; an empty slice is "unknown": (0, 1)."""
     summary: dict[str, SliceSummary] = {}

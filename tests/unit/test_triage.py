@@ -1,0 +1,242 @@
+"""Triage's rules: routing a failing live answer, grouping and naming knowledge gaps, the live regression test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from components.behaviour.candidates import candidate_from
+from components.behaviour.stats import binomial_greater
+from components.behaviour.triage import (
+    Chunk,
+    Evidence,
+    champion_fail_rates,
+    classify,
+    document_frequency,
+    gap_report,
+    group_questions,
+    live_regression,
+    topic_terms,
+)
+from components.config import RegressionParams, TriageParams
+from components.tracking.production import LiveTrace, summarise_traffic
+from components.tracking.triage_runs import parse_since
+
+P = TriageParams()  # relevance_min 0.4
+REG = RegressionParams(alpha=0.05, min_cases=20, min_effect=0.05)
+LINE = "intent: fees | answer: 2 EUR | sources: [fees.md]"
+
+
+def trace(tid: str = "tr-1", *, checks: dict[str, bool] | None = None, feedback: bool | float | None = None,
+          correction: str | None = None, output: str = LINE, question: str = "how much is an atm withdrawal"
+          ) -> LiveTrace:  # fmt: skip
+    return LiveTrace(trace_id=tid, timestamp_ms=1, question=question, output=output, retrieved=(), k=2,
+                     index_version=1, model_version="v1", checks=checks if checks is not None else {"format": True},
+                     feedback=feedback, correction=correction)  # fmt: skip
+
+
+def c(doc: str, rel: float, text: str | None = None) -> Chunk:
+    return Chunk(doc, text or f"text of {doc}", rel)
+
+
+# -- routing ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("before", "after", "route", "docs"),
+    [
+        # a document added after indexing: retrieved now, relevant, not given to the answer
+        ((c("faq.md", 0.2),), (c("weekend.md", 0.7), c("faq.md", 0.2)), "knowledge", ("weekend.md",)),
+        # the same document edited: new text, more relevant than what the answer had (it was stale)
+        ((c("support.md", 0.45, "old"),), (c("support.md", 0.62, "new"),), "knowledge", ("support.md",)),
+        # nothing relevant then or now: a gap
+        ((c("fees.md", 0.21),), (c("fees.md", 0.21),), "gap", ()),
+        # the index was down then and has nothing relevant now: still a gap (now we can tell)
+        ((), (c("fees.md", 0.1),), "gap", ()),
+        # nothing retrieved then or now: an outage, never a gap
+        ((), (), "outage", ()),
+        # relevant context then, the same now: the output is to blame
+        ((c("fees.md", 0.66),), (c("fees.md", 0.66),), "behaviour", ("fees.md",)),
+        # an unrelated edit made a new relevant chunk, less relevant than the context the answer had: behaviour
+        ((c("fees.md", 0.7),), (c("fees.md", 0.7), c("limits.md", 0.5)), "behaviour", ("fees.md",)),
+        # right at the threshold counts as relevant
+        ((c("fees.md", 0.4),), (c("fees.md", 0.4),), "behaviour", ("fees.md",)),
+    ],
+)
+def test_classify_routes_by_what_retrieval_gave_then_and_gives_now(before, after, route, docs) -> None:
+    routed = classify(trace(checks={"format": False}), Evidence(before, after), P)
+    assert (routed.route, routed.docs) == (route, docs), routed.reason
+    assert "failed format" in routed.reason
+
+
+def test_classify_names_the_document_and_how_it_changed() -> None:
+    added = classify(trace(feedback=False), Evidence((c("faq.md", 0.1),), (c("weekend.md", 0.8),)), P)
+    assert "weekend.md (now retrieved)" in added.reason and "negative feedback" in added.reason
+    edited = classify(trace(feedback=-1.0), Evidence((c("s.md", 0.45, "a"),), (c("s.md", 0.6, "b"),)), P)
+    assert "s.md (updated)" in edited.reason
+
+
+def test_a_correction_with_no_relevant_context_is_a_gap_not_a_training_case() -> None:
+    nothing = Evidence((c("fees.md", 0.1),), (c("fees.md", 0.1),))
+    routed = classify(trace(correction="We do not sell crypto."), nothing, P)
+    assert routed.route == "gap" and "a correction" in routed.reason
+
+
+def test_failing_means_a_failed_check_negative_feedback_or_a_correction() -> None:
+    assert not trace().failing and not trace(feedback=True).failing and not trace(feedback=0.5).failing
+    assert trace(checks={"format": False}).failing and trace(feedback=False).failing
+    assert trace(feedback=-0.2).failing and trace(correction="x").failing
+    assert not trace(feedback=0.0).negative_feedback
+
+
+# -- gap groups and their topics -------------------------------------------------------------------------------
+def _unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_group_questions_joins_similar_ones_in_input_order() -> None:
+    vectors = np.stack([_unit(1, 0, 0), _unit(0, 1, 0), _unit(0.95, 0.1, 0), _unit(0, 0.9, 0.2), _unit(0, 0, 1)])
+    assert group_questions(vectors, 0.8) == [[0, 2], [1, 3], [4]]
+    assert group_questions(vectors, 0.999) == [[0], [1], [2], [3], [4]]  # nothing is that similar
+    assert group_questions(vectors, -1.0) == [[0, 1, 2, 3, 4]]
+    assert group_questions(np.zeros((0, 3)), 0.5) == []
+
+
+def test_topic_terms_prefer_words_the_group_shares_and_the_corpus_lacks() -> None:
+    df, n = document_frequency(["ATM withdrawals cost 2 EUR", "Buy and sell shares in the app", "Card fees apply"])
+    questions = ["Can I buy bitcoin in the app?", "How do I buy crypto like bitcoin?", "Is bitcoin trading possible?"]
+    assert topic_terms(questions, df, n, 2) == ["bitcoin", "buy"]  # 'buy' is in the corpus, 'bitcoin' is not
+    assert topic_terms(questions, df, n, 1) == ["bitcoin"]
+    assert "the" not in topic_terms(questions, df, n, 10) and "app" in topic_terms(questions, df, n, 10)
+
+
+def test_gap_report_groups_names_and_keeps_suggested_answers_largest_first() -> None:
+    qs = ["can i buy bitcoin", "bitcoin wallet support", "do you offer mortgages"]
+    traces = [trace(f"tr-{i}", question=q, correction="no, we don't" if i == 2 else None) for i, q in enumerate(qs)]
+    vectors = np.stack([_unit(1, 0.1), _unit(1, 0.0), _unit(0, 1)])
+    df, n = document_frequency(["cards and fees", "transfers and limits"])
+    report = gap_report(traces, vectors, df, n, TriageParams(group_similarity=0.9, topic_terms=1))
+    assert [(g["topic"], g["count"], g["trace_ids"]) for g in report] == [
+        ("bitcoin", 2, ["tr-0", "tr-1"]), ("mortgages", 1, ["tr-2"])]  # fmt: skip
+    assert report[1]["suggested_answers"] == ["no, we don't"] and report[0]["suggested_answers"] == []
+
+
+# -- the live regression statistic -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("k", "n", "p0"), [(0, 10, 0.3), (3, 10, 0.3), (10, 10, 0.3), (7, 40, 0.05), (1, 1, 0.5)])
+def test_binomial_greater_is_the_exact_upper_tail(k: int, n: int, p0: float) -> None:
+    exact = sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i) for i in range(k, n + 1))
+    assert binomial_greater(k, n, p0) == pytest.approx(exact, rel=1e-9, abs=1e-15)
+
+
+def test_binomial_greater_edges_and_errors() -> None:
+    assert binomial_greater(0, 0, 0.5) == 1.0 and binomial_greater(1, 5, 0.0) == 0.0
+    assert binomial_greater(5, 5, 1.0) == 1.0
+    assert 0 < binomial_greater(2000, 5000, 0.35) < 1e-10  # large n stays finite
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        binomial_greater(6, 5, 0.5)
+    with pytest.raises(ValueError, match="p0 must be a rate"):
+        binomial_greater(1, 5, 1.5)
+
+
+def _traffic(n: int, failing: int, route: str, check: str = "format") -> tuple[list[LiveTrace], dict[str, str]]:
+    traces = [trace(f"tr-{i}", checks={check: i >= failing}) for i in range(n)]
+    return traces, {t.trace_id: route for t in traces[:failing]}
+
+
+def test_a_burst_of_knowledge_failures_never_triggers_a_fine_tune() -> None:
+    for route in ("knowledge", "gap", "outage"):
+        traces, routes = _traffic(200, 150, route)
+        tests = live_regression(traces, routes, {"format": 0.05}, REG)
+        assert [(s.n, s.failures, s.significant) for s in tests] == [(50, 0, False)]  # left out, not counted
+
+
+def test_behaviour_failures_significantly_above_the_champions_rate_trigger() -> None:
+    traces, routes = _traffic(60, 20, "behaviour")
+    [s] = live_regression(traces, routes, {"format": 0.05}, REG)
+    assert (s.n, s.failures, s.significant) == (60, 20, True) and s.p_value < 1e-6
+    assert "one-sided binomial" in s.reason and "excess 0.28" in s.reason
+
+
+def test_below_the_minimum_count_nothing_triggers_however_bad() -> None:
+    traces, routes = _traffic(19, 19, "behaviour")
+    [s] = live_regression(traces, routes, {"format": 0.05}, REG)
+    assert not s.significant and s.p_value < 1e-20 and "fewer than min_cases 20" in s.reason
+
+
+@pytest.mark.parametrize(
+    ("n", "failing", "p0", "significant", "why"),
+    [
+        (60, 3, 0.05, False, "not significant"),  # 3/60 at a 5% champion rate: no surprise
+        (60, 6, 0.05, False, "not significant"),  # 10%: p about 0.08 on 60
+        (60, 12, 0.05, True, "excess 0.15"),
+        (60, 12, 0.18, False, "not significant"),  # the champion fails as often on the gate set
+        (2000, 850, 0.40, False, "min_effect"),  # significant on 2000 but only +0.025: too small to matter
+    ],
+)
+def test_live_regression_needs_count_significance_and_effect(n, failing, p0, significant, why) -> None:
+    traces, routes = _traffic(n, failing, "behaviour")
+    [s] = live_regression(traces, routes, {"format": p0}, REG)
+    assert s.significant is significant and why in s.reason, s.reason
+
+
+def test_a_slice_without_a_champion_rate_is_never_tested() -> None:
+    traces, routes = _traffic(60, 60, "behaviour", check="citation")
+    [s] = live_regression(traces, routes, {"format": 0.0}, REG)
+    assert not s.significant and "no champion rate" in s.reason
+
+
+def test_champion_fail_rates_come_from_behaviour_only_results() -> None:
+    rates = champion_fail_rates({"format": {"a": True, "b": False, "c": True, "d": True}, "intent": {}})
+    assert rates == {"format": 0.25} and champion_fail_rates(None) == {}
+
+
+# -- the traffic summary, candidates, --since ------------------------------------------------------------------
+def test_summarise_traffic_counts_slices_routes_and_feedback() -> None:
+    traces = [trace("tr-a", checks={"format": False, "citation": False}, feedback=False),
+              trace("tr-b", checks={"format": True, "citation": True}, feedback=True),
+              trace("tr-c", checks={"format": True, "citation": False})]  # fmt: skip
+    s = summarise_traffic(traces, {"tr-a": "behaviour", "tr-c": "knowledge"})
+    assert (s["traces"], s["failing"], s["untriaged_failing"]) == (3, 2, 0)
+    assert s["routes"] == {"knowledge": 1, "gap": 0, "behaviour": 1}
+    assert s["feedback"] == {"given": 2, "negative": 1, "corrections": 0, "rate": 0.6667}
+    assert s["slices"]["citation"] == {"n": 3, "failed": 2, "fail_rate": 0.6667}
+    assert summarise_traffic([])["feedback"]["rate"] is None
+
+
+def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one() -> None:
+    labels = {"fees", "limits"}
+    broken = trace(output="the fee is 2 EUR", checks={"format": False})
+    cand = candidate_from(broken, ("fees.md",), labels)
+    assert (cand["answer"], cand["intent"], cand["gold_docs"]) == (None, None, ["fees.md"])
+    fixed = candidate_from(trace(output="fee 2", correction="intent: limits | answer: 500 EUR a day | sources: "
+                                 "[limits.md]"), ("fees.md",), labels)  # fmt: skip
+    assert (fixed["intent"], fixed["intent_source"], fixed["answer"], fixed["gold_docs"]) == (
+        "limits", "correction", "500 EUR a day", ["limits.md"])  # fmt: skip
+    plain = candidate_from(trace(correction="2 EUR after five withdrawals"), ("fees.md",), labels)
+    assert (plain["intent"], plain["intent_source"]) == ("fees", "model")  # the model's label, marked as such
+    assert plain["answer"] == "2 EUR after five withdrawals"
+
+
+def test_parse_since_takes_iso_times_and_durations() -> None:
+    now = 1_780_000_000_000
+    assert parse_since("2h", now) == now - 7_200_000 and parse_since("90m", now) == now - 5_400_000
+    assert parse_since("1.5d", now) == now - 129_600_000
+    assert parse_since("2026-12-01T08:00:00Z", now) == parse_since("2026-12-01T08:00", now) == 1_796_112_000_000
+    with pytest.raises(ValueError, match="--since: expected an ISO time"):
+        parse_since("yesterday", now)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("triage:\n  relevance_min: 2\n", "triage.relevance_min"), ("triage:\n  topic_terms: 0\n", "triage.topic_terms"),
+     ("triage:\n  typo: 1\n", "triage.typo"), ("service:\n  triage_cron: hourly\n", "service.triage_cron")],
+)  # fmt: skip
+def test_bad_triage_params_name_the_field_and_the_file(tmp_path, text: str, needle: str) -> None:
+    from components.config import ParamsError, load_params
+
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    with pytest.raises(ParamsError, match=needle) as info:
+        load_params(f)
+    assert str(f) in str(info.value)
