@@ -48,6 +48,7 @@ class PathsParams(_Section):
     mlflow: Path = Path(".mlflow")
     behaviour: Path = Path("data/behaviour")  # gate.jsonl, train.jsonl, labels.json
     models: Path = Path("data/models")  # the built base model and fine-tune outputs
+    serving: Path = Path("data/serving")  # the API server's state: the feedback spool (feedback-spool/, rejected/)
 
 
 class IndexParams(_Section):
@@ -249,6 +250,23 @@ class ServiceParams(_Section):
         return v
 
 
+class ApiParams(_Section):
+    """`ragloop api`: the OpenAI-compatible HTTP server. It binds loopback unless given an API key
+    (RAGLOOP_API_KEY in the environment, checked as `Authorization: Bearer`); requests are bounded here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=1, le=65535)
+    model_id: str = Field("ragloop", min_length=1)  # the one model name /v1/models lists and requests must name
+    max_input_chars: int = Field(4000, gt=0)  # all message contents of one request together
+    max_messages: int = Field(32, gt=0)
+    max_feedback_chars: int = Field(4000, gt=0)  # comment and correction, each
+    request_timeout_s: float = Field(120.0, gt=0)  # an answer not ready by then gets a 504 (generation is queued)
+    max_queue: int = Field(64, ge=1)  # answers waiting for the generator; more get a 503
+    switch_check_s: float = Field(0.0, ge=0)  # least seconds between two checks for a new champion or index
+    # version (0: at every request)
+    spool_retry_s: float = Field(15.0, gt=0)  # how often queued feedback is redelivered while any is queued
+
+
 class TriageParams(_Section):
     """`ragloop triage`: how a failing live answer is routed to its fix. Relevance is the cosine similarity of the
     question and a retrieved chunk under the index's own embedder (absolute, unlike a fused hybrid score)."""
@@ -275,6 +293,7 @@ class Params(_Section):
     regression: RegressionParams = RegressionParams()
     service: ServiceParams = ServiceParams()
     triage: TriageParams = TriageParams()
+    api: ApiParams = ApiParams()
     source: Path = Path("params.yaml")
 
 
