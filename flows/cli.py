@@ -78,11 +78,9 @@ def index(
 
 
 def _direct(params):  # type: ignore[no-untyped-def]
-    from components.knowledge.indexer import run_index
+    from components.knowledge.indexer import journal, run_index
     from components.knowledge.report import contract
     from components.knowledge.session import open_index
-
-    from components.knowledge.indexer import journal
 
     with open_index(params) as s:
         report = run_index(s)
@@ -194,6 +192,31 @@ def ask(
     champ = champion(params, settings)
     adapter, version = (champ.adapter_dir, f"v{champ.version}") if champ else (None, "base")
     _emit(answer_question(params, settings, question, adapter, version), as_json, _dict_table)
+
+
+@app.command()
+def api(
+    params_file: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str | None, typer.Option(help="Address to bind (default api.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default api.port).")] = None,
+    prefect: Annotated[bool, typer.Option("--prefect", help="Run it as the Prefect flow serve-api.")] = False,
+) -> None:
+    """Serve the champion over an OpenAI-compatible HTTP API, tracing every answer in MLflow (flows/api.py)."""
+    from components.config import Settings
+    from flows.api import ApiConfigError, api_key_for, run_api
+
+    params = _load(params_file)
+    try:
+        api_key_for(host or params.api.host)  # refuse a non-loopback bind without a key before loading anything
+        if prefect:
+            from flows.api_deployment import serve_api
+
+            serve_api(params_file=str(params.source), host=host, port=port)
+        else:
+            run_api(params, Settings.from_env(), host, port)
+    except ApiConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -593,6 +616,7 @@ def _versions_table(rows: list[dict]) -> Table:
 _RUNS_A_FLOW: dict[str, Callable[[dict[str, Any]], bool]] = {
     "index": lambda kw: not kw["direct"] and kw["rollback"] is None,
     **dict.fromkeys(("evaluate", "finetune", "gate", "run", "serve", "watch"), lambda kw: True),
+    "api": lambda kw: kw["prefect"],
 }
 
 

@@ -1,0 +1,19 @@
+"""`ragloop api` as a Prefect flow: `ragloop api --prefect` runs it on the project's Prefect server (the server's
+run shows in the UI, with its logs, and can be cancelled there), and the deployment `api` (flows/deployments.py,
+prefect.yaml) lets a worker run it. Kept apart from flows/api.py so that a plain `ragloop api` never imports
+Prefect."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from components.config import Settings, load_params
+from flows.api import run_api
+
+
+@flow(name="serve-api", log_prints=True)
+def serve_api(params_file: str = "params.yaml", reason: str = "manual", host: str | None = None,
+              port: int | None = None) -> None:  # fmt: skip
+    """Serve the OpenAI-compatible API until the run is cancelled or the process is stopped."""
+    params = load_params(params_file)
+    run_api(params, Settings.from_env(), host, port)
