@@ -445,6 +445,119 @@ def advise(
     _emit(decide(evidence(params, Settings.from_env(), days)), as_json, _advice_view)
 
 
+@app.command()
+def triage(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start here instead of where the last triage stopped: an ISO time (UTC unless it says) "
+            "or a duration back from now (90m, 2h, 7d)."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
+) -> None:
+    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): knowledge
+    (re-index, then check the question retrieves it), gap (a report of the topics to write up), behaviour
+    (candidate training cases for `ragloop cases accept`)."""
+    from components.tracking.triage_runs import parse_since
+
+    params = _load(params_file)
+    if since is not None:
+        try:
+            parse_since(since, 0)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    from flows.triage import triage as triage_flow
+
+    _emit(triage_flow(params_file=str(params.source), since=since, reason=reason), as_json, _triage_view)
+
+
+cases_app = typer.Typer(
+    name="cases",
+    help="Candidate training cases that triage found in live traffic (data/behaviour/candidates.jsonl): list them, "
+    "accept them into train.jsonl. They never enter the gate set.",
+    no_args_is_help=True,
+)
+app.add_typer(cases_app)
+
+
+@cases_app.command("list")
+def cases_list(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """The pending candidates, with what each still needs before it can be accepted."""
+    from components.behaviour.candidates import candidates_path, load_candidates
+    from components.behaviour.suite import SuiteError
+
+    params = _load(params_file)
+    try:
+        rows = load_candidates(candidates_path(params))
+    except SuiteError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    _emit(rows, as_json, _cases_table)
+
+
+@cases_app.command("accept")
+def cases_accept(
+    ids: Annotated[list[str], typer.Argument(help="Candidate ids (`ragloop cases list`).")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    answer: Annotated[
+        str | None, typer.Option(help="The target answer, for a candidate the user gave no correction for.")
+    ] = None,
+    intent: Annotated[
+        str | None, typer.Option(help="The intent label, when the candidate's is missing or wrong.")
+    ] = None,
+) -> None:
+    """Move candidates into train.jsonl (validated, and refused when a question collides with the gate set)."""
+    from dataclasses import asdict
+
+    from components.behaviour.candidates import CandidateError, accept
+    from components.behaviour.suite import SuiteError
+
+    params = _load(params_file)
+    try:
+        done = accept(params, ids, answer=answer, intent=intent)
+    except (CandidateError, SuiteError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _emit({"accepted": [asdict(a) for a in done], "train": str(params.paths.behaviour / "train.jsonl")}, as_json,
+          _dict_table)  # fmt: skip
+
+
+def _triage_view(r: dict) -> Table:
+    t = r["traffic"]
+    rate = t["feedback"]["rate"]
+    title = (f"ragloop triage: {t['traces']} live answers, {t['failing']} failing, feedback on "
+             f"{'-' if rate is None else f'{rate:.0%}'}")  # fmt: skip
+    table = Table("route", "answers", "details", title=title, show_lines=True, title_justify="left")
+    for route, items in r["routed"].items():
+        table.add_row(route, str(len(items)), "\n".join(f"{x['question']}: {x['reason']}" for x in items) or "-")
+    table.add_row("re-index", "", r["reindex"]["why"])
+    table.add_row("gaps", str(len(r["gaps"])), "\n".join(f"{g['topic']} ({g['count']}): {'; '.join(g['questions'])}"
+                                                          for g in r["gaps"]) or "-")  # fmt: skip
+    table.add_row("candidates", str(len(r["candidates"]["added"])), ", ".join(r["candidates"]["added"]) or "-")
+    reg = r["regression"]
+    tests = "\n".join(s["reason"] for s in reg["slices"]) or "-"
+    table.add_row("regression", "event emitted" if reg["fired"] else "none", tests)
+    return table
+
+
+def _cases_table(rows: list[dict]) -> Table:
+    t = Table("id", "question", "intent", "answer", "needs", title=f"{len(rows)} candidate case(s)")
+    for c in rows:
+        lacks = (("--intent", not c.get("intent")),
+                 ("--answer", not c.get("answer") and c.get("intent") != "out_of_scope"))  # fmt: skip
+        needs = [n for n, missing in lacks if missing]
+        if c.get("gate_collision"):
+            needs = [f"cannot be accepted: same question as gate case {c['gate_collision']}"]
+        label = f"{c.get('intent') or '-'}" + (" (model's guess)" if c.get("intent_source") == "model" else "")
+        t.add_row(c["id"], c["question"], label, c.get("answer") or "-", ", ".join(needs) or "ready")
+    return t
+
+
 server_app = typer.Typer(
     name="server",
     help="The project's Prefect server (PREFECT_HOME, `.prefect` beside params.yaml by default): the commands that "
@@ -615,6 +728,7 @@ def _versions_table(rows: list[dict]) -> Table:
 # temporary server per process instead).
 _RUNS_A_FLOW: dict[str, Callable[[dict[str, Any]], bool]] = {
     "index": lambda kw: not kw["direct"] and kw["rollback"] is None,
+    "triage": lambda kw: True,
     **dict.fromkeys(("evaluate", "finetune", "gate", "run", "serve", "watch"), lambda kw: True),
     "api": lambda kw: kw["prefect"],
 }

@@ -135,6 +135,19 @@ def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     return contract(report)
 
 
+@contextmanager
+def foreground() -> Iterator[None]:
+    """For a reindex run in the foreground of a command (`ragloop index`): no flow-run heartbeats. Prefect's
+    heartbeat thread sleeps in whole seconds and the flow waits for it on exit (0.75 s of a 3.2 s no-change
+    command, bench/commands.py); nothing reads the heartbeats unless a zombie-detection automation is set up, and a
+    foreground run that dies is seen by the user who started it. Deployment runs (`ragloop serve`, a worker)
+    keep them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def _announce(report: dict) -> None:
     create_markdown_artifact(key="reindex-report", markdown=to_markdown(report), description="Index change report")
     if report["published"]:
