@@ -1,0 +1,245 @@
+"""`ragloop api` as a real process (uvicorn) on a loopback port against a tiny deployment whose index lives in a
+real Chroma server (the setup the README prescribes for readers that run alongside index runs), called through
+the official `openai` client and httpx; traces read back from the real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from components.config import Settings
+from components.tracking import registry, traces
+from components.tracking.trace_schema import CHECK_PREFIX, TAG_INDEX_VERSION, TAG_MODEL_VERSION, USER_FEEDBACK
+from flows.api import TRACE_HEADER, ApiConfigError, api_key_for
+from tests.helpers import REPO, Deployment, wait_until
+from tests.service.servers import chroma_server, free_port, port_of
+from tests.serving.conftest import KEY, ApiServer, build_deployment
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+SETTINGS = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ASK = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "I lost my card"}]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    chroma = chroma_server(root).start()
+    env = {"RAGLOOP_CHROMA_HOST": "127.0.0.1", "RAGLOOP_CHROMA_PORT": str(port_of(chroma)), "RAGLOOP_API_KEY": KEY}
+    server = None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():  # the index runs of this process use the same Chroma server
+                mp.setenv(key, value)
+            dep = build_deployment(root)
+            dep.index()
+            server = ApiServer(dep, env=env).start()
+            yield server
+    finally:
+        if server is not None:
+            server.stop()
+        chroma.stop()
+
+
+def _openai(api: ApiServer) -> OpenAI:
+    return OpenAI(base_url=api.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def _stored(api: ApiServer, trace_id: str):
+    return traces.read_trace(api.dep.params(), SETTINGS, trace_id)
+
+
+def test_models_and_a_chat_completion_through_the_official_openai_client(api: ApiServer) -> None:
+    client = _openai(api)
+    assert [m.id for m in client.models.list()] == ["ragloop"]
+    assert client.models.retrieve("ragloop").model_extra["ragloop"] == {"model_version": "v1", "index_version": 1}
+
+    raw = client.chat.completions.with_raw_response.create(model="ragloop", messages=ASK)  # type: ignore[arg-type]
+    completion = raw.parse()
+    extra = completion.model_extra["ragloop"]
+    assert raw.headers[TRACE_HEADER] == extra["trace_id"] and extra["trace_id"].startswith("tr-")
+    assert completion.choices[0].message.role == "assistant" and completion.choices[0].finish_reason == "stop"
+    assert completion.model == "ragloop"
+    assert extra["model_version"] == "v1" and extra["index_version"] == 1 and extra["traced"] is True
+    assert extra["sources"][0]["doc"] == "cards/lost-card.md"
+    assert set(extra["checks"]) == {"format", "intent", "citation"}
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+
+    trace = _stored(api, extra["trace_id"])
+    assert trace.info.tags[TAG_MODEL_VERSION] == "v1" and trace.info.tags[TAG_INDEX_VERSION] == "1"
+    spans = {s.name: s for s in trace.data.spans}
+    assert [d["metadata"]["doc_uri"] for d in spans["retrieve"].outputs] == [s["doc"] for s in extra["sources"]]
+    assert spans["generate"].outputs == {"text": completion.choices[0].message.content}
+    assert spans["answer"].inputs == {"question": "I lost my card"}
+    checks = {a.name.removeprefix(CHECK_PREFIX): a.value for a in trace.info.assessments
+              if a.source.source_type == "CODE"}  # fmt: skip
+    assert checks == extra["checks"]
+
+
+def test_a_streamed_completion_is_the_same_answer_in_server_sent_chunks(api: ApiServer) -> None:
+    client = _openai(api)
+    chunks = list(client.chat.completions.create(model="ragloop", messages=ASK, stream=True))  # type: ignore[arg-type]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    extra = chunks[-1].model_extra["ragloop"]
+    assert _stored(api, extra["trace_id"]).data.spans[0] is not None
+    plain = client.chat.completions.create(model="ragloop", messages=ASK)  # type: ignore[arg-type]
+    assert text == plain.choices[0].message.content  # greedy decoding: the same answer either way
+
+
+def test_feedback_lands_on_its_trace_as_human_and_an_unknown_trace_is_404(api: ApiServer) -> None:
+    answered = httpx.post(api.url + "/v1/chat/completions", json={"model": "ragloop", "messages": ASK},
+                          headers=AUTH, timeout=300)  # fmt: skip
+    assert answered.status_code == 200, answered.text
+    trace_id = answered.headers[TRACE_HEADER]
+    sent = {"trace_id": trace_id, "value": False, "comment": "cites the wrong page", "correction": "see lost-card"}
+    got = httpx.post(api.url + "/v1/feedback", json=sent, headers=AUTH, timeout=300)
+    assert got.status_code == 200 and got.json()["status"] == "logged", got.text
+    trace = _stored(api, trace_id)
+    human = [a for a in trace.info.assessments if a.source.source_type == "HUMAN"]
+    assert sorted(a.name for a in human) == ["correction", USER_FEEDBACK]
+    fb = next(a for a in human if a.name == USER_FEEDBACK)
+    assert fb.value is False and fb.rationale == "cites the wrong page"
+
+    unknown = httpx.post(api.url + "/v1/feedback", json={"trace_id": "tr-" + "0" * 32, "value": True}, headers=AUTH,
+                         timeout=300)  # fmt: skip
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "trace_id"
+    for body, field in (({"trace_id": trace_id, "value": "great"}, "value"), ({"value": True}, "trace_id"),
+                        ({"trace_id": trace_id, "value": 1, "stars": 5}, "stars"),
+                        ({"trace_id": trace_id, "value": 1, "comment": "x" * 5000}, "comment")):  # fmt: skip
+        bad = httpx.post(api.url + "/v1/feedback", json=body, headers=AUTH, timeout=300)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field, (body, bad.text)
+    assert len([a for a in _stored(api, trace_id).info.assessments if a.name == USER_FEEDBACK]) == 1
+
+
+def test_bad_requests_get_a_4xx_naming_the_field_and_the_key_is_required(api: ApiServer) -> None:
+    client = _openai(api)
+    with pytest.raises(BadRequestError) as empty:
+        client.chat.completions.create(model="ragloop", messages=[])
+    assert empty.value.body["param"] == "messages"  # type: ignore[index]
+    with pytest.raises(NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-4o", messages=ASK)  # type: ignore[arg-type]
+    assert unknown.value.body["param"] == "model"  # type: ignore[index]
+
+    limits = api.dep.params().api
+    cases = [
+        ({"model": "ragloop", "messages": [{"role": "system", "content": "hi"}]}, "messages"),
+        ({"model": "ragloop", "messages": [{"role": "user", "content": "x" * (limits.max_input_chars + 1)}]},
+         "messages"),
+        ({"model": "ragloop", "messages": [{"role": "user", "content": "hi"}] * (limits.max_messages + 1)},
+         "messages"),
+        ({"model": "ragloop", "messages": [{"role": "user", "content": "   "}]}, "messages[0].content"),
+        ({"model": "ragloop", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"model": "ragloop", "messages": ASK, "n": 2}, "n"),
+        ({"messages": ASK}, "model"),
+    ]  # fmt: skip
+    for body, field in cases:
+        got = httpx.post(api.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=300)
+        assert 400 <= got.status_code < 500 and got.json()["error"]["param"] == field, (field, got.text)
+        assert field in got.json()["error"]["message"]
+    broken = httpx.post(api.url + "/v1/chat/completions", content=b"{not json", headers=AUTH, timeout=300)
+    assert broken.status_code == 400 and broken.json()["error"]["param"] == "body"
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        denied = httpx.post(api.url + "/v1/chat/completions", json={"model": "ragloop", "messages": ASK},
+                            headers=headers, timeout=300)  # fmt: skip
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(api.url + "/v1/models", headers=headers, timeout=300).status_code == 401
+    health = api.health()  # open to probes
+    assert health["model_version"] == "v1" and health["index_version"] == 1
+    assert health["tracking_store_reachable"] is True and health["spool_depth"] == 0
+
+
+def test_a_promotion_and_a_publish_during_a_stream_of_requests(api: ApiServer) -> None:
+    """Every response OK; each response's versions are its trace's; a request sent after a response from the new
+    model (or index) was received is answered by it; the server never restarts."""
+    results: list[dict] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def ask(n: int) -> None:
+        with httpx.Client(headers=AUTH, timeout=300) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                got = http.post(
+                    api.url + "/v1/chat/completions",
+                    timeout=300,
+                    json={"model": "ragloop", "messages": [{"role": "user", "content": f"card {n}"}]},
+                )
+                body = got.json() if got.headers.get("content-type") == "application/json" else {}
+                with lock:
+                    results.append({"status": got.status_code, "sent": sent, "received": time.monotonic(),
+                                    **body.get("ragloop", {}), "text": got.text[:300]})  # fmt: skip
+
+    def seen(pred) -> float | None:
+        with lock:
+            times = [r["received"] for r in results if pred(r)]
+        return min(times) if times else None
+
+    clients = [threading.Thread(target=ask, args=(n,), daemon=True) for n in range(3)]
+    for c in clients:
+        c.start()
+    params = api.dep.params()
+    try:
+        wait_until(lambda: len(results) >= 6, "six answers", 600, api.proc, api.log)
+        registry.promote(params, SETTINGS, "2")
+        wait_until(lambda: seen(lambda r: r.get("model_version") == "v2") is not None, "an answer from v2", 600,
+                   api.proc, api.log)  # fmt: skip
+        api.dep.write("savings.md", "# Savings\n\nThe savings account pays 2 percent interest a year.\n")
+        assert api.dep.index()["index_version"] == 2
+        wait_until(lambda: seen(lambda r: r.get("index_version") == 2) is not None, "an answer from index v2", 600,
+                   api.proc, api.log)  # fmt: skip
+        count = len(results)
+        wait_until(lambda: len(results) >= count + 6, "six more answers", 600, api.proc, api.log)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=600)
+    assert api.proc is not None and api.proc.poll() is None
+    assert all(r["status"] == 200 for r in results), [r for r in results if r["status"] != 200][:3]
+    first_v2 = seen(lambda r: r["model_version"] == "v2")
+    first_i2 = seen(lambda r: r["index_version"] == 2)
+    assert first_v2 is not None and first_i2 is not None
+    assert all(r["model_version"] == "v2" for r in results if r["sent"] > first_v2)
+    assert all(r["index_version"] == 2 for r in results if r["sent"] > first_i2)
+    assert {r["model_version"] for r in results} == {"v1", "v2"} and {r["index_version"] for r in results} == {1, 2}
+    for r in results:  # the trace says what the body says, and one answer never mixes two index versions
+        trace = _stored(api, r["trace_id"])
+        assert trace.info.tags[TAG_MODEL_VERSION] == r["model_version"]
+        assert trace.info.tags[TAG_INDEX_VERSION] == str(r["index_version"])
+        spans = {s.name: s for s in trace.data.spans}
+        assert {d["metadata"]["index_version"] for d in spans["retrieve"].outputs} == {r["index_version"]}
+        assert spans["generate"].attributes["model_version"] == r["model_version"]
+    health = api.health()
+    assert (health["model_version"], health["index_version"]) == ("v2", 2)
+    assert health["model_switches"] == 1 and health["index_switches"] == 1 and health["failed"] == 0
+
+
+def test_a_non_loopback_bind_needs_a_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("RAGLOOP_API_KEY", raising=False)
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert api_key_for(host) is None
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        with pytest.raises(ApiConfigError, match="RAGLOOP_API_KEY"):
+            api_key_for(host)
+    monkeypatch.setenv("RAGLOOP_API_KEY", "k")
+    assert api_key_for("0.0.0.0") == "k" and api_key_for("127.0.0.1") == "k"  # a key, once set, is always checked
+
+    dep = Deployment.create(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAGLOOP_API_KEY"}
+    port = free_port()
+    refused = subprocess.run([sys.executable, "-m", "flows.cli", "api", "--host", "0.0.0.0", "--port", str(port),
+                              "--params", str(dep.params_file)], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "RAGLOOP_API_KEY" in refused.stderr and "0.0.0.0" in refused.stderr
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
