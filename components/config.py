@@ -280,6 +280,19 @@ class TriageParams(_Section):
     max_traces: int = Field(10_000, ge=1)  # read per triage run, oldest first; the rest wait for the next run
 
 
+class TriageParams(_Section):
+    """`ragloop triage`: how a failing live answer is routed to its fix. Relevance is the cosine similarity of the
+    question and a retrieved chunk under the index's own embedder (absolute, unlike a fused hybrid score)."""
+
+    experiment: str = "ragloop-triage"  # one MLflow run per triage: counts, gap report, routed actions
+    relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this similar to the question is relevant context
+    group_similarity: float = Field(0.5, ge=-1, le=1)  # unanswered questions this similar share a gap group
+    topic_terms: int = Field(3, ge=1, le=10)  # distinctive terms that name a gap group's topic
+    feedback_grace_hours: float = Field(24.0, ge=0)  # traces this much older than the watermark are read again,
+    # for feedback that arrived after the last triage (a routed trace is tagged and never routed twice)
+    max_traces: int = Field(10_000, ge=1)  # read per triage run, oldest first; the rest wait for the next run
+
+
 class Params(_Section):
     paths: PathsParams = PathsParams()
     index: IndexParams = IndexParams()

@@ -43,6 +43,9 @@ def specs(params: Params) -> list[Spec]:
              None, (BEHAVIOUR_REGRESSION, f"{MODEL_RESOURCE}.*")),
         Spec("pipeline", "flows/behaviour.py:pipeline",
              "reindex -> evaluate -> finetune only on a behaviour regression.", s.pipeline_cron),
+        Spec("triage", "flows/triage.py:triage",
+             "Route the live failures since the last triage: re-index, a gap report, candidate cases; a significant "
+             "live behaviour regression emits the event that starts a fine-tune.", s.triage_cron),
     ]  # fmt: skip
 
 

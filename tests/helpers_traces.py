@@ -1,15 +1,13 @@
-"""Live traces written the way `ragloop api` writes them (components/tracking/trace_schema.py), through MLflow's own
-tracing API into a deployment's real tracking store, at given timestamps (so no test depends on the clock)."""
+"""Live traces for tests, written by the server's own code (components/tracking/traces.py `write_trace` and
+`log_feedback`, in the shape of trace_schema.py) into a deployment's real tracking store, at given timestamps so
+that no test depends on the clock. Only the answer is made up here (`Served`): no model runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 
 from components.config import Params, Settings
-from components.tracking import trace_schema as ts
-from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
 
 T0_MS = 1_780_000_000_000  # 2026-05-28: a fixed origin for test timestamps
 
@@ -20,65 +18,41 @@ class Served:
 
     question: str
     output: str
-    docs: list[tuple[str, str, float, str]]  # (doc, chunk_id, score, chunk text), best first
+    hits: list[dict]  # as Retriever.search returns them: {"doc", "chunk_id", "score", "text"}, best first
     at_ms: int
-    checks: dict[str, bool] = field(default_factory=dict)
     feedback: bool | float | None = None
     comment: str | None = None
     correction: str | None = None
     index_version: int = 1
     model_version: str = "base"
-    k: int = 2
+    checks: dict[str, bool] | None = None  # None: the live checks on `output` (components.behaviour.checks)
 
 
-@contextmanager
-def _tracking(params: Params) -> Iterator[str]:
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri(params, Settings.from_env()))
-    try:
-        yield before
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
-def write_trace(params: Params, s: Served) -> str:
-    """The trace of one answer, with its checks (CODE), feedback (HUMAN) and correction (expectation); its id."""
-    import mlflow
-    from mlflow.entities import AssessmentSource, Document, SpanType
+def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> str:
+    """The answer's trace with its checks (CODE) and the user's feedback (HUMAN) and correction; its id."""
+    from components.behaviour.assistant import parse_answer
+    from components.behaviour.checks import live_checks
+    from components.serving.engine import Answered
+    from components.tracking import traces
 
     settings = Settings.from_env()
-    exp = experiment_id(client_for(params, settings), params, settings, params.tracking.serving_experiment)
+    parsed = parse_answer(s.output)
+    docs = tuple(dict.fromkeys(h["doc"] for h in s.hits))
     ns = s.at_ms * 1_000_000
-    tags = {ts.TAG_ORIGIN: ts.ORIGIN_LIVE, ts.TAG_INDEX_VERSION: str(s.index_version),
-            ts.TAG_MODEL_VERSION: s.model_version, ts.TAG_PARAMS_HASH: "test"}  # fmt: skip
-    with _tracking(params):
-        root = mlflow.start_span_no_context(ts.ANSWER_SPAN, span_type=SpanType.CHAIN, inputs={"question": s.question},
-                                            experiment_id=exp, start_time_ns=ns, tags=tags)  # fmt: skip
-        ret = mlflow.start_span_no_context(ts.RETRIEVE_SPAN, span_type=SpanType.RETRIEVER, parent_span=root,
-                                           inputs={"query": s.question, "k": s.k}, start_time_ns=ns + 1)  # fmt: skip
-        ret.set_outputs([Document(page_content=text, metadata={"doc_uri": doc, "chunk_id": cid, "score": score,
-                                                               "index_version": s.index_version})
-                         for doc, cid, score, text in s.docs])  # fmt: skip
-        ret.end(end_time_ns=ns + 2)
-        gen = mlflow.start_span_no_context(ts.GENERATE_SPAN, span_type=SpanType.LLM, parent_span=root,
-                                           inputs={"prompt": f"### Customer: {s.question}\n### Assistant:"},
-                                           attributes={"model_version": s.model_version, "latency_ms": 5},
-                                           start_time_ns=ns + 3)  # fmt: skip
-        gen.set_outputs({"text": s.output})
-        gen.end(end_time_ns=ns + 4)
-        root.set_outputs({"answer": s.output, "intent": None, "cited": [], "raw": s.output})
-        root.end(end_time_ns=ns + 5)
-        trace_id = root.trace_id
-        mlflow.flush_trace_async_logging()
-        code = AssessmentSource(source_type="CODE", source_id=ts.CHECK_SOURCE)
-        for name, ok in s.checks.items():
-            mlflow.log_feedback(trace_id=trace_id, name=ts.CHECK_PREFIX + name, value=ok, source=code)
-        human = AssessmentSource(source_type="HUMAN", source_id="user")
-        if s.feedback is not None:
-            mlflow.log_feedback(trace_id=trace_id, name=ts.USER_FEEDBACK, value=s.feedback, rationale=s.comment,
-                                source=human)  # fmt: skip
-        if s.correction is not None:
-            mlflow.log_expectation(trace_id=trace_id, name=ts.CORRECTION, value=s.correction, source=human)
-    return str(trace_id)
+    answered = Answered(
+        question=s.question, answer=parsed.answer if parsed else s.output, intent=parsed.intent if parsed else None,
+        cited=parsed.sources if parsed else (), raw=s.output, prompt=f"### Customer: {s.question}\n### Assistant:",
+        hits=tuple(s.hits), context_docs=docs, model_version=s.model_version, adapter_version=None,
+        base_model="test-model", index_version=s.index_version, tokens_in=12, tokens_out=9, retrieve_ms=1.0,
+        generate_ms=3.0, latency_ms=5.0, started_ns=ns, retrieved_ns=ns + 1_000_000, ended_ns=ns + 4_000_000,
+        checks=s.checks if s.checks is not None else live_checks(s.output, docs, labels),
+    )  # fmt: skip
+    outside = os.environ.get("MLFLOW_TRACKING_URI")
+    written = traces.write_trace(params, settings, answered)
+    if outside is None:  # mlflow.set_tracking_uri (in traces.bind) also exports MLFLOW_TRACKING_URI, which would make
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # Settings.from_env() see a tracking server in this process
+    assert written.stored, written.error
+    if s.feedback is not None or s.correction is not None:
+        traces.log_feedback(params, settings, written.trace_id, s.feedback if s.feedback is not None else False,
+                            comment=s.comment, correction=s.correction, user="tester")  # fmt: skip
+    return written.trace_id

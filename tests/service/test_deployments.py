@@ -27,10 +27,11 @@ def test_prefect_yaml_is_generated_from_params_and_current() -> None:
     assert (REPO / "prefect.yaml").read_text() == render_prefect_yaml(params), "run `ragloop deployments --write`"
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in doc["deployments"]}
-    assert set(by_name) == {"reindex", "evaluate", "finetune", "pipeline"}
+    assert set(by_name) == {"reindex", "evaluate", "finetune", "pipeline", "triage"}
     assert by_name["reindex"]["schedules"][0]["cron"] == params.service.reindex_cron
     assert by_name["reindex"]["triggers"][0]["expect"] == [DOCUMENTS_CHANGED]
     assert by_name["finetune"]["triggers"][0]["expect"] == [BEHAVIOUR_REGRESSION]
+    assert by_name["triage"]["schedules"][0]["cron"] == params.service.triage_cron == "15 * * * *"
     for d in doc["deployments"]:
         assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}  # runs queue, never race
         for trigger in d.get("triggers", []):

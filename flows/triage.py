@@ -1,0 +1,182 @@
+"""Triage as a Prefect flow: read the live traces since the last triage, re-index when the documents changed, route
+each failing answer (knowledge, gap, behaviour), write the gap report and the candidate cases, emit the behaviour
+regression event only when live behaviour failures are significantly above the champion's own rate, tag the
+routed traces, and record it all in MLflow and as Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from components.behaviour import triage as rules
+from components.behaviour.triage_evidence import IndexView
+from components.config import Params, Settings, load_params
+from components.tracking.production import LiveTrace
+from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE
+from flows.reindex import IO_RETRIES
+
+HOUR_MS = 3_600_000
+
+
+@task(name="read live traces", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_window(params: Params, settings: Settings, since: str | None) -> tuple[int, list[LiveTrace]]:
+    """(where this triage starts, the traces from a grace period before it): `since`, else the last triage's
+    watermark, else the first trace ever served."""
+    from components.tracking.production import read_traces
+    from components.tracking.traces import deliver_spool
+    from components.tracking.triage_runs import last_watermark, parse_since
+
+    deliver_spool(params, settings)  # feedback kept on disk while the store was unreachable lands first
+    start = parse_since(since, int(time.time() * 1000)) if since else (last_watermark(params, settings) or 0)
+    grace = int(params.triage.feedback_grace_hours * HOUR_MS)
+    return start, read_traces(params, settings, max(0, start - grace))
+
+
+@task(name="check the documents", cache_policy=NO_CACHE, **IO_RETRIES)
+def documents_changed(params: Params) -> tuple[bool, str]:
+    from components.tracking.history import index_state
+
+    state = index_state(params)
+    return bool(state["reindex_pending"]), str(state["reason"])
+
+
+@task(name="retrieve the failing questions again", cache_policy=NO_CACHE, **IO_RETRIES)
+def retrieve_again(params: Params, settings: Settings, failing: list[LiveTrace]) -> IndexView:
+    from components.behaviour.triage_evidence import retrieve_again as run
+
+    return run(params, settings, failing)
+
+
+@task(name="write candidate cases", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_candidates(params: Params, behaviour: list[tuple[LiveTrace, rules.Routed]]) -> list[str]:
+    from components.behaviour.candidates import add_candidates, candidate_from, candidates_path
+    from components.behaviour.suite import load_cases, load_labels
+
+    root = params.paths.behaviour
+    labels = set(load_labels(root / "labels.json"))
+    gate = load_cases(root / "gate.jsonl", labels, params.paths.docs)
+    added = add_candidates(candidates_path(params), [candidate_from(t, r.docs, labels) for t, r in behaviour], gate)
+    return [c["id"] for c in added]
+
+
+@task(name="load the champion's gate rates", cache_policy=NO_CACHE, **IO_RETRIES)
+def champion_rates(params: Params, settings: Settings) -> tuple[str, dict[str, float]]:
+    """(the serving model's label, its failure rate per slice from its gate evaluation, behaviour-only)."""
+    from components.tracking.registry import champion
+
+    champ = champion(params, settings)
+    if champ is not None:
+        return f"v{champ.version}", rules.champion_fail_rates((champ.results or {}).get("behaviour"))
+    saved = params.paths.metrics / "evaluation_results.json"  # no champion yet: the base model's evaluation
+    if saved.is_file():
+        data = json.loads(saved.read_text())
+        if data.get("summary", {}).get("model_version") == "base":
+            return "base", rules.champion_fail_rates(data.get("behaviour"))
+    return "base", {}
+
+
+@task(name="tag routed traces", cache_policy=NO_CACHE, **IO_RETRIES)
+def tag(params: Params, settings: Settings, routes: dict[str, str]) -> None:
+    from components.tracking.production import tag_routes
+
+    tag_routes(params, settings, routes)
+
+
+@task(name="record triage in mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
+def record(params: Params, settings: Settings, report: dict, reason: str) -> str:
+    from components.tracking.triage_runs import log_triage_run, triage_markdown
+
+    return log_triage_run(params, settings, report, triage_markdown(report), reason)
+
+
+@flow(name="triage", flow_run_name="triage-{reason}")
+def triage(params_file: str = "params.yaml", since: str | None = None, reason: str = "manual") -> dict:
+    """Route each live failure since the last triage (or `since`: ISO time or '2h') to its fix."""
+    from components.tracking.production import summarise_traffic
+
+    params, settings = load_params(params_file), Settings.from_env()
+    start, traces = read_window(params, settings, since)
+    new = [t for t in traces if t.timestamp_ms >= start]
+    failing = [t for t in traces if t.failing and not t.triaged]
+    reindex = refresh_index(params_file, params, failing)
+    view = retrieve_again(params, settings, failing)
+    routed = route(failing, view, params)
+    routes = {t: r.route for t, r in routed.items()}
+    gaps = _gaps(failing, routed, view, params)
+    added = write_candidates(params, [(t, routed[t.trace_id]) for t in failing if routes[t.trace_id] == "behaviour"])
+    model, rates = champion_rates(params, settings)
+    tests = rules.live_regression(new, routes, rates, params.regression)
+    fired = _announce_regression(model, tests)
+    tag(params, settings, {t: r for t, r in routes.items() if r != rules.OUTAGE})
+    by_route = {r: [{"trace_id": t.trace_id, "question": t.question, "reason": routed[t.trace_id].reason,
+                     "docs": list(routed[t.trace_id].docs)} for t in failing if routes[t.trace_id] == r]
+                for r in (*rules.ROUTES_ORDER,)}  # fmt: skip
+    report = {
+        "since_ms": start, "until_ms": max([start, *(t.timestamp_ms + 1 for t in new)]),
+        "late_traces": len(traces) - len(new), "traffic": summarise_traffic(new, routes), "routed": by_route,
+        "reindex": reindex, "index_version": view.index_version, "gaps": gaps,
+        "candidates": {"added": added, "file": str(params.paths.behaviour / "candidates.jsonl")},
+        "regression": {"fired": fired, "model_version": model, "slices": [asdict(s) for s in tests]},
+    }  # fmt: skip
+    report["mlflow_run_id"] = record(params, settings, report, reason)
+    _artifacts(report)
+    return report
+
+
+def refresh_index(params_file: str, params: Params, failing: list[LiveTrace]) -> dict:
+    """Re-index (the reindex flow, as a subflow) when an answer failed and the documents changed since the
+    published version: the failures may be about facts the index does not have yet."""
+    if not failing:
+        return {"ran": False, "why": "no failing answer to triage", "index_version": None}
+    changed, why = documents_changed(params)
+    if not changed:
+        return {"ran": False, "why": f"not needed: {why}", "index_version": None}
+    from flows.reindex import reindex
+
+    result = reindex(params_file=params_file, reason="triage: documents changed")
+    return {"ran": True, "why": f"ran: {why}", "index_version": result["index_version"],
+            "documents": result["documents"], "chunks": result["chunks"]}  # fmt: skip
+
+
+def route(failing: list[LiveTrace], view: IndexView, params: Params) -> dict[str, rules.Routed]:
+    if view.index_version is None:  # nothing published now: no judgement can be made
+        return {t.trace_id: rules.Routed(t.trace_id, rules.OUTAGE, "no index version is published: nothing to "
+                                         "retrieve against, left for a later triage", ()) for t in failing}  # fmt: skip
+    return {t.trace_id: rules.classify(t, view.evidence[t.trace_id], params.triage) for t in failing}
+
+
+def _gaps(failing: list[LiveTrace], routed: dict[str, rules.Routed], view: IndexView, params: Params) -> list[dict]:
+    import numpy as np
+
+    gap = [t for t in failing if routed[t.trace_id].route == "gap"]
+    if not gap:
+        return []
+    vectors = np.stack([view.vectors[t.question] for t in gap])
+    return rules.gap_report(gap, vectors, view.df, view.n_texts, params.triage)
+
+
+def _announce_regression(model: str, tests: list[rules.LiveSliceTest]) -> bool:
+    regressed = [s for s in tests if s.significant]
+    if regressed:
+        emit_event(event=BEHAVIOUR_REGRESSION, resource={"prefect.resource.id": f"{MODEL_RESOURCE}.{model}"},
+                   payload={"regressed_slices": [s.slice for s in regressed], "reasons": [s.reason for s in regressed],
+                            "source": "live traffic (triage)"})  # fmt: skip
+    return bool(regressed)
+
+
+def _artifacts(report: dict) -> None:
+    from components.tracking.triage_runs import triage_markdown
+
+    routed = {r: len(v) for r, v in report["routed"].items()}
+    create_markdown_artifact(key="triage-report", markdown=triage_markdown(report),
+                             description=f"routed: {routed}")  # fmt: skip
+    rows = [{"topic": g["topic"], "questions": g["count"], "examples": "; ".join(g["questions"][:3])}
+            for g in report["gaps"]]  # fmt: skip
+    create_table_artifact(key="triage-gaps", description="knowledge gaps: topics to write up",
+                          table=rows or [{"topic": "none", "questions": 0, "examples": ""}])  # fmt: skip
