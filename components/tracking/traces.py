@@ -61,6 +61,7 @@ SPOOL = "feedback-spool"
 REJECTED = "feedback-rejected"
 # The MLflow REST client retries a failed call 7 times with a doubling backoff (minutes) by default. A server that
 # answers requests must fail fast and spool instead; bind() sets these unless the environment already does.
+ASYNC_EXPORT = "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"  # MLflow's switch, set by bind(), not a deployment setting
 FAST_FAILING_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
 
@@ -98,8 +99,8 @@ def bind(params: Params, settings: Settings, fast_fail: bool = False) -> str:
         if fast_fail:
             for key, value in FAST_FAILING_HTTP.items():
                 os.environ.setdefault(key, value)
-        if os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING") != "false" or mlflow.get_tracking_uri() != uri:
-            os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # read when the exporter is built
+        if os.environ.get(ASYNC_EXPORT) != "false" or mlflow.get_tracking_uri() != uri:
+            os.environ[ASYNC_EXPORT] = "false"  # read when the exporter is built
             mlflow.set_tracking_uri(uri)  # process-wide: MLflow's tracer exports there (see the module doc)
             reset()  # rebuild the exporter with both settings
         key = f"{uri}\n{name}"

@@ -31,7 +31,7 @@ DOCKERFILES = sorted(INFRA.rglob("Dockerfile"))
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, $VAR; `$$` is a literal $.
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_]\w*)(?P<op>:?[-?+])?[^}]*\}|\$(?P<bare>[A-Za-z_]\w*)")
-CREDENTIAL = re.compile(r"PASSWORD|SECRET|AUTH_STRING|ACCESS_KEY|TOKEN|_USER$|USERNAME$")
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|AUTH_STRING|ACCESS_KEY|API_KEY|TOKEN|_USER$|USERNAME$")
 URL_WITH_LITERAL_PASSWORD = re.compile(r"://[^/\s:@]+:(?!\$\{)[^@\s]+@")
 EXACT_TAG = re.compile(r"v?\d+\.\d+(\.\d+)?([-.][A-Za-z0-9.]+)*|RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ")
 APP_ENV_READ = re.compile(r"os\.(?:environ\.get|getenv)\(\s*\"([A-Z]\w*)\"|os\.environ\[\s*\"([A-Z]\w*)\"\]")
@@ -58,7 +58,9 @@ PREFECT_YAML_ENV = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")  # prefect.yaml's "{{ $N
 PREFECT_SERVICES = ("prefect-server", "prefect-worker")
 MLFLOW_SERVICES = ("mlflow", "prefect-worker")
 # The services that keep state: each must keep it in a named volume.
-STATEFUL_SERVICES = ("postgres", "minio", "mlflow", "chroma", "prefect-worker")
+STATEFUL_SERVICES = ("postgres", "minio", "mlflow", "chroma", "prefect-worker", "api")
+# Read by `ragloop api` alone (flows/api.py): the api service gets them, the worker does not need them.
+API_ONLY_SETTINGS = {"RAGLOOP_API_KEY"}
 
 
 @cache
@@ -289,7 +291,18 @@ def test_env_example_lists_every_setting_the_app_reads() -> None:
 
 
 def test_the_worker_receives_every_setting_the_app_reads() -> None:
-    assert not app_env_names() - environment(services()["prefect-worker"]).keys()
+    assert not app_env_names() - API_ONLY_SETTINGS - environment(services()["prefect-worker"]).keys()
+
+
+def test_the_api_service_receives_the_servers_it_reads_and_its_key() -> None:
+    api = environment(services()["api"])
+    worker = environment(services()["prefect-worker"])
+    servers = {k for k in worker if k.startswith(("MLFLOW_", "RAGLOOP_CHROMA_", "HF_", "TRANSFORMERS_"))}
+    assert servers and {k: api.get(k) for k in servers} == {k: worker[k] for k in servers}
+    assert API_ONLY_SETTINGS <= app_env_names()  # the grep sees flows/api.py read the key
+    assert api["RAGLOOP_API_KEY"] == "${RAGLOOP_API_KEY:?set RAGLOOP_API_KEY in infra/.env}"
+    command = services()["api"]["command"]
+    assert command[:2] == ["ragloop", "api"] and command[command.index("--host") + 1] == "0.0.0.0"  # hence the key
 
 
 def test_prefect_and_mlflow_setting_names_exist_in_the_installed_packages() -> None:
