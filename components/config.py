@@ -117,6 +117,7 @@ class TrackingParams(_Section):
     finetune_experiment: str = "ragloop-finetune"
     registered_model: str = "ragloop-assistant"
     serving_experiment: str = "ragloop-serving"  # the API server's traces (one per answer) and their feedback
+    evaluation_traces: bool = True  # one trace per gate case, linked to the evaluation's run (evaluation_traces.py)
 
 
 class GeneratorParams(_Section):
@@ -265,19 +266,6 @@ class ApiParams(_Section):
     switch_check_s: float = Field(0.0, ge=0)  # least seconds between two checks for a new champion or index
     # version (0: at every request)
     spool_retry_s: float = Field(15.0, gt=0)  # how often queued feedback is redelivered while any is queued
-
-
-class TriageParams(_Section):
-    """`ragloop triage`: how a failing live answer is routed to its fix. Relevance is the cosine similarity of the
-    question and a retrieved chunk under the index's own embedder (absolute, unlike a fused hybrid score)."""
-
-    experiment: str = "ragloop-triage"  # one MLflow run per triage: counts, gap report, routed actions
-    relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this similar to the question is relevant context
-    group_similarity: float = Field(0.55, ge=-1, le=1)  # unanswered questions this similar share a gap group
-    topic_terms: int = Field(3, ge=1, le=10)  # distinctive terms that name a gap group's topic
-    feedback_grace_hours: float = Field(24.0, ge=0)  # traces this much older than the watermark are read again,
-    # for feedback that arrived after the last triage (a routed trace is tagged and never routed twice)
-    max_traces: int = Field(10_000, ge=1)  # read per triage run, oldest first; the rest wait for the next run
 
 
 class TriageParams(_Section):

@@ -48,7 +48,12 @@ def record(params: Params, settings: Settings, ev: Evaluation, reason: str, base
          "gold_sources": ", ".join(o.gold_docs)}
         for o in ev.outcomes
     ]  # fmt: skip
-    return log_evaluation_run(params, settings, ev.summary, rows, data_lineage(params), reason, baseline)
+    run_id = log_evaluation_run(params, settings, ev.summary, rows, data_lineage(params), reason, baseline)
+    if params.tracking.evaluation_traces:
+        from components.tracking.evaluation_traces import trace_evaluation
+
+        trace_evaluation(params, settings, ev.outcomes, ev.summary, run_id, ev.seconds)
+    return run_id
 
 
 def champion_baseline(champ) -> dict | None:  # type: ignore[no-untyped-def]

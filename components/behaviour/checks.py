@@ -32,6 +32,8 @@ class CaseOutcome:
     checks: dict[str, bool]
     diagnosis: str  # "pass" | "knowledge" | "behaviour"
     knowledge_docs: tuple[str, ...] = field(default=())  # gold docs missing from the retrieval or stale
+    prompt: str = ""  # what the generator was given (the case's trace records it)
+    hits: tuple[dict, ...] = field(default=(), compare=False)  # the retrieved chunks, best first
 
 
 def check_output(intent: str, gold_docs: tuple[str, ...], output: str, retrieved: tuple[str, ...]) -> dict[str, bool]:

@@ -7,6 +7,7 @@ never move it) asks for a fine-tune; knowledge failures ask for a re-index and n
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,21 +33,28 @@ class Evaluation:
     summary: dict[str, Any]  # the `ragloop evaluate --json` contract
     outcomes: list[CaseOutcome]
     results: Results  # behaviour-only slice results: the baseline a later evaluation is paired against
+    seconds: tuple[float, float] = (0.0, 0.0)  # wall time of retrieval and of generation over the gate set
 
 
 def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
-              k: int) -> list[CaseOutcome]:  # fmt: skip
+              k: int, seconds: dict[str, float] | None = None) -> list[CaseOutcome]:  # fmt: skip
+    """Each case retrieved, answered and checked. `seconds`, when given, receives the wall time of retrieval and
+    of generation ("retrieve", "generate") for the whole batch."""
+    t0 = time.perf_counter()
     hits = retriever.search([c.question for c in cases], k)
+    t1 = time.perf_counter()
     prompts = [build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)]
     outputs = generator.generate(prompts, [context_docs(params, h) for h in hits])
+    if seconds is not None:
+        seconds.update(retrieve=t1 - t0, generate=time.perf_counter() - t1)
     stale = retriever.stale_docs()
     outcomes = []
-    for case, found, output in zip(cases, hits, outputs, strict=True):
+    for case, found, prompt, output in zip(cases, hits, prompts, outputs, strict=True):
         retrieved = tuple(dict.fromkeys(h["doc"] for h in found))
         checks = check_output(case.intent, case.gold_docs, output, retrieved)
         diagnosis, lacking = diagnose(case.gold_docs, retrieved, checks, stale)
         outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, output,
-                                    checks, diagnosis, lacking))  # fmt: skip
+                                    checks, diagnosis, lacking, prompt, tuple(found)))  # fmt: skip
     return outcomes
 
 

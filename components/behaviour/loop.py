@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from components.behaviour.assistant import Generator, build_prompt, context_docs, generator_identity, parse_answer
@@ -35,9 +36,11 @@ def evaluate_model(params: Params, settings: Settings, adapter: Path | None, bas
                    model_version: str) -> Evaluation:  # fmt: skip
     gate, _ = load_suite(params)
     generator = Generator(params, adapter)
+    seconds: dict[str, float] = {}
     with Retriever(params, settings) as retriever:
-        outcomes = run_cases(gate, retriever, generator, params.generator, params.generator.context_chunks)
-        return summarise(outcomes, baseline, params.regression, model_version, retriever.version)
+        outcomes = run_cases(gate, retriever, generator, params.generator, params.generator.context_chunks, seconds)
+        ev = summarise(outcomes, baseline, params.regression, model_version, retriever.version)
+    return dataclasses.replace(ev, seconds=(seconds["retrieve"], seconds["generate"]))
 
 
 def answer_question(params: Params, settings: Settings, question: str, adapter: Path | None,

@@ -317,10 +317,11 @@ def journal(index_dir: Path, report: dict, reason: str, mlflow_run_id: str | Non
     d = report["documents"]
     manifest = Manifest(index_dir / "manifest.sqlite")
     try:
+        changed = sum(d[k] for k in ("added", "modified", "deleted", "renamed"))
         manifest.journal_run(IndexRun(
             finished_at=time.time(), reason=reason, index_version=int(report["index_version"]),
-            published=bool(report["published"]), changed=sum(d[k] for k in ("added", "modified", "deleted", "renamed")),
-            failed=int(d["failed"]), duration_s=float(report.get("duration_s", 0.0)), mlflow_run_id=mlflow_run_id))  # fmt: skip
+            published=bool(report["published"]), changed=changed, failed=int(d["failed"]),
+            duration_s=float(report.get("duration_s", 0.0)), mlflow_run_id=mlflow_run_id))  # fmt: skip
     finally:
         manifest.close()
 

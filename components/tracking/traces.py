@@ -122,16 +122,25 @@ def params_hash(params: Params) -> str:
 
 
 def write_trace(params: Params, settings: Settings, answered: Answered, origin: str = ORIGIN_LIVE,
-                case_id: str | None = None, tags: dict[str, str] | None = None) -> TraceWritten:  # fmt: skip
+                case_id: str | None = None, tags: dict[str, str] | None = None, experiment: str | None = None,
+                expectations: dict[str, Any] | None = None) -> TraceWritten:  # fmt: skip
     """The answer's trace (root ANSWER span, RETRIEVER span with the chunks as Documents, LLM span), its lineage
-    tags, and one CODE assessment per check in `answered.checks`. Returns once all are in the store."""
+    tags, one CODE assessment per check in `answered.checks` and, for a gate case, its gold as expectations
+    (source `gate.jsonl`). Returns once all are in the store. `experiment`: another experiment than the serving
+    one (the gate-set evaluation writes into the evaluation experiment).
+
+    The assessments travel in the trace's own record (one store write with the trace, not one per check: 6
+    SQLite commits a trace instead of 10, which matters for a gate set of hundreds of cases)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Document, SpanType
+    from mlflow.entities import AssessmentSource, Document, Expectation, Feedback, SpanType
     from mlflow.tracing.constant import SpanAttributeKey
+    from mlflow.tracing.trace_manager import InMemoryTraceManager
 
     from components.behaviour.suite import text_hash
 
     exp = bind(params, settings)
+    if experiment is not None:
+        exp = experiment_id(client_for(params, settings), params, settings, experiment)
     client = MlflowClient(tracking_uri(params, settings))
     all_tags = {
         TAG_ORIGIN: origin,
@@ -171,12 +180,22 @@ def write_trace(params: Params, settings: Settings, answered: Answered, origin: 
                                  inputs={"prompt": answered.prompt}, attributes=attributes,
                                  start_time_ns=answered.retrieved_ns)  # fmt: skip
         client.end_span(trace_id, span.span_id, outputs={"text": answered.raw}, end_time_ns=answered.ended_ns)
+        code = AssessmentSource(source_type="CODE", source_id=CHECK_SOURCE)
+        gold = AssessmentSource(source_type="HUMAN", source_id="gate.jsonl")
+        assessments: list[Any] = [Feedback(name=CHECK_PREFIX + k, value=bool(v), source=code)
+                                  for k, v in answered.checks.items()]  # fmt: skip
+        assessments += [Expectation(name=k, value=v, source=gold) for k, v in (expectations or {}).items()]
+        with InMemoryTraceManager.get_instance().get_trace(trace_id) as pending:
+            if pending is not None:  # exported with the trace's info (MLflow's own trace copy sets info the same way)
+                pending.info.assessments = assessments
     finally:  # always end the trace: an open one stays in MLflow's in-memory buffer
         outputs = {"answer": answered.answer, "intent": answered.intent, "cited": list(answered.cited),
                    "raw": answered.raw}  # fmt: skip
         client.end_trace(trace_id, outputs=outputs, end_time_ns=answered.ended_ns)
     try:
-        log_checks(params, settings, trace_id, answered.checks)
+        info = _call(lambda: _tracing(params, settings).get_trace_info(trace_id), trace_id)
+        if answered.checks and not any((a.name or "").startswith(CHECK_PREFIX) for a in info.assessments or []):
+            log_checks(params, settings, trace_id, answered.checks)  # a store that dropped them from the record
     except (UnknownTraceError, StoreUnavailableError) as exc:  # the export failed (MLflow logs it and goes on)
         return TraceWritten(trace_id, False, f"{type(exc).__name__}: {exc}")
     return TraceWritten(trace_id, True)

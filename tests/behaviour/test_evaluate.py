@@ -83,3 +83,53 @@ def test_a_deleted_document_is_a_knowledge_failure_and_asks_for_reindex(trained)
     assert ev.summary["regressed_slices"] == []
     dep.write("support.txt", DOCS["support.txt"])
     dep.index()
+
+
+def test_each_gate_case_is_a_trace_like_a_live_answer_linked_to_its_run(trained) -> None:
+    """One trace per case in the evaluation experiment, with the live answer's spans and lineage tags, the case's
+    checks as CODE assessments and its gold as expectations, linked to the evaluation's run: two evaluation runs'
+    traces can be compared case by case."""
+    from mlflow import MlflowClient
+
+    from components.config import Settings
+    from components.tracking.evaluation_traces import trace_evaluation
+    from components.tracking.mlflow_runs import log_evaluation_run, tracking_uri
+    from components.tracking.trace_schema import (
+        ANSWER_SPAN,
+        CHECK_PREFIX,
+        GENERATE_SPAN,
+        ORIGIN_EVALUATION,
+        RETRIEVE_SPAN,
+        TAG_CASE_ID,
+        TAG_INDEX_VERSION,
+        TAG_ORIGIN,
+    )
+
+    dep, gen = trained
+    params, settings = load_params(dep.params_file), Settings.from_env()
+    client = MlflowClient(tracking_uri(params, settings))
+    runs = []
+    for _ in range(2):
+        ev = _evaluate(dep, gen)
+        run_id = log_evaluation_run(params, settings, ev.summary, [], {}, "test", None)
+        ids = trace_evaluation(params, settings, ev.outcomes, ev.summary, run_id, (0.2, 1.0))
+        assert len(ids) == len(CASES) == len(set(ids))
+        runs.append((run_id, ev))
+    exp = client.get_experiment_by_name(params.tracking.evaluation_experiment)
+    for run_id, ev in runs:
+        traces = client.search_traces(locations=[exp.experiment_id], run_id=run_id)
+        assert len(traces) == len(CASES)
+        by_case = {t.info.tags[TAG_CASE_ID]: t for t in traces}
+        for o in ev.outcomes:
+            t = by_case[o.id]
+            assert t.info.tags[TAG_ORIGIN] == ORIGIN_EVALUATION
+            assert t.info.tags[TAG_INDEX_VERSION] == str(ev.summary["index_version"])
+            spans = {s.name: s for s in t.data.spans}
+            assert set(spans) == {ANSWER_SPAN, RETRIEVE_SPAN, GENERATE_SPAN}
+            assert [d["metadata"]["doc_uri"] for d in spans[RETRIEVE_SPAN].outputs] == [h["doc"] for h in o.hits]
+            assert spans[GENERATE_SPAN].outputs == {"text": o.output}
+            assert spans[GENERATE_SPAN].attributes["tokens_in"] > 0
+            mine = [a for a in t.info.assessments if a.name.startswith(CHECK_PREFIX)]
+            assert {a.name[len(CHECK_PREFIX) :]: a.value for a in mine} == o.checks
+            gold = {a.name: a.value for a in t.info.assessments if not a.name.startswith(CHECK_PREFIX)}
+            assert gold == {"intent": o.intent, "gold_docs": list(o.gold_docs)}

@@ -77,7 +77,10 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     # it gets no MLflow run (only runs that published or met a bad document do) but is journaled in the manifest
     assert unchanged["mlflow_run_id"] is None and len(_runs(deployment)) == 2
     assert [(r.published, r.reason, r.mlflow_run_id) for r in _journal(deployment)] == [
-        (False, "manual", None), (True, "manual", runs[1].info.run_id), (True, "test", runs[0].info.run_id)]
+        (False, "manual", None),
+        (True, "manual", runs[1].info.run_id),
+        (True, "test", runs[0].info.run_id),
+    ]
 
     deployment.write("broken.pdf", b"not a pdf")  # a bad document is worth a record even when nothing published
     failed = reindex(params_file=str(deployment.params_file), reason="bad doc")
@@ -86,4 +89,5 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
 
     from components.tracking.history import evidence
 
-    assert evidence(deployment.params(), Settings.from_env())["knowledge"]["index_runs"] == 4  # 2 + the unchanged + bad doc
+    runs_counted = evidence(deployment.params(), Settings.from_env())["knowledge"]["index_runs"]
+    assert runs_counted == 4  # the 2 published, the unchanged one and the bad document
