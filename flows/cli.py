@@ -650,7 +650,24 @@ def _status_view(s: dict) -> Table:
     t.add_row("evaluation", f"{flag[p['evaluation']]}: {p['evaluation_reason']}")
     t.add_row("fine-tune", f"{flag[p['finetune']]}: {p['finetune_reason']}")
     t.add_row("gate", f"{flag[bool(p['gate'])]}" + (f": versions {', '.join(p['gate'])}" if p["gate"] else ""))
+    if "production" in s:
+        live = s["production"]
+        t.add_row("live (24 h)", _live_line(live))
+        last = live.get("last_triage")
+        done = f"last {last['at']}: routed {last['routed']}" if last else "never run"
+        t.add_row("triage", f"{flag[bool(live.get('triage_pending'))]}: {live.get('triage_reason', '-')} ({done})")
     return t
+
+
+def _live_line(live: dict) -> str:
+    if not live.get("traces"):
+        return live.get("note", "no live traffic")
+    r, fb = live["routes"], live["feedback"]
+    slices = ", ".join(f"{k} {v['fail_rate']:.2f}" for k, v in live["slices"].items())
+    head = (f"{live['traces']} answers, {live['failing']} failing (knowledge {r['knowledge']}, gap {r['gap']}, "
+            f"behaviour {r['behaviour']}, not triaged {live['untriaged_failing']}); feedback on "
+            f"{fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
+    return head + (f"\ncontract failure rates: {slices}" if slices else "")
 
 
 def _advice_view(a: dict) -> Table:

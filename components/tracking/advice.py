@@ -13,10 +13,39 @@ BEHAVIOUR_SHARE = 0.10  # of evaluated cases failing on behaviour (right context
 KNOWLEDGE_SHARE = 0.10  # of evaluated cases failing on knowledge: retrieval needs work, not a fine-tune
 MIN_EXAMPLES = 100  # labelled training examples below which a LoRA fine-tune has too little to learn from
 FUTILE_TRIES = 2  # this many fine-tunes in the window with none promoted: stop and change data or base model
+MIN_LIVE = 20  # live answers below which production shares are shown but never move a verdict
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def live_shares(ev: dict) -> tuple[float | None, float | None]:
+    """(knowledge + gap, behaviour) shares of the live answers triage routed; None without enough live traffic."""
+    live = ev.get("production") or {}
+    n = live.get("traces", 0)
+    if n < MIN_LIVE:
+        return None, None
+    routes = live["routes"]
+    return (routes["knowledge"] + routes["gap"]) / n, routes["behaviour"] / n
+
+
+def production_lines(ev: dict) -> list[str]:
+    """The production evidence: live traffic, its failure mix (as triage routed it) and the feedback rate."""
+    live, days = ev.get("production") or {}, ev["days"]
+    if not live.get("traces"):
+        return [f"no live traffic in the last {days} days" + (f" ({live['note']})" if live.get("note") else "")
+                + ": `ragloop api` serves and traces answers, `ragloop triage` routes their failures"]  # fmt: skip
+    r, fb, n = live["routes"], live["feedback"], live["traces"]
+    lines = [f"live: {n} answers in {days} days, {live['failing']} failing: {r['knowledge']} knowledge (re-index), "
+             f"{r['gap']} gap (missing documents), {r['behaviour']} behaviour (candidate cases), "
+             f"{live['untriaged_failing']} not triaged yet",
+             f"live feedback on {_pct(fb['rate'])} of answers ({fb['negative']} negative, {fb['corrections']} "
+             "corrections)"]  # fmt: skip
+    if live["slices"]:
+        lines.append("live contract failures: " + ", ".join(f"{s} {v['fail_rate']:.2f} of {v['n']}"
+                                                            for s, v in live["slices"].items()))  # fmt: skip
+    return lines
 
 
 def _knowledge(ev: dict) -> dict:
@@ -54,7 +83,13 @@ def _knowledge(ev: dict) -> dict:
         f"changes in {days} days; retrieval would only become optional if the documents stopped changing and "
         f"knowledge failures stayed under {_pct(KNOWLEDGE_SHARE)}",
     ]
-    active = k["published_versions"] > 0 or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
+    live_knowledge, _ = live_shares(ev)
+    if live_knowledge is not None and live_knowledge >= KNOWLEDGE_SHARE:
+        advice.append(f"{_pct(live_knowledge)} of live answers failed on knowledge or a gap: re-index, and write the "
+                      "topics of the gap report up as documents")  # fmt: skip
+    evidence += production_lines(ev)[:1]  # the traffic and its failure mix; feedback and slices are behaviour's
+    active = (k["published_versions"] > 0 or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
+              or (live_knowledge or 0) >= KNOWLEDGE_SHARE)  # fmt: skip
     return {"verdict": "retrieval", "active": active, "advice": advice, "evidence": evidence,
             "would_change": would_change}  # fmt: skip
 
@@ -88,8 +123,10 @@ def _behaviour(ev: dict) -> dict:
         evidence.append(f"fine-tune {t['at']} -> version {t['version'] or '-'} {t['verdict']}: {gains} ({cost})")
     if not tunes:
         evidence.append(f"no fine-tune in the last {days} days")
+    evidence += production_lines(ev)[1:]  # the traffic line is the knowledge part's
 
-    wanted = share >= BEHAVIOUR_SHARE or latest["decision"] == "finetune"
+    _, live_behaviour = live_shares(ev)
+    wanted = share >= BEHAVIOUR_SHARE or latest["decision"] == "finetune" or (live_behaviour or 0) >= BEHAVIOUR_SHARE
     if not wanted:
         verdict = "no fine-tune"
         advice = [f"keep the weights: behaviour failures are {_pct(share)} of cases (< {_pct(BEHAVIOUR_SHARE)}) "

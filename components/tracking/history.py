@@ -15,6 +15,7 @@ from typing import Any
 
 from components.config import Params, Settings
 from components.tracking.mlflow_runs import client_for, tracking_uri
+from components.tracking.production import production_evidence
 
 DAY_MS = 86_400_000
 
@@ -175,6 +176,7 @@ def status(params: Params, settings: Settings) -> dict:
             if evaluation_current
             else f"no evaluation of {champion_label} on index version {index['version']} yet",
         },
+        "production": production(params, settings, int(time.time() * 1000) - DAY_MS),
         "tracking_uri": tracking_uri(params, settings),
     }
 
@@ -259,4 +261,17 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
             "train_tokens_per_s": m.get("train_tokens_per_s"), "training_pairs": m.get("training_pairs"),
             "gains": {k[len("gate_gain_") :]: round(v, 4) for k, v in sorted(m.items()) if k.startswith("gate_gain_")},
         })  # fmt: skip
-    return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes}
+    return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes,
+            "production": production_evidence(params, settings, since)}  # fmt: skip
+
+
+def production(params: Params, settings: Settings, since_ms: int) -> dict:
+    """`ragloop status`: the live traffic of the last day and the last triage; a triage is pending while failing
+    answers wait to be routed."""
+    from components.tracking.triage_runs import last_triage
+
+    live = production_evidence(params, settings, since_ms)
+    pending = live.get("untriaged_failing", 0)
+    return {**live, "window_h": 24, "last_triage": last_triage(params, settings), "triage_pending": bool(pending),
+            "triage_reason": f"{pending} failing live answer(s) not triaged yet: `ragloop triage`" if pending
+            else "every failing live answer of the last 24 h is routed"}  # fmt: skip

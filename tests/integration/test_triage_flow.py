@@ -175,3 +175,16 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     third = triage(params_file=str(dep.params_file), reason="nothing new")  # everything is routed already
     assert third["traffic"]["traces"] == 0 and all(not v for v in third["routed"].values())
     assert not third["regression"]["fired"] and len(_runs(dep)) == 3
+
+    # the production evidence of `ragloop status` / `advise`, read from the same traces and runs
+    from components.tracking.history import status
+    from components.tracking.production import production_evidence
+
+    live = production_evidence(params, Settings.from_env(), T0_MS)
+    assert (live["traces"], live["failing"], live["untriaged_failing"]) == (10, 9, 0)
+    assert live["routes"] == {"knowledge": 3, "gap": 2, "behaviour": 4} and live["feedback"]["given"] == 7
+    recent = status(params, Settings.from_env())["production"]  # the last 24 h: these answers are older
+    assert recent["traces"] == 0 and "no live traffic" in recent["note"] and not recent["triage_pending"]
+    assert recent["last_triage"]["routed"] == {"knowledge": 0, "gap": 0, "behaviour": 0, "outage": 0}
+    shown = CliRunner().invoke(app, ["status", "--params", str(dep.params_file)], terminal_width=200)
+    assert shown.exit_code == 0 and "live (24 h)" in shown.output and "no live traffic" in shown.output
