@@ -106,7 +106,8 @@ def triage(params_file: str = "params.yaml", since: str | None = None, reason: s
     failing = [t for t in traces if t.failing and not t.triaged]
     reindex = refresh_index(params_file, params, failing)
     view = retrieve_again(params, settings, failing)
-    routed = route(failing, view, params)
+    routed = rules.route_all(failing, view.evidence, None if view.index_version is None else view.n_texts,
+                             params.triage)  # fmt: skip
     routes = {t: r.route for t, r in routed.items()}
     gaps = _gaps(failing, routed, view, params)
     added = write_candidates(params, [(t, routed[t.trace_id]) for t in failing if routes[t.trace_id] == "behaviour"])
@@ -142,13 +143,6 @@ def refresh_index(params_file: str, params: Params, failing: list[LiveTrace]) ->
     result = reindex(params_file=params_file, reason="triage: documents changed")
     return {"ran": True, "why": f"ran: {why}", "index_version": result["index_version"],
             "documents": result["documents"], "chunks": result["chunks"]}  # fmt: skip
-
-
-def route(failing: list[LiveTrace], view: IndexView, params: Params) -> dict[str, rules.Routed]:
-    if view.index_version is None:  # nothing published now: no judgement can be made
-        return {t.trace_id: rules.Routed(t.trace_id, rules.OUTAGE, "no index version is published: nothing to "
-                                         "retrieve against, left for a later triage", ()) for t in failing}  # fmt: skip
-    return {t.trace_id: rules.classify(t, view.evidence[t.trace_id], params.triage) for t in failing}
 
 
 def _gaps(failing: list[LiveTrace], routed: dict[str, rules.Routed], view: IndexView, params: Params) -> list[dict]:

@@ -99,6 +99,17 @@ def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
                   f"{ev.best('before'):.2f} >= {thr})", context)  # fmt: skip
 
 
+def route_all(failing: Sequence[LiveTrace], evidence: Mapping[str, Evidence], indexed_chunks: int | None,
+              params: TriageParams) -> dict[str, Routed]:  # fmt: skip
+    """Every failing trace's route. With nothing published now (`indexed_chunks` None) or an empty published
+    version (0), nothing can be judged: every failure is an outage, left for a later triage."""
+    if not indexed_chunks:
+        why = "no index version is published" if indexed_chunks is None else "the published index version is empty"
+        return {t.trace_id: Routed(t.trace_id, OUTAGE, f"{_symptom(t)}; {why}: nothing to retrieve against, left "
+                                   "for a later triage", ()) for t in failing}  # fmt: skip
+    return {t.trace_id: classify(t, evidence[t.trace_id], params) for t in failing}
+
+
 def _symptom(trace: LiveTrace) -> str:
     parts = [f"failed {', '.join(trace.failed_checks)}"] if trace.failed_checks else []
     if trace.negative_feedback:

@@ -96,7 +96,8 @@ def last_triage(params: Params, settings: Settings) -> dict | None:
 def triage_markdown(report: dict) -> str:
     """The triage report a person reads (Prefect artifact, MLflow run note): what failed, where each failure went."""
     t, routed = report["traffic"], report["routed"]
-    lines = [f"# Triage: {t['traces']} live answers since {iso(report['since_ms']) or 'the start'}", "",
+    since = iso(report["since_ms"]) if report["since_ms"] else "the first one served"
+    lines = [f"# Triage: {t['traces']} live answers since {since}", "",
              f"{t['failing']} failing; feedback on {t['feedback']['given']} ({t['feedback']['negative']} negative, "
              f"{t['feedback']['corrections']} corrections); {report['late_traces']} older answers re-read for late "
              "feedback.", "", "| route | answers | action |", "|---|---|---|"]  # fmt: skip

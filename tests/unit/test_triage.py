@@ -18,6 +18,7 @@ from components.behaviour.triage import (
     gap_report,
     group_questions,
     live_regression,
+    route_all,
     topic_terms,
 )
 from components.config import RegressionParams, TriageParams
@@ -80,6 +81,15 @@ def test_a_correction_with_no_relevant_context_is_a_gap_not_a_training_case() ->
     nothing = Evidence((c("fees.md", 0.1),), (c("fees.md", 0.1),))
     routed = classify(trace(correction="We do not sell crypto."), nothing, P)
     assert routed.route == "gap" and "a correction" in routed.reason
+
+
+def test_without_a_published_or_with_an_empty_index_every_failure_is_an_outage() -> None:
+    failing = [trace("tr-a", feedback=False), trace("tr-b", checks={"format": False})]
+    ev = {t.trace_id: Evidence((c("fees.md", 0.1),), ()) for t in failing}  # would read as a gap
+    for chunks, why in ((None, "no index version is published"), (0, "the published index version is empty")):
+        routed = route_all(failing, ev, chunks, P)
+        assert {r.route for r in routed.values()} == {"outage"} and why in routed["tr-a"].reason
+    assert route_all(failing, ev, 12, P)["tr-a"].route == "gap"
 
 
 def test_failing_means_a_failed_check_negative_feedback_or_a_correction() -> None:
