@@ -5,6 +5,7 @@ live regression event, and `ragloop cases accept`."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from typer.testing import CliRunner
@@ -69,12 +70,35 @@ def _runs(dep: Deployment) -> list:
     return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
 
 
+def _regression_events(expect: int, since: str) -> list[dict]:
+    """The behaviour-regression events the Prefect test server stored since `since` (this test's start: the server
+    is shared by the session), once `expect` of them are in."""
+    import httpx
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.events import BEHAVIOUR_REGRESSION
+    from tests.helpers import wait_until
+
+    EventsWorker.drain_all()
+    found: list[dict] = []
+
+    def stored() -> bool:
+        body = {"filter": {"event": {"name": [BEHAVIOUR_REGRESSION]}, "occurred": {"since": since}}, "limit": 50}
+        found[:] = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=60).json()["events"]
+        return len(found) >= expect
+
+    wait_until(stored, f"{expect} {BEHAVIOUR_REGRESSION} event(s) stored", limit=120)
+    return found
+
+
 def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) -> None:
     from components.tracking.production import read_traces
     from flows.cli import app
     from flows.triage import triage
 
     params = dep.params()
+    started = datetime.now(UTC).isoformat()
     # phase 1: three questions about weekend support, which the documents do not cover yet, answered in a broken
     # format; two about crypto, absent from the corpus, refused and disliked; two good answers
     for i, q in enumerate(WEEKEND):
@@ -139,6 +163,10 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     # three behaviour failures of the format in three live answers, against a champion that never failed it
     assert second["regression"]["fired"]
     assert next(s for s in second["regression"]["slices"] if s["slice"] == "format")["significant"]
+
+    [event] = _regression_events(1, started)  # phase 1 emitted none: its failures were knowledge and gaps
+    assert event["resource"]["prefect.resource.id"] == "ragloop.model.base"
+    assert "format" in event["payload"]["regressed_slices"] and event["payload"]["source"] == "live traffic (triage)"
 
     # the candidates, and accepting them
     listed = json.loads(CliRunner().invoke(app, ["cases", "list", "--json", "--params", str(dep.params_file)]).stdout)
