@@ -263,6 +263,7 @@ class ApiParams(_Section):
     max_feedback_chars: int = Field(4000, gt=0)  # comment and correction, each
     request_timeout_s: float = Field(120.0, gt=0)  # an answer not ready by then gets a 504 (generation is queued)
     max_queue: int = Field(64, ge=1)  # answers waiting for the generator; more get a 503
+    max_batch: int = Field(8, ge=1)  # questions waiting together are answered in one batch, at most this many
     switch_check_s: float = Field(0.0, ge=0)  # least seconds between two checks for a new champion or index
     # version (0: at every request)
     spool_retry_s: float = Field(15.0, gt=0)  # how often queued feedback is redelivered while any is queued
