@@ -153,22 +153,24 @@ def tag_routes(params: Params, settings: Settings, routes: dict[str, str]) -> No
 
 
 def summarise_traffic(traces: list[LiveTrace], routes: dict[str, str] | None = None) -> dict:
-    """Traffic, failure mix and feedback rate, overall and per contract check (slice). `routes` (trace id ->
-    route) overrides the routes the traces were tagged with."""
+    """Traffic, failure mix and feedback rate, overall and per contract check (slice: its failures by route).
+    `routes` (trace id -> route) overrides the routes the traces were tagged with."""
     routes = {**{t.trace_id: t.triaged for t in traces if t.triaged}, **(routes or {})}
     slices: dict[str, Counter] = {}
     for t in traces:
         for name, ok in t.checks.items():
             slices.setdefault(name, Counter())["n"] += 1
             slices[name]["failed"] += 0 if ok else 1
+            if not ok and t.trace_id in routes:
+                slices[name][routes[t.trace_id]] += 1
     given = [t for t in traces if t.feedback is not None]
     mix = Counter(routes[t.trace_id] for t in traces if t.trace_id in routes)
     n = len(traces)
     feedback = {"given": len(given), "negative": sum(1 for t in given if t.negative_feedback),
                 "corrections": sum(1 for t in traces if t.correction is not None),
                 "rate": round(len(given) / n, 4) if n else None}  # fmt: skip
-    per_slice = {name: {"n": c["n"], "failed": c["failed"], "fail_rate": round(c["failed"] / c["n"], 4)}
-                 for name, c in sorted(slices.items())}  # fmt: skip
+    per_slice = {name: {"n": c["n"], "failed": c["failed"], "fail_rate": round(c["failed"] / c["n"], 4),
+                        "routes": {r: c[r] for r in ROUTES}} for name, c in sorted(slices.items())}  # fmt: skip
     return {
         "traces": n,
         "failing": sum(1 for t in traces if t.failing),

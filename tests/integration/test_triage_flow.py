@@ -136,6 +136,12 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     [run] = _runs(dep)
     assert run.data.tags["ragloop.until_ms"] == str(T0_MS + 22) and run.data.metrics["routed_knowledge"] == 3
     assert "bitcoin" in run.data.tags["mlflow.note.content"]
+    assert first["traffic"]["slices"]["format"]["routes"] == {"knowledge": 3, "gap": 0, "behaviour": 0}
+    from prefect.artifacts import Artifact
+
+    shown = Artifact.get("triage-report")
+    assert shown is not None and "| knowledge | 3 | re-index (ran), now retrieved |" in str(shown.data)
+    assert "**bitcoin / " in str(shown.data)
     assert run.info.artifact_uri.startswith((dep.root / "state" / "mlflow").as_uri())  # the deployment's own store
 
     # phase 2: three answers in a broken format with the right context (one with a correction, one asking a gate

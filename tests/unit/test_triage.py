@@ -210,7 +210,8 @@ def test_summarise_traffic_counts_slices_routes_and_feedback() -> None:
     assert (s["traces"], s["failing"], s["untriaged_failing"]) == (3, 2, 0)
     assert s["routes"] == {"knowledge": 1, "gap": 0, "behaviour": 1}
     assert s["feedback"] == {"given": 2, "negative": 1, "corrections": 0, "rate": 0.6667}
-    assert s["slices"]["citation"] == {"n": 3, "failed": 2, "fail_rate": 0.6667}
+    assert s["slices"]["citation"] == {"n": 3, "failed": 2, "fail_rate": 0.6667,
+                                       "routes": {"knowledge": 1, "gap": 0, "behaviour": 1}}  # fmt: skip
     assert summarise_traffic([])["feedback"]["rate"] is None
 
 
