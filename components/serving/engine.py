@@ -289,19 +289,19 @@ class Engine:
     def _refresh_model(self) -> None:
         from components.tracking import registry
 
+        current = self._model
         try:
-            version = registry.champion_version(self.params, self.settings)
+            version = registry.champion_version(self.params, self.settings)  # one registry read per check
+            if current is not None and current.version == version:
+                return
             info = None if version is None else registry.fetch_version(self.params, self.settings, version)
         except Exception as exc:  # an unreachable registry must not fail the answer: keep the model we have
             self.counts["check_errors"] += 1
             self.last_error = f"champion check: {type(exc).__name__}: {exc}"
             log.warning("cannot read the champion; answering with %s: %s", self.versions()["model_version"], exc)
-            if self._model is not None:
+            if current is not None:
                 return
             version, info = None, None  # nothing loaded yet: start on the base model, switch once it is readable
-        current = self._model
-        if current is not None and current.version == version:
-            return
         started = time.perf_counter()
         generator = Generator(self.params, None if info is None else info.adapter_dir)
         self._model = _Model(version, generator, generator_identity(self.params))
