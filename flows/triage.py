@@ -26,8 +26,9 @@ HOUR_MS = 3_600_000
 
 @task(name="read live traces", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_window(params: Params, settings: Settings, since: str | None) -> tuple[int, list[LiveTrace]]:
-    """(where this triage starts, the traces from a grace period before it): `since`, else the last triage's
-    watermark, else the first trace ever served."""
+    """(where this triage starts: `since`, else the last triage's watermark, else the first trace ever served;
+    the traces of a grace period before it, then at most `triage.max_traces` new ones). Each part has its own
+    limit, so old traces can never keep the new ones from being read."""
     from components.tracking.production import read_traces
     from components.tracking.traces import deliver_spool
     from components.tracking.triage_runs import last_watermark, parse_since
@@ -35,7 +36,8 @@ def read_window(params: Params, settings: Settings, since: str | None) -> tuple[
     deliver_spool(params, settings)  # feedback kept on disk while the store was unreachable lands first
     start = parse_since(since, int(time.time() * 1000)) if since else (last_watermark(params, settings) or 0)
     grace = int(params.triage.feedback_grace_hours * HOUR_MS)
-    return start, read_traces(params, settings, max(0, start - grace))
+    late = read_traces(params, settings, max(0, start - grace), before_ms=start) if grace and start else []
+    return start, late + read_traces(params, settings, start)
 
 
 @task(name="check the documents", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -68,9 +68,11 @@ def serving_experiment_id(client: Any, params: Params) -> str | None:
     return None if found is None else str(found.experiment_id)
 
 
-def search_live(client: Any, experiment_id: str, since_ms: int, limit: int, spans: bool = True) -> Iterator[Any]:
-    """MLflow traces of live answers with a timestamp >= since_ms, oldest first, at most `limit`."""
+def search_live(client: Any, experiment_id: str, since_ms: int, limit: int, spans: bool = True,
+                before_ms: int | None = None) -> Iterator[Any]:  # fmt: skip
+    """MLflow traces of live answers with since_ms <= timestamp (< before_ms), oldest first, at most `limit`."""
     flt = f"trace.timestamp_ms >= {int(since_ms)} AND tags.`{ts.TAG_ORIGIN}` = '{ts.ORIGIN_LIVE}'"
+    flt += f" AND trace.timestamp_ms < {int(before_ms)}" if before_ms is not None else ""
     token, seen = None, 0
     while seen < limit:
         page = client.search_traces(locations=[experiment_id], filter_string=flt, order_by=["timestamp_ms ASC"],
@@ -84,13 +86,16 @@ def search_live(client: Any, experiment_id: str, since_ms: int, limit: int, span
             return
 
 
-def read_traces(params: Params, settings: Settings, since_ms: int, limit: int | None = None) -> list[LiveTrace]:
-    """The live traces since `since_ms` (epoch milliseconds), oldest first; none when nothing was served yet."""
+def read_traces(params: Params, settings: Settings, since_ms: int, limit: int | None = None,
+                before_ms: int | None = None) -> list[LiveTrace]:  # fmt: skip
+    """The live traces from `since_ms` (epoch milliseconds; up to `before_ms`), oldest first, at most `limit`
+    (default `triage.max_traces`); none when nothing was served yet."""
     client = client_for(params, settings)
     exp = serving_experiment_id(client, params)
     if exp is None:
         return []
-    return [to_live_trace(t) for t in search_live(client, exp, since_ms, limit or params.triage.max_traces)]
+    found = search_live(client, exp, since_ms, limit or params.triage.max_traces, before_ms=before_ms)
+    return [to_live_trace(t) for t in found]
 
 
 def to_live_trace(trace: Any) -> LiveTrace:

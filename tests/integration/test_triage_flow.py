@@ -222,3 +222,21 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     assert recent["last_triage"]["routed"] == {"knowledge": 0, "gap": 0, "behaviour": 0, "outage": 0}
     shown = CliRunner().invoke(app, ["status", "--params", str(dep.params_file)], terminal_width=200)
     assert shown.exit_code == 0 and "live (24 h)" in shown.output and "no live traffic" in shown.output
+
+
+def test_late_traces_never_keep_new_ones_from_being_read(dep: Deployment) -> None:
+    """Each part of the window has its own limit: the grace period's old traces, then the new ones."""
+    from components.tracking.triage_runs import iso
+    from flows.triage import read_window
+
+    dep.write_params(paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics",
+                            "mlflow": "state/mlflow", "behaviour": "behaviour"}, triage={"max_traces": 2})  # fmt: skip
+    hits = query_index(dep.params(), "How much does an ATM withdrawal cost?", 2)
+    for i in range(5):
+        write_trace(dep.params(), Served(f"question {i}", "intent: fees | answer: 2 EUR | sources: [fees.md]", hits,
+                                         T0_MS + 1000 * i))  # fmt: skip
+    start, traces = read_window.fn(dep.params(), Settings.from_env(), None)  # no triage yet: from the first
+    assert start == 0 and [t.question for t in traces] == ["question 0", "question 1"]
+    start, traces = read_window.fn(dep.params(), Settings.from_env(), iso(T0_MS + 2000))
+    assert start == T0_MS + 2000
+    assert [t.question for t in traces] == ["question 0", "question 1", "question 2", "question 3"]
