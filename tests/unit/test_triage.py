@@ -251,3 +251,14 @@ def test_bad_triage_params_name_the_field_and_the_file(tmp_path, text: str, need
     with pytest.raises(ParamsError, match=needle) as info:
         load_params(f)
     assert str(f) in str(info.value)
+
+
+def test_ragloop_triage_refuses_a_bad_since_before_any_flow_runs(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = CliRunner().invoke(app, ["triage", "--since", "last tuesday", "--params", str(tmp_path / "params.yaml")])
+    assert out.exit_code == 2 and "--since: expected an ISO time" in out.output
+    assert not (tmp_path / ".mlflow").exists()  # nothing was read or recorded
