@@ -119,7 +119,7 @@ def triage(params_file: str = "params.yaml", since: str | None = None, reason: s
     tag(params, settings, {t: r for t, r in routes.items() if r != rules.OUTAGE})
     by_route = {r: [{"trace_id": t.trace_id, "question": t.question, "reason": routed[t.trace_id].reason,
                      "docs": list(routed[t.trace_id].docs)} for t in failing if routes[t.trace_id] == r]
-                for r in (*rules.ROUTES_ORDER,)}  # fmt: skip
+                for r in rules.ROUTES_ORDER}  # fmt: skip
     report = {
         "since_ms": start, "until_ms": max([start, *(t.timestamp_ms + 1 for t in new)]),
         "late_traces": len(traces) - len(new), "traffic": summarise_traffic(new, routes), "routed": by_route,
