@@ -47,10 +47,8 @@ def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> st
         generate_ms=3.0, latency_ms=5.0, started_ns=ns, retrieved_ns=ns + 1_000_000, ended_ns=ns + 4_000_000,
         checks=s.checks if s.checks is not None else live_checks(s.output, docs, labels),
     )  # fmt: skip
-    outside = os.environ.get("MLFLOW_TRACKING_URI")
     written = traces.write_trace(params, settings, answered)
-    if outside is None:  # mlflow.set_tracking_uri (in traces.bind) also exports MLFLOW_TRACKING_URI, which would make
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # Settings.from_env() see a tracking server in this process
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # traces.bind must not leave the embedded store's URI exported
     assert written.stored, written.error
     if s.feedback is not None or s.correction is not None:
         traces.log_feedback(params, settings, written.trace_id, s.feedback if s.feedback is not None else False,

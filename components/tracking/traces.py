@@ -101,7 +101,15 @@ def bind(params: Params, settings: Settings, fast_fail: bool = False) -> str:
                 os.environ.setdefault(key, value)
         if os.environ.get(ASYNC_EXPORT) != "false" or mlflow.get_tracking_uri() != uri:
             os.environ[ASYNC_EXPORT] = "false"  # read when the exporter is built
+            outside = os.environ.get("MLFLOW_TRACKING_URI")
             mlflow.set_tracking_uri(uri)  # process-wide: MLflow's tracer exports there (see the module doc)
+            # set_tracking_uri also exports MLFLOW_TRACKING_URI; left set, Settings.from_env() in this process would
+            # take the embedded store for a tracking server (experiments created later lose their artifact location
+            # and write ./mlruns into the working folder). The tracer keeps the URI set above.
+            if outside is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = outside
             reset()  # rebuild the exporter with both settings
         key = f"{uri}\n{name}"
         if key not in _bound:
