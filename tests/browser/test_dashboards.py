@@ -157,3 +157,40 @@ def test_prefect_ui_lists_the_flow_runs(dashboards: Dashboards, page, screenshot
             expect(page.get_by_text(flow, exact=True).first).to_be_visible()
     finally:
         page.screenshot(path=screenshots / "prefect-flow-runs.png", full_page=True)
+
+
+def test_mlflow_trace_view_shows_a_production_trace_with_its_retrieval_and_feedback(
+    dashboards: Dashboards, page, screenshots: Path
+) -> None:
+    """An answer served by the champion (the server's own engine and trace code), disliked by its user: MLflow's
+    trace view shows the trace, its retriever span and the feedback with its comment."""
+    from playwright.sync_api import expect
+
+    from components.serving.engine import Engine
+    from components.tracking.trace_schema import ANSWER_SPAN
+    from components.tracking.traces import log_feedback, write_trace
+
+    params, settings = dashboards.params, Settings.from_env()
+    with Engine(params, settings) as engine:
+        answered = engine.answer("I lost my card, what do I do?")
+    written = write_trace(params, settings, answered)
+    assert written.stored, written.error
+    comment = "it should say how to freeze the card"
+    log_feedback(params, settings, written.trace_id, False, comment=comment, user="browser-test")
+    exp = dashboards.experiment_id(params.tracking.serving_experiment)
+    page.goto(f"{dashboards.mlflow}/#/experiments/{exp}/traces?selectedEvaluationId={written.trace_id}")
+    try:
+        expect(page.get_by_text(written.trace_id.removeprefix("tr-")[:8]).first).to_be_visible()  # the drawer opened
+        expect(page.get_by_text(answered.question).first).to_be_visible()
+        page.get_by_text("retrieve", exact=True).first.click()  # the retriever span: its chunks as documents
+        expect(page.get_by_text(answered.hits[0]["doc"]).first).to_be_visible()
+        page.get_by_text(ANSWER_SPAN, exact=True).first.click()  # the root span holds the trace's assessments
+        page.get_by_text("Assess", exact=False).first.click()  # and its assessments panel
+        expect(page.get_by_text("user_feedback").first).to_be_visible()
+        for check in ("format", "intent", "citation"):  # the live contract checks, as CODE assessments
+            expect(page.get_by_text(check, exact=True).first).to_be_visible()
+        # the user's feedback (listed first) opens to its rationale
+        page.locator('[data-component-id="shared.model-trace-explorer.toggle-assessment-expanded"]').first.click()
+        expect(page.get_by_text(comment).first).to_be_visible()
+    finally:
+        page.screenshot(path=screenshots / "mlflow-production-trace.png", full_page=True)
