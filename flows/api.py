@@ -268,13 +268,17 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
 async def _trace(params: Params, settings: Settings, answered: Any, timeout: float) -> Any:
     """The answer's trace, written before the answer is returned (so feedback can follow at once). A store that
     fails or is too slow costs the answer its trace, never the answer."""
-    from components.tracking.traces import TraceWritten, write_trace
+    from components.tracking.traces import keep_trace, write_trace
 
     try:
-        return await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered), timeout)
+        written = await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered), timeout)
+        if written.stored:
+            return written
+        trace_id, error = written.trace_id, written.error
     except Exception as exc:
-        log.warning("answer served without its trace: %s: %s", type(exc).__name__, exc)
-        return TraceWritten("", False, f"{type(exc).__name__}: {exc}")
+        trace_id, error = None, f"{type(exc).__name__}: {exc}"
+    log.warning("tracking store unavailable (%s); the answer's trace is queued", error)
+    return await asyncio.to_thread(keep_trace, params, answered, trace_id)
 
 
 def _completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
@@ -299,6 +303,7 @@ def _completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
         "ragloop": {
             "trace_id": written.trace_id or None,
             "traced": written.stored,
+            "trace_queued": written.queued,
             "model_version": answered.model_version,
             "index_version": answered.index_version,
             "intent": answered.intent,

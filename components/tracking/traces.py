@@ -59,6 +59,9 @@ log = logging.getLogger("ragloop.traces")
 FEEDBACK_ID = "ragloop.feedback_id"  # assessment metadata: the feedback's id (idempotent delivery)
 SPOOL = "feedback-spool"
 REJECTED = "feedback-rejected"
+TRACE_SPOOL = "trace-spool"  # answers whose trace the store could not take, written later (`deliver_traces`)
+TRACE_IDS = "trace-ids.jsonl"  # spooled trace id -> the id the store gave it on delivery
+TAG_SPOOLED_AS = "ragloop.spooled_trace_id"  # on a delivered trace: the id its answer was returned with
 # The MLflow REST client retries a failed call 7 times with a doubling backoff (minutes) by default. A server that
 # answers requests must fail fast and spool instead; bind() sets these unless the environment already does.
 ASYNC_EXPORT = "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"  # MLflow's switch, set by bind(), not a deployment setting
@@ -77,8 +80,9 @@ class StoreUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class TraceWritten:
     trace_id: str
-    stored: bool  # False: the store was unreachable; the answer was served without its trace
+    stored: bool  # False: the store was unreachable; the answer was served without its trace (see `queued`)
     error: str | None = None
+    queued: bool = False  # kept in the trace spool, written when the store answers again (same id for feedback)
 
 
 _bound: dict[str, str] = {}
@@ -272,8 +276,11 @@ def submit_feedback(params: Params, settings: Settings, trace_id: str, value: bo
     field) for a bad value."""
     record = {"feedback_id": uuid.uuid4().hex, "trace_id": trace_id, "value": check_value(value),
               "comment": comment, "correction": correction, "user": user, "received_at": time.time()}  # fmt: skip
+    if trace_pending(params, trace_id):  # its answer's trace waits in the trace spool: so does its feedback
+        spool(params).put(record)
+        return {"trace_id": trace_id, "feedback_id": record["feedback_id"], "status": "queued"}
     try:
-        return log_feedback(params, settings, **_args(record))
+        return log_feedback(params, settings, **{**_args(record), "trace_id": resolve(params, trace_id)})
     except StoreUnavailableError as exc:
         spool(params).put(record)
         log.warning("tracking store unreachable; feedback %s queued: %s", record["feedback_id"], exc)
@@ -289,6 +296,7 @@ def deliver_spool(params: Params, settings: Settings, wait: bool = True) -> dict
     with queue.locked(wait) as held:
         if not held:
             return {**counts, "busy": True}
+        counts["traces"] = deliver_traces(params, settings)  # first: feedback may be waiting for one of them
         for path in queue.pending():
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
@@ -298,8 +306,10 @@ def deliver_spool(params: Params, settings: Settings, wait: bool = True) -> dict
                 queue.reject(path, {"reason": f"unreadable spool file: {exc}"})
                 counts["rejected"] += 1
                 continue
+            if trace_pending(params, record["trace_id"]):  # its trace is not in the store yet: keep it queued
+                continue
             try:
-                log_feedback(params, settings, **_args(record))
+                log_feedback(params, settings, **{**_args(record), "trace_id": resolve(params, record["trace_id"])})
             except (UnknownTraceError, ValueError) as exc:  # never deliverable: kept aside with the reason
                 queue.reject(path, {**record, "reason": str(exc)})
                 counts["rejected"] += 1
@@ -314,7 +324,104 @@ def deliver_spool(params: Params, settings: Settings, wait: bool = True) -> dict
 
 
 def spool_depth(params: Params) -> int:
-    return spool(params).depth()
+    """Feedback and traces waiting for the tracking store."""
+    return spool(params).depth() + len(_spooled_traces(params))
+
+
+# -- traces the store could not take --------------------------------------------------------------------------
+def keep_trace(params: Params, answered: Answered, trace_id: str | None, origin: str = ORIGIN_LIVE,
+               tags: dict[str, str] | None = None) -> TraceWritten:  # fmt: skip
+    """Keep an answer whose trace the store could not take (unreachable, failing) on disk, under the id its
+    answer is returned with (a new one when it had none): `deliver_traces` writes it later, and feedback sent
+    with that id meanwhile is queued and then logged on the delivered trace. Every answer gets its trace."""
+    from dataclasses import asdict
+
+    trace_id = trace_id or f"tr-{uuid.uuid4().hex}"
+    folder = params.paths.serving / TRACE_SPOOL
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.time_ns():020d}-{trace_id}.json"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"trace_id": trace_id, "origin": origin, "tags": tags or {}, "answered": asdict(answered)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(folder)
+    return TraceWritten(trace_id, False, None, queued=True)
+
+
+def deliver_traces(params: Params, settings: Settings) -> dict[str, Any]:
+    """Write the spooled traces, oldest first, until the store fails: {"delivered", "pending", "error"}. Each
+    gets the tag TAG_SPOOLED_AS (the id its answer was returned with) and a line in TRACE_IDS; one already in the
+    store (a crash between writing it and removing its file) is found by that tag and not written twice."""
+    from components.serving.engine import Answered
+
+    counts: dict[str, Any] = {"delivered": 0, "pending": 0, "error": None}
+    for path in _spooled_traces(params):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        original = record["trace_id"]
+        try:
+            stored = _find_spooled(params, settings, original)
+            if stored is None:
+                fields: dict[str, Any] = {k: tuple(v) if k in {"cited", "hits", "context_docs"} else v
+                                          for k, v in record["answered"].items()}  # fmt: skip
+                written = write_trace(params, settings, Answered(**fields), origin=record["origin"],
+                                      tags={**record["tags"], TAG_SPOOLED_AS: original})  # fmt: skip
+                if not written.stored:
+                    counts["error"] = written.error
+                    break
+                stored = written.trace_id
+        except (StoreUnavailableError, OSError) as exc:
+            counts["error"] = f"{type(exc).__name__}: {exc}"
+            break
+        except Exception as exc:  # the store failing in a way MLflow does not wrap (a refused connection)
+            counts["error"] = f"{type(exc).__name__}: {exc}"
+            break
+        with open(params.paths.serving / TRACE_IDS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"spooled": original, "stored": stored}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        path.unlink(missing_ok=True)
+        counts["delivered"] += 1
+    counts["pending"] = len(_spooled_traces(params))
+    return counts
+
+
+def trace_pending(params: Params, trace_id: str) -> bool:
+    """Whether this id's trace still waits in the trace spool."""
+    return any(p.name.endswith(f"-{trace_id}.json") for p in _spooled_traces(params))
+
+
+def resolve(params: Params, trace_id: str) -> str:
+    """The id the store knows this trace by: itself, or, for a trace delivered from the spool, its stored id."""
+    path = params.paths.serving / TRACE_IDS
+    if not path.is_file():
+        return trace_id
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row["spooled"] == trace_id:
+                return str(row["stored"])
+    return trace_id
+
+
+def _spooled_traces(params: Params) -> list[Path]:
+    folder = params.paths.serving / TRACE_SPOOL
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _find_spooled(params: Params, settings: Settings, original: str) -> str | None:
+    exp = bind(params, settings)
+    tracing = _tracing(params, settings)
+    where = f"tag.`{TAG_SPOOLED_AS}` = '{original}'"
+    found = _call(
+        lambda: tracing.search_traces(locations=[exp], max_results=1, filter_string=where, include_spans=False),
+        original,
+    )
+    return str(found[0].info.trace_id) if found else None
 
 
 def store_reachable(params: Params, settings: Settings) -> bool:

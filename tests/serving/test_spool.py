@@ -67,10 +67,18 @@ def test_feedback_sent_while_the_tracking_server_is_down_lands_once_it_is_back(t
             health = api.health()
             assert health["spool_depth"] == 4 and health["tracking_store_reachable"] is False
 
+            # an answer while the store is down is served, its trace queued under the id it is returned with;
+            # feedback on that id is queued too, and both land once the store is back
             down = http.post(
                 "/v1/chat/completions", json={"model": "ragloop", "messages": [{"role": "user", "content": "card"}]}
             )
-            assert down.status_code == 200 and down.json()["ragloop"]["traced"] is False  # served, not traced
+            extra = down.json()["ragloop"]
+            assert down.status_code == 200 and extra["traced"] is False and extra["trace_queued"] is True, down.text
+            assert down.headers["x-ragloop-trace-id"] == extra["trace_id"]
+            late = http.post("/v1/feedback", json={"trace_id": extra["trace_id"], "value": False,
+                                                   "comment": "feedback on the queued trace"})  # fmt: skip
+            assert late.status_code == 202 and late.json()["status"] == "queued", late.text
+            assert api.health()["spool_depth"] == 6  # 5 feedback, 1 trace
 
             server.start()  # the same port and store
             wait_until(lambda: api.health()["spool_depth"] == 0, "the spool delivered", 600, api.proc, api.log)
@@ -83,6 +91,17 @@ def test_feedback_sent_while_the_tracking_server_is_down_lands_once_it_is_back(t
         corrected = traces.read_trace(dep.params(), settings, trace_ids[4])
         assert [a.value for a in corrected.info.assessments if a.name == "correction"] == ["intent: card_lost"]
         assert not list((dep.params().paths.serving / traces.REJECTED).glob("*.json"))
+        # the queued answer got exactly one trace, tagged with the id it was returned with, and its feedback
+        stored = traces.resolve(dep.params(), extra["trace_id"])
+        assert stored != extra["trace_id"]
+        queued = traces.read_trace(dep.params(), settings, stored)
+        assert queued.info.tags[traces.TAG_SPOOLED_AS] == extra["trace_id"]
+        assert {s.name for s in queued.data.spans} == {"answer", "retrieve", "generate"}
+        assert [a.rationale for a in queued.info.assessments if a.name == USER_FEEDBACK] == [
+            "feedback on the queued trace"]  # fmt: skip
+        assert (
+            traces._find_spooled(dep.params(), settings, extra["trace_id"]) == stored
+        )  # found by its tag: never twice
     finally:
         if api is not None:
             api.stop()

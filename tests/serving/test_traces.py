@@ -158,4 +158,10 @@ def test_feedback_for_an_unreachable_store_is_spooled_then_delivered_exactly_onc
     assert len(mine) == 1 and mine[0].rationale == "late but kept"
     rejected = list((params.paths.serving / traces.REJECTED).glob("*.json"))
     assert len(rejected) == 1 and "tr-ffff" in json.loads(rejected[0].read_text())["reason"]
-    assert traces.deliver_spool(params, SETTINGS) == {"delivered": 0, "rejected": 0, "pending": 0, "error": None}
+    assert traces.deliver_spool(params, SETTINGS) == {
+        "delivered": 0,
+        "rejected": 0,
+        "pending": 0,
+        "error": None,
+        "traces": {"delivered": 0, "pending": 0, "error": None},
+    }
