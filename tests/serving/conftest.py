@@ -76,6 +76,7 @@ class ApiServer:
     env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()  # more `ragloop api` options (e.g. --prefect)
 
     @property
     def url(self) -> str:
@@ -87,7 +88,7 @@ class ApiServer:
 
     def start(self, wait: bool = True) -> ApiServer:
         cmd = [sys.executable, "-m", "flows.cli", "api", "--params", str(self.dep.params_file), "--host", self.host,
-               "--port", str(self.port)]  # fmt: skip
+               "--port", str(self.port), *self.args]  # fmt: skip
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, **self.env})  # fmt: skip

@@ -243,3 +243,29 @@ def test_a_non_loopback_bind_needs_a_key(tmp_path, monkeypatch) -> None:
     assert "RAGLOOP_API_KEY" in refused.stderr and "0.0.0.0" in refused.stderr
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_ragloop_api_runs_as_a_prefect_flow_run(prefect_server, tmp_path) -> None:
+    """`ragloop api --prefect`: the same server, as the flow run `serve-api` on the Prefect API, Running while it
+    serves and final once the process is stopped."""
+    from prefect.settings import PREFECT_API_URL
+
+    dep = build_deployment(tmp_path / "prefect-served", adapters=0)
+    dep.index()
+    api_url = str(PREFECT_API_URL.value())
+    server = ApiServer(dep, env={"PREFECT_API_URL": api_url}, args=("--prefect",)).start()
+
+    def runs() -> list[dict]:
+        got = httpx.post(f"{api_url}/flow_runs/filter", json={"flows": {"name": {"any_": ["serve-api"]}}}, timeout=60)
+        return [r for r in got.json() if r["parameters"].get("params_file") == str(dep.params_file)]
+
+    try:
+        body = {"model": "ragloop", "messages": [{"role": "user", "content": "I lost my card"}]}
+        got = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=300)
+        assert got.status_code == 200 and got.json()["ragloop"]["traced"], got.text
+        [run] = runs()
+        assert run["state_type"] == "RUNNING"
+    finally:
+        server.stop()
+    wait_until(lambda: runs()[0]["state_type"] in {"COMPLETED", "CANCELLED", "CRASHED", "FAILED"},
+               "the serve-api flow run in a final state", 300)  # fmt: skip
