@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from components.config import Settings
 from components.knowledge.retrieval import query_index
 from tests.helpers import Deployment
-from tests.helpers_traces import T0_MS, Served, write_trace
+from tests.helpers_traces import T0_MS, Served, flawless_base_results, write_trace
 
 LABELS = {"fees": "fees", "support": "support hours", "card_lost": "lost cards", "out_of_scope": "not in the docs"}
 GATE = [
@@ -41,14 +41,7 @@ def dep(tmp_path) -> Deployment:
     for name, rows in (("gate", GATE), ("train", TRAIN)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d.index()
-    # the serving model's own gate evaluation (no champion registered: the base model's saved results), which
-    # never failed the format: any live behaviour failure of the format is above its rate
-    metrics = tmp_path / "state" / "metrics"
-    metrics.mkdir(parents=True, exist_ok=True)
-    (metrics / "evaluation_results.json").write_text(json.dumps({
-        "summary": {"model_version": "base"},
-        "behaviour": {"format": {f"g{i}": True for i in range(20)}, "citation": {f"g{i}": True for i in range(20)}},
-    }))  # fmt: skip
+    flawless_base_results(tmp_path / "state" / "metrics")
     return d
 
 

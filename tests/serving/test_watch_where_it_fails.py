@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers_traces import flawless_base_results
 from tests.serving.conftest import ApiServer, build_deployment
 
 pytestmark = pytest.mark.slow
@@ -22,17 +22,6 @@ CRYPTO = ["Can I buy bitcoin in the app?", "Is it possible to buy bitcoin or oth
 ATM = "How much is it to take cash from an ATM?"
 
 
-def _baseline(root: Path) -> None:
-    """The serving model's own gate results (no champion: the base model's saved evaluation), which never failed
-    the format: counted as behaviour, the knowledge failures below would be significant against it."""
-    metrics = root / "state" / "metrics"
-    metrics.mkdir(parents=True, exist_ok=True)
-    (metrics / "evaluation_results.json").write_text(json.dumps({
-        "summary": {"model_version": "base"},
-        "behaviour": {"format": {f"g{i}": True for i in range(20)}, "citation": {f"g{i}": True for i in range(20)}},
-    }))  # fmt: skip
-
-
 def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -> None:
     from openai import OpenAI
 
@@ -40,7 +29,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
 
     dep = build_deployment(tmp_path, adapters=0, regression={"min_cases": 3, "alpha": 0.05, "min_effect": 0.05})
     dep.index()
-    _baseline(tmp_path)
+    flawless_base_results(tmp_path / "state" / "metrics")  # counted as behaviour, the knowledge failures would fire
     started = datetime.now(UTC).isoformat()
     server = ApiServer(dep).start()
     try:
