@@ -6,8 +6,9 @@ built as `make run` builds it: the default base model (`ragloop base-model`), th
 --deployment DIR reuses one built by an earlier run (BENCH_KEEP=1 keeps it).
 
 Then, with the gate set's questions in a fixed order:
-* in-process: `Engine.answer` one question at a time (no HTTP, no trace), and `Engine.answer` + `write_trace`
-  (what the server does per request, without HTTP): requests/s and latency percentiles;
+* in-process: `Engine.answer` one question at a time (no HTTP, no trace), `Engine.answer` + `write_trace` (what
+  the server does per request, without HTTP), and every question queued at once (the engine's limit: it generates
+  in batches of `api.max_batch`, no HTTP, no trace): requests/s and latency percentiles;
 * the server: `ragloop api` started as a user starts it, waited for on /health; for each client count N, N
   threads (httpx) each send their share of a fixed number of chat completions, each answer followed by a
   feedback call on its trace id: throughput, p50/p95/p99 of the completions, status counts;
@@ -97,6 +98,20 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
             out[label] = {"requests": len(questions), "seconds": round(seconds, 2), "requests_per_s": rate,
                           "latency_ms": percentiles(latencies)}  # fmt: skip
             c.log(f"{label}: {out[label]['requests_per_s']} requests/s, p50 {out[label]['latency_ms']['p50']} ms")
+        # the limit of this engine: every question queued at once, so it generates in batches of api.max_batch
+        label = f"in-process, all queued (batches of {params.api.max_batch})"
+        c.wait_quiet()
+        t0 = time.perf_counter()
+        futures = [(engine.submit(q), time.perf_counter()) for q in questions]
+        latencies = []
+        for future, queued in futures:
+            future.result()
+            latencies.append((time.perf_counter() - queued) * 1000)
+        seconds = time.perf_counter() - t0
+        rate = round(len(questions) / seconds, 2)
+        out[label] = {"requests": len(questions), "seconds": round(seconds, 2), "requests_per_s": rate,
+                      "latency_ms": percentiles(latencies)}  # fmt: skip
+        c.log(f"{label}: {out[label]['requests_per_s']} requests/s")
     return out
 
 
@@ -247,7 +262,8 @@ def main() -> None:
     base = local["in-process answer"]
     rows = [[k, v["requests"], v["requests_per_s"], v["latency_ms"]["p50"], v["latency_ms"]["p95"],
              v["latency_ms"]["p99"], 1.0] for k, v in local.items()]  # fmt: skip
-    rows[1][-1] = round(local["in-process answer + trace"]["requests_per_s"] / base["requests_per_s"], 3)
+    for row in rows[1:]:
+        row[-1] = round(local[row[0]]["requests_per_s"] / base["requests_per_s"], 3)
     for r in rounds:
         rows.append([f"ragloop api, {r['clients']} client(s)", r["requests"], r["requests_per_s"],
                      r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["p99"],
