@@ -253,7 +253,8 @@ def test_ragloop_api_runs_as_a_prefect_flow_run(prefect_server, tmp_path) -> Non
     dep = build_deployment(tmp_path / "prefect-served", adapters=0)
     dep.index()
     api_url = str(PREFECT_API_URL.value())
-    server = ApiServer(dep, env={"PREFECT_API_URL": api_url}, args=("--prefect",)).start()
+    # the key set explicitly: this module's other tests leave one in the environment the server inherits
+    server = ApiServer(dep, env={"PREFECT_API_URL": api_url, "RAGLOOP_API_KEY": KEY}, args=("--prefect",)).start()
 
     def runs() -> list[dict]:
         got = httpx.post(f"{api_url}/flow_runs/filter", json={"flows": {"name": {"any_": ["serve-api"]}}}, timeout=60)
@@ -261,7 +262,8 @@ def test_ragloop_api_runs_as_a_prefect_flow_run(prefect_server, tmp_path) -> Non
 
     try:
         body = {"model": "ragloop", "messages": [{"role": "user", "content": "I lost my card"}]}
-        got = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=300)
+        got = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=300,
+                         headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
         assert got.status_code == 200 and got.json()["ragloop"]["traced"], got.text
         [run] = runs()
         assert run["state_type"] == "RUNNING"
