@@ -93,11 +93,7 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
                 if traced:
                     assert write_trace(params, settings, answered).stored
                 latencies.append((time.perf_counter() - t) * 1000)
-            seconds = time.perf_counter() - t0
-            rate = round(len(questions) / seconds, 2)
-            out[label] = {"requests": len(questions), "seconds": round(seconds, 2), "requests_per_s": rate,
-                          "latency_ms": percentiles(latencies)}  # fmt: skip
-            c.log(f"{label}: {out[label]['requests_per_s']} requests/s, p50 {out[label]['latency_ms']['p50']} ms")
+            out[label] = measured(label, len(questions), time.perf_counter() - t0, latencies)
         # the limit of this engine: every question queued at once, so it generates in batches of api.max_batch
         label = f"in-process, all queued (batches of {params.api.max_batch})"
         c.wait_quiet()
@@ -107,12 +103,16 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
         for future, queued in futures:
             future.result()
             latencies.append((time.perf_counter() - queued) * 1000)
-        seconds = time.perf_counter() - t0
-        rate = round(len(questions) / seconds, 2)
-        out[label] = {"requests": len(questions), "seconds": round(seconds, 2), "requests_per_s": rate,
-                      "latency_ms": percentiles(latencies)}  # fmt: skip
-        c.log(f"{label}: {out[label]['requests_per_s']} requests/s")
+        out[label] = measured(label, len(questions), time.perf_counter() - t0, latencies)
     return out
+
+
+def measured(label: str, requests: int, seconds: float, latencies: list[float]) -> dict[str, Any]:
+    """One in-process row: requests/s and latency percentiles, logged."""
+    row = {"requests": requests, "seconds": round(seconds, 2), "requests_per_s": round(requests / seconds, 2),
+           "latency_ms": percentiles(latencies)}  # fmt: skip
+    c.log(f"{label}: {row['requests_per_s']} requests/s, p50 {row['latency_ms']['p50']} ms")
+    return row
 
 
 def start_server(work: Path, port: int) -> subprocess.Popen:
