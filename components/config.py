@@ -198,6 +198,8 @@ class RegressionParams(_Section):
     min_effect: float = Field(0.05, ge=0, le=1)  # smallest pass-rate change that counts, on top of significance
     confidence: float = Field(0.95, gt=0, lt=1)  # of the per-slice pass-rate intervals
     floors: dict[str, float] = Field(default_factory=dict)  # slice -> minimum acceptable pass rate
+    unit: Literal["group", "case"] = "group"  # what is paired and tested: groups of cases (a seed's wordings) or cases
+    correction: Literal["holm", "none"] = "holm"  # family-wise error control over the slices of one decision
 
     @field_validator("floors")
     @classmethod
