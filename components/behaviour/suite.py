@@ -2,6 +2,8 @@
 
 A case file is JSON Lines, one object per line with exactly these fields:
     {"id": str, "question": str, "intent": label, "answer": str | null, "gold_docs": [doc path, ...]}
+and optionally "group": str, shared by the cases that are wordings of one underlying question (make_suite.py
+writes the seed's id); the paired tests count a group as one unit, and a case without one is its own group.
 An in-scope case has a one-line answer and at least one gold document (a path relative to the docs folder);
 an out-of-scope case has intent `out_of_scope`, answer null and no gold documents. See data/behaviour/README.md.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 OUT_OF_SCOPE = "out_of_scope"
 CASE_FIELDS = ("id", "question", "intent", "answer", "gold_docs")
+OPTIONAL_FIELDS = ("group",)
 _MAX_LISTED = 5
 
 
@@ -31,6 +34,11 @@ class Case:
     intent: str
     answer: str | None
     gold_docs: tuple[str, ...]
+    group: str = ""  # the unit of the paired tests; empty: the case's own id
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.id)
 
     @property
     def in_scope(self) -> bool:
@@ -157,9 +165,12 @@ def _parse_case(path: Path, lineno: int, line: str, labels: set[str], docs_root:
     missing = [f for f in CASE_FIELDS if f not in raw]
     if missing:
         raise SuiteError(f"{where}: field {missing[0]!r}: missing (a case has fields {list(CASE_FIELDS)})")
-    extra = sorted(set(raw) - set(CASE_FIELDS))
+    extra = sorted(set(raw) - set(CASE_FIELDS) - set(OPTIONAL_FIELDS))
     if extra:
-        raise SuiteError(f"{where}: field {extra[0]!r}: unexpected (a case has fields {list(CASE_FIELDS)})")
+        raise SuiteError(
+            f"{where}: field {extra[0]!r}: unexpected (a case has fields {list(CASE_FIELDS)}, optionally "
+            f"{list(OPTIONAL_FIELDS)})"
+        )
 
     case_id = _text(where, "id", raw["id"])
     question = _text(where, "question", raw["question"])
@@ -189,7 +200,9 @@ def _parse_case(path: Path, lineno: int, line: str, labels: set[str], docs_root:
         raise SuiteError(f"{where}: field 'gold_docs': expected distinct documents, got {docs!r}")
     for doc in docs:
         _check_doc(where, doc, docs_root)
-    return Case(id=case_id, question=question, intent=intent, answer=answer, gold_docs=tuple(docs))
+    group = _text(where, "group", raw["group"], "a non-empty one-line string (the cases' shared question)") if (
+        "group" in raw) else case_id  # fmt: skip
+    return Case(id=case_id, question=question, intent=intent, answer=answer, gold_docs=tuple(docs), group=group)
 
 
 def _text(where: str, field: str, value: Any, expected: str = "a non-empty one-line string") -> str:

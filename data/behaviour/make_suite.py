@@ -5,7 +5,8 @@
 
 Each seed is one underlying question with its hand-written rewordings and its side ("gate" or "train").
 Its cases are the question, every rewording, and the question wrapped in one conversational frame; all of
-them go to the seed's side, so paraphrases of one question never straddle the split.
+them go to the seed's side, so paraphrases of one question never straddle the split, and all of them carry the
+seed's id as their `group`, so the paired tests count the wordings of one question as one unit.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def build(seeds: list[dict]) -> dict[str, list[dict]]:
                     "intent": seed["intent"],
                     "answer": seed["answer"],
                     "gold_docs": seed["gold_docs"],
+                    "group": seed["seed"],
                 }
             )
     return out
