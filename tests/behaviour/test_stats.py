@@ -216,8 +216,11 @@ def test_compare_counts_discordant_pairs_and_rates() -> None:
 def test_compare_reason_is_a_sentence_with_the_figures() -> None:
     base, cur = pair(format=(100, 20, 0, 30))
     (cmp,) = compare_slices(base, cur, params())
-    assert cmp.reason.startswith("format: 0.67 vs 0.80 on 150 paired cases, McNemar p=1.9e-06 < 0.05")
-    assert "drop 0.13 >= 0.05" in cmp.reason
+    assert cmp.reason == (
+        "format: 0.67 vs 0.80 on 150 paired cases (cases b=20 c=0, McNemar p=1.9e-06; 150 groups: 20 worse, "
+        "0 better, sign test p=1.9e-06); group-level sign test, Holm over 1 slice: p=1.9e-06 < 0.05, "
+        "drop 0.13 >= 0.05"
+    )
 
 
 def test_compare_pairs_only_ids_present_on_both_sides() -> None:
