@@ -61,10 +61,18 @@ class IndexParams(_Section):
 
     @field_validator("suffixes")
     @classmethod
-    def _lower_dotted(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _parsed_suffixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from components.knowledge.documents import PARSERS, unknown_suffixes
+
         bad = [s for s in v if not s.startswith(".")]
         if bad:
             raise ValueError(f"suffixes must start with a dot, got {bad}")
+        unparsed = unknown_suffixes(v)
+        if unparsed:
+            raise ValueError(
+                f"no parser for {', '.join(unparsed)}; parsers exist for {', '.join(sorted(PARSERS))} "
+                "(components/knowledge/documents.py, PARSERS)"
+            )
         return tuple(s.lower() for s in v)
 
 
@@ -312,17 +320,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: cannot read params: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    _check_sections(path, raw)
     try:
-        params = Params.model_validate({**_known_sections(raw), "source": path})
+        params = Params.model_validate({**raw, "source": path})
     except ValidationError as exc:
         raise ParamsError(f"{path}: {_describe(exc)}") from None
     return _resolve_paths(params, path.parent)
 
 
-def _known_sections(raw: dict[str, Any]) -> dict[str, Any]:
-    # params.yaml is shared with later stages (evaluation, fine-tuning) that have their own loaders' sections;
-    # only the sections this model knows are validated here, each strictly.
-    return {k: v for k, v in raw.items() if k in Params.model_fields and k != "source"}
+def _check_sections(path: Path, raw: dict[str, Any]) -> None:
+    """Every top-level key must be a section: a misspelt one would otherwise leave its section at the defaults."""
+    known = [k for k in Params.model_fields if k != "source"]
+    unknown = [str(k) for k in raw if k not in known]
+    if unknown:
+        raise ParamsError(
+            f"{path}: unknown section{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"the sections are {', '.join(known)}"
+        )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -21,8 +21,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @dataclass(frozen=True)
 class Chunk:
-    chunk_id: str  # stable id of this chunk in this document: hash(doc, text, occurrence)
-    chunk_hash: str  # hash of the text alone: equal text anywhere shares one vector
+    chunk_id: str  # stable id of this chunk in this document: chunk_id(doc, chunk_hash, occurrence)
+    chunk_hash: str  # content_hash of the text alone: equal text anywhere shares one vector
     doc: str
     text: str
 
@@ -31,20 +31,33 @@ def chunker_identity(params: ChunkingParams) -> str:
     return f"{CHUNKER_VERSION}:max={params.max_chars}:min={params.min_chars}"
 
 
-def text_hash(text: str) -> str:
+def content_hash(text: str) -> str:
+    """sha256 of a chunk's exact text (not normalised: one changed byte is a new vector)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def chunk_document(doc: str, text: str, params: ChunkingParams) -> list[Chunk]:
+def chunk_id(doc: str, chunk_hash: str, occurrence: int) -> str:
+    """The id of a chunk in its document: the `occurrence`-th (from 0) chunk of that text in `doc`."""
+    return hashlib.sha256(f"{doc}\0{chunk_hash}\0{occurrence}".encode()).hexdigest()[:24]
+
+
+def chunk_ids(doc: str, hashes: list[str]) -> list[str]:
+    """The ids of a document's chunks, in order, from their content hashes (a moved document gets new ids)."""
     seen: dict[str, int] = {}
-    chunks = []
-    for piece in split_text(text, params):
-        h = text_hash(piece)
-        occurrence = seen.get(h, 0)
-        seen[h] = occurrence + 1
-        cid = hashlib.sha256(f"{doc}\0{h}\0{occurrence}".encode()).hexdigest()[:24]
-        chunks.append(Chunk(chunk_id=cid, chunk_hash=h, doc=doc, text=piece))
-    return chunks
+    ids = []
+    for h in hashes:
+        ids.append(chunk_id(doc, h, seen.get(h, 0)))
+        seen[h] = seen.get(h, 0) + 1
+    return ids
+
+
+def chunk_document(doc: str, text: str, params: ChunkingParams) -> list[Chunk]:
+    pieces = split_text(text, params)
+    hashes = [content_hash(piece) for piece in pieces]
+    return [
+        Chunk(chunk_id=cid, chunk_hash=h, doc=doc, text=piece)
+        for cid, h, piece in zip(chunk_ids(doc, hashes), hashes, pieces, strict=True)
+    ]
 
 
 def split_text(text: str, params: ChunkingParams) -> list[str]:

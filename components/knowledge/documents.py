@@ -2,6 +2,8 @@
 
 Nothing here raises for a single bad document: the caller gets a `DocumentError` naming the path and why,
 and decides what to keep (the last good chunks of a document that no longer parses stay, marked stale).
+Each suffix has one parser in `PARSERS`; a parser's version is recorded with every document it read, so
+bumping it re-parses the files of its suffixes, and only those, on the next run.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -42,6 +45,21 @@ class Scan:
 class ParsedDocument:
     text: str
     warnings: tuple[str, ...] = ()
+    parser: str = ""  # the identity of the parser that read it (Parser.identity)
+
+
+@dataclass(frozen=True)
+class Parser:
+    """Bytes of one file type to text: `parse(relative path, bytes)` returns a ParsedDocument or raises
+    DocumentError. Bump `version` with any change that can alter the text of a file already indexed."""
+
+    name: str
+    version: int
+    parse: Callable[[str, bytes], ParsedDocument]
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}@{self.version}"
 
 
 def scan_documents(root: Path, suffixes: tuple[str, ...]) -> Scan:
@@ -104,18 +122,46 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def parse_document(rel: str, data: bytes) -> ParsedDocument:
-    """Bytes to text by file type. Raises DocumentError for empty, binary, encrypted or broken files."""
+    """Bytes to text by the parser of the file's suffix. Raises DocumentError for empty, binary, encrypted or
+    broken files, and for a suffix no parser reads."""
+    parser = parser_for(rel)
     if not data.strip():
         raise DocumentError(rel, "empty document (no text)")
-    suffix = Path(rel).suffix.lower()
-    if suffix == ".pdf":
-        doc = _parse_pdf(rel, data)
-    else:
-        text, warnings = decode_text(rel, data)
-        doc = ParsedDocument(_html_to_text(text) if suffix in {".html", ".htm"} else text, warnings)
+    doc = parser.parse(rel, data)
     if not doc.text.strip():
         raise DocumentError(rel, "no extractable text")
-    return doc
+    return replace(doc, parser=parser.identity)
+
+
+def parser_for(rel: str) -> Parser:
+    suffix = Path(rel).suffix.lower()
+    if suffix not in PARSERS:
+        raise DocumentError(rel, f"no parser for suffix {suffix!r}; parsers exist for {', '.join(sorted(PARSERS))}")
+    return PARSERS[suffix]
+
+
+def parsed_by(rel: str, recorded: str) -> str:
+    """The parser a manifest row says read `rel`. Rows written before parsers had versions record '': those
+    files were read by version 1 of the parser their suffix has ('' again for a suffix with none)."""
+    if recorded:
+        return recorded
+    parser = PARSERS.get(Path(rel).suffix.lower())
+    return f"{parser.name}@1" if parser else ""
+
+
+def unknown_suffixes(suffixes: Iterable[str]) -> list[str]:
+    """The suffixes (lower case, with the dot) that no parser reads."""
+    return [s for s in suffixes if s.lower() not in PARSERS]
+
+
+def _parse_text(rel: str, data: bytes) -> ParsedDocument:
+    text, warnings = decode_text(rel, data)
+    return ParsedDocument(text, warnings)
+
+
+def _parse_html(rel: str, data: bytes) -> ParsedDocument:
+    text, warnings = decode_text(rel, data)
+    return ParsedDocument(_html_to_text(text), warnings)
 
 
 def decode_text(rel: str, data: bytes) -> tuple[str, tuple[str, ...]]:
@@ -224,3 +270,16 @@ def _html_to_text(html: str) -> str:
     if title and not body.lstrip().startswith("# "):
         body = f"# {title}\n\n{body}"
     return body.strip()
+
+
+_TEXT = Parser("text", 1, _parse_text)  # Markdown stays Markdown: its headings are what chunking splits on
+_HTML = Parser("html", 1, _parse_html)
+_PDF = Parser("pdf", 1, _parse_pdf)
+PARSERS: dict[str, Parser] = {
+    ".md": _TEXT,
+    ".markdown": _TEXT,
+    ".txt": _TEXT,
+    ".html": _HTML,
+    ".htm": _HTML,
+    ".pdf": _PDF,
+}

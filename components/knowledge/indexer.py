@@ -9,9 +9,7 @@ clears the rest.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,18 +18,32 @@ from pathlib import Path
 
 import numpy as np
 
-from components.knowledge.chunking import chunk_document
+from components.knowledge.chunking import chunk_document, chunk_ids
 from components.knowledge.documents import (
     DocumentError,
     FileStat,
     parse_document,
+    parsed_by,
+    parser_for,
     read_bytes,
     scan_documents,
     sha256_bytes,
 )
 from components.knowledge.failpoints import failpoint
-from components.knowledge.manifest import OPEN, DocRow, IndexRun, Manifest, Record
+from components.knowledge.hygiene import collect_garbage, compact_if_churned, recover_leftovers
+from components.knowledge.manifest import (
+    OPEN,
+    DocRow,
+    FileHashes,
+    IndexRun,
+    IndexVersion,
+    Manifest,
+    Publication,
+    Record,
+    manifest_path,
+)
 from components.knowledge.session import IndexSession
+from components.knowledge.store import record_metadata
 
 
 @dataclass
@@ -44,6 +56,7 @@ class Changes:
     deleted: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)  # new path -> old path
     unchanged: list[str] = field(default_factory=list)
+    reparsed: list[str] = field(default_factory=list)  # unchanged, but read by an older version of their parser
     still_failing: list[str] = field(default_factory=list)  # same bytes that failed last time: not re-read
     to_parse: list[str] = field(default_factory=list)
     refused: list[DocumentError] = field(default_factory=list)
@@ -105,9 +118,9 @@ def detect_changes(s: IndexSession) -> Changes:
     refused = {e.path for e in scan.refused}
     added = [p for p in scan.files if p not in alive]
     deleted = [p for p in alive if p not in scan.files and p not in refused]
-    by_sha = {alive[p].sha256: p for p in deleted if not alive[p].stale}
-    for path in added:
-        old = by_sha.pop(ch.hashes.get(path, ""), None)
+    by_key = {(alive[p].sha256, parsed_by(p, alive[p].parser)): p for p in deleted if not alive[p].stale}
+    for path in added:  # a rename keeps its chunks only if the same parser would read it at the new path
+        old = by_key.pop((ch.hashes.get(path, ""), parser_for(path).identity), None)
         if old is not None:
             ch.renamed[path] = old
     ch.added = [p for p in added if p not in ch.renamed]
@@ -116,13 +129,16 @@ def detect_changes(s: IndexSession) -> Changes:
         row, digest = alive.get(path), ch.hashes.get(path)
         if row is None:
             continue
+        current = parsed_by(path, row.parser) == parser_for(path).identity
         if row.stale and digest is not None and digest == row.bad_sha:
-            ch.still_failing.append(path)
+            (ch.still_failing if current else ch.reparsed).append(path)
         elif not row.stale and digest == row.sha256:
             ch.unchanged.append(path)
+            if not current:
+                ch.reparsed.append(path)
         else:
             ch.modified.append(path)
-    ch.to_parse = ch.added + ch.modified + [p for p in refused if p in alive]
+    ch.to_parse = ch.added + ch.modified + ch.reparsed + [p for p in refused if p in alive]
     if ch.key_changed:
         ch.to_parse = sorted(set(ch.to_parse) | set(ch.unchanged) | set(ch.renamed))
     ch.seconds = time.perf_counter() - t0
@@ -149,7 +165,7 @@ def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
     errors += [{"path": p, "error": f"still failing: {base_docs[p].error}"} for p in ch.still_failing]
     warnings: list[dict[str, str]] = []
     for new, old in ch.renamed.items():
-        docs[new] = DocRow(new, docs.pop(old).sha256)
+        docs[new] = DocRow(new, docs.pop(old).sha256, parser=parser_for(new).identity)
         chunks[new] = _rekey(new, chunks.pop(old))
     refused = {e.path: e.reason for e in ch.refused}
     for path in ch.to_parse:
@@ -162,12 +178,12 @@ def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
             if path not in refused:
                 errors.append({"path": path, "error": err.reason})
             last_good = base_docs[path].sha256 if path in base_docs else ""
-            docs[path] = DocRow(path, last_good, True, err.reason, ch.hashes.get(path))
+            docs[path] = DocRow(path, last_good, True, err.reason, ch.hashes.get(path), _parser_identity(path))
             chunks[path] = by_doc[path]  # the last good chunks stay, marked stale (none for a new document)
             continue
         warnings.extend({"path": path, "warning": w} for w in parsed.warnings)
         pieces = chunk_document(path, parsed.text, s.params.chunking)
-        docs[path] = DocRow(path, sha256_bytes(data))
+        docs[path] = DocRow(path, sha256_bytes(data), parser=parsed.parser)
         chunks[path] = [(c.chunk_id, c.chunk_hash) for c in pieces]
         texts.update((c.chunk_hash, c.text) for c in pieces)
     plan = diff_state(s, ch, base_docs, docs, chunks, texts)
@@ -175,14 +191,17 @@ def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
     return plan
 
 
+def _parser_identity(path: str) -> str:
+    try:
+        return parser_for(path).identity
+    except DocumentError:
+        return ""
+
+
 def _rekey(doc: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The chunk ids of a document moved to a new path (same texts, so the same vectors)."""
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for _, h in pairs:
-        out.append((hashlib.sha256(f"{doc}\0{h}\0{seen[h]}".encode()).hexdigest()[:24], h))
-        seen[h] += 1
-    return out
+    hashes = [h for _, h in pairs]
+    return list(zip(chunk_ids(doc, hashes), hashes, strict=True))
 
 
 def diff_state(
@@ -243,8 +262,6 @@ def embed_chunks(s: IndexSession, plan: Plan, progress: Callable[[int], None] | 
 def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict:
     """Write the new records, mark the removed ones, then commit version N in one transaction. Idempotent:
     a retry after a failure (or after a kill) converges to the same state."""
-    from components.knowledge.maintenance import recover_leftovers
-
     t0 = time.perf_counter()
     ch = plan.changes
     if plan.empty:
@@ -263,7 +280,7 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
             coll,
             [a.id for a in todo],
             np.asarray(vecs, dtype=np.float32),
-            [_metadata(plan, a) for a in todo],
+            [record_metadata(_record(plan, a), plan.embedder_id) for a in todo],
             s.params.index.upsert_batch,
             after_batch=lambda: failpoint("mid-add"),
         )
@@ -278,8 +295,6 @@ def publish(s: IndexSession, plan: Plan, vectors: dict[str, np.ndarray]) -> dict
 
 def tidy_store(s: IndexSession) -> bool:
     """After a publish: drop what no retained version sees, and compact when churn passed the threshold."""
-    from components.knowledge.maintenance import collect_garbage, compact_if_churned
-
     collect_garbage(s)
     return compact_if_churned(s)
 
@@ -315,7 +330,7 @@ def worth_a_run_record(report: dict) -> bool:
 def journal(index_dir: Path, report: dict, reason: str, mlflow_run_id: str | None) -> None:
     """Append this run to the manifest's run journal (`ragloop advise` counts runs from it)."""
     d = report["documents"]
-    manifest = Manifest(index_dir / "manifest.sqlite")
+    manifest = Manifest(manifest_path(index_dir))
     try:
         changed = sum(d[k] for k in ("added", "modified", "deleted", "renamed"))
         manifest.journal_run(IndexRun(
@@ -326,15 +341,8 @@ def journal(index_dir: Path, report: dict, reason: str, mlflow_run_id: str | Non
         manifest.close()
 
 
-def _metadata(plan: Plan, a: Addition) -> dict:
-    return {
-        "doc": a.doc,
-        "chunk_id": a.chunk_id,
-        "chunk_hash": a.chunk_hash,
-        "v_min": plan.version,
-        "v_max": OPEN,
-        "embedder": plan.embedder_id,
-    }
+def _record(plan: Plan, a: Addition) -> Record:
+    return Record(a.id, plan.changes.collection, a.chunk_id, a.doc, a.chunk_hash, plan.version, OPEN)
 
 
 def _group_by_collection(records: list[Record]) -> dict[str, list[str]]:
@@ -345,63 +353,26 @@ def _group_by_collection(records: list[Record]) -> dict[str, list[str]]:
 
 
 def _commit(s: IndexSession, plan: Plan) -> None:
-    ch, n = plan.changes, plan.version
-    base_docs = plan.base_docs
-    closed = [p for p in base_docs if plan.docs.get(p) != base_docs[p]]
-    opened = [row for p, row in plan.docs.items() if base_docs.get(p) != row]
-    with s.manifest.transaction() as db:
-        db.execute(
-            "INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
-            (
-                n,
-                time.time(),
-                ch.collection,
-                plan.embedder_id,
-                plan.chunker_id,
-                plan.kind,
-                json.dumps({"errors": plan.errors, "warnings": plan.warnings}),
-            ),
-        )
-        db.execute(
-            "INSERT OR IGNORE INTO collections(name, embedder, chunker) VALUES (?,?,?)",
-            (ch.collection, plan.embedder_id, plan.chunker_id),
-        )
-        db.executemany("UPDATE records SET v_max=? WHERE id=?", [(n, r.id) for r in plan.removals])
-        db.executemany(
-            "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?)",
-            [(a.id, ch.collection, a.chunk_id, a.doc, a.chunk_hash, n, OPEN) for a in plan.additions],
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO texts VALUES (?,?)",
-            [(a.chunk_hash, plan.texts[a.chunk_hash]) for a in plan.additions],
-        )
-        db.executemany("UPDATE docs SET v_max=? WHERE path=? AND v_max=?", [(n, p, OPEN) for p in closed])
-        db.executemany(
-            "INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?)",
-            [(r.path, r.sha256, int(r.stale), r.error, r.bad_sha, n, OPEN) for r in opened],
-        )
-        removed_here = sum(r.collection == ch.collection for r in plan.removals)
-        db.execute(
-            "UPDATE collections SET removed_since_compact = removed_since_compact + ? WHERE name=?",
-            (removed_here, ch.collection),
-        )
-        if plan.kind == "index":
-            _write_stats(db, plan.changes)
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('published', ?)", (str(n),))
+    ch, base_docs = plan.changes, plan.base_docs
+    report = json.dumps({"errors": plan.errors, "warnings": plan.warnings})
+    s.manifest.publish(Publication(
+        version=IndexVersion(plan.version, time.time(), ch.collection, plan.embedder_id, plan.chunker_id, plan.kind,
+                             report),
+        closed_records=plan.removals,
+        opened_records=[_record(plan, a) for a in plan.additions],
+        texts={a.chunk_hash: plan.texts[a.chunk_hash] for a in plan.additions},
+        closed_docs=[p for p in base_docs if plan.docs.get(p) != base_docs[p]],
+        opened_docs=[row for p, row in plan.docs.items() if base_docs.get(p) != row],
+        file_hashes=_file_hashes(ch) if plan.kind == "index" else None))  # fmt: skip
 
 
 def _save_stats(s: IndexSession, ch: Changes) -> None:
-    with s.manifest.transaction() as db:
-        _write_stats(db, ch)
+    s.manifest.save_file_hashes(_file_hashes(ch))
 
 
-def _write_stats(db: sqlite3.Connection, ch: Changes) -> None:
-    """Remember (size, mtime_ns) -> sha256 of every file hashed, so the next run skips hashing it. Always
-    true of the bytes, so it is safe to write at any time; what is indexed is decided by the docs rows."""
-    rows = [(p, st.size, st.mtime_ns, ch.hashes[p]) for p, st in ch.files.items() if p in ch.hashes]
-    db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?)", rows)
-    gone = [(p,) for (p,) in db.execute("SELECT path FROM stat_cache") if p not in ch.files]
-    db.executemany("DELETE FROM stat_cache WHERE path=?", gone)
+def _file_hashes(ch: Changes) -> FileHashes:
+    rows = {p: (st.size, st.mtime_ns, ch.hashes[p]) for p, st in ch.files.items() if p in ch.hashes}
+    return FileHashes(rows, set(ch.files))
 
 
 def _report(plan: Plan, version: int, *, published: bool, seconds: float) -> dict:
@@ -419,7 +390,7 @@ def _report(plan: Plan, version: int, *, published: bool, seconds: float) -> dic
             "modified": len(set(ch.modified) - failed),
             "deleted": len(ch.deleted),
             "renamed": len(ch.renamed),
-            "unchanged": len(ch.unchanged),
+            "unchanged": len(set(ch.unchanged) - failed),
             "failed": len(failed),
         },
         "chunks": {
@@ -430,6 +401,7 @@ def _report(plan: Plan, version: int, *, published: bool, seconds: float) -> dic
         },
         "errors": plan.errors,
         "warnings": plan.warnings,
+        "reparsed": len(ch.reparsed),  # documents re-read because their parser's version changed
         "collection": ch.collection,
         "embedder": plan.embedder_id,
         "detect_seconds": round(ch.seconds, 4),

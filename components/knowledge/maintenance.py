@@ -1,4 +1,5 @@
-"""Keeping the store honest: crash leftovers, garbage collection, compaction, rollback, verify and repair."""
+"""The user's commands on an index: rollback to a retained version, verify the store against the manifest and
+repair it. They build on the indexer (a rollback is a publish); the hygiene every run does is in hygiene.py."""
 
 from __future__ import annotations
 
@@ -7,111 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from components.knowledge.failpoints import failpoint
 from components.knowledge.indexer import Changes, detect_changes, diff_state, publish, tidy_store
-from components.knowledge.manifest import OPEN, Record
-from components.knowledge.session import IndexSession, next_generation
+from components.knowledge.manifest import OPEN
+from components.knowledge.session import IndexSession
+from components.knowledge.store import record_metadata
 
 
 class RollbackError(ValueError):
     """The requested index version is not one of the retained versions."""
-
-
-def recover_leftovers(s: IndexSession, base: int, keep: set[str]) -> None:
-    """Undo what a killed run wrote to Chroma after version `base`: unpublished records (except those this
-    run is about to write anyway) and removal marks that were never committed."""
-    existing = set(s.store.collection_names())
-    for name in set(s.manifest.known_collections()) & existing | _unknown_ours(s, existing):
-        coll = s.collection(name)
-        junk = [i for i in s.store.ids_where(coll, {"v_min": {"$gt": base}}) if i not in keep]
-        s.store.delete(coll, junk, s.params.index.upsert_batch)
-        marked = s.store.ids_where(coll, {"$and": [{"v_max": {"$gt": base}}, {"v_max": {"$lt": OPEN}}]})
-        truth = {r.id: r.v_max for r in s.manifest.records_in(name)}
-        by_value: dict[int, list[str]] = defaultdict(list)
-        for rid in marked:
-            by_value[truth.get(rid, OPEN)].append(rid)
-        for value, ids in by_value.items():
-            s.store.set_metadata(coll, ids, {"v_max": value}, s.params.index.upsert_batch)
-
-
-def _unknown_ours(s: IndexSession, existing: set[str]) -> set[str]:
-    prefix = f"{s.params.index.collection}-"
-    return {n for n in existing if n.startswith(prefix) and n not in s.manifest.known_collections()}
-
-
-def collect_garbage(s: IndexSession) -> None:
-    """Delete what no retained version can see: old records, rows, versions and whole collections."""
-    retained = s.manifest.retained_versions(s.params.index.keep_versions)
-    if not retained:
-        return
-    oldest = retained[0]
-    referenced = {v.collection for v in s.manifest.versions() if v.version >= oldest}
-    existing = set(s.store.collection_names())
-    dead: dict[str, list[str]] = defaultdict(list)
-    for rid, name in s.manifest.db.execute("SELECT id, collection FROM records WHERE v_max<=?", (oldest,)):
-        dead[name].append(rid)
-    for name, ids in dead.items():
-        if name in existing and name in referenced:
-            s.store.delete(s.collection(name), ids, s.params.index.upsert_batch)
-    for name in (existing & set(s.manifest.known_collections())) - referenced:
-        s.store.drop(name)
-    with s.manifest.transaction() as db:
-        db.execute("DELETE FROM records WHERE v_max<=?", (oldest,))
-        for name in set(s.manifest.known_collections()) - referenced:
-            db.execute("DELETE FROM records WHERE collection=?", (name,))
-            db.execute("DELETE FROM collections WHERE name=?", (name,))
-        db.execute("DELETE FROM docs WHERE v_max<=?", (oldest,))
-        db.execute("DELETE FROM versions WHERE version<?", (oldest,))
-        db.execute("DELETE FROM texts WHERE chunk_hash NOT IN (SELECT chunk_hash FROM records)")
-    for name in _unknown_ours(s, existing) - {s.target_collection()}:
-        s.store.drop(name)  # a collection a killed compaction or run left behind, referenced by nothing
-
-
-def compact_if_churned(s: IndexSession) -> bool:
-    """HNSW does not shrink after deletes: past the churn threshold, copy the live records (with their stored
-    vectors, no re-embedding) into a fresh collection, switch the manifest to it in one transaction, drop
-    the old one."""
-    published = s.manifest.published()
-    info = s.manifest.version(published)
-    if info is None:
-        return False
-    old = info.collection
-    removed = s.manifest.collection_removed(old)
-    live = len(s.manifest.records_at(published, old))
-    if removed == 0 or removed / max(live, 1) < s.params.index.compact_churn_ratio:
-        return False
-    new = next_generation(old)
-    keep = {r.id for r in s.manifest.records_in(old)}
-    s.store.drop(new)
-    src, dst = s.collection(old), s.collection(new)
-    batch: list[Any] = []
-    for rec in s.store.scan(src, with_embeddings=True):
-        if rec.id in keep:
-            batch.append(rec)
-        if len(batch) >= s.params.index.upsert_batch:
-            _copy(s, dst, batch)
-            batch = []
-            failpoint("mid-compaction")
-    _copy(s, dst, batch)
-    with s.manifest.transaction() as db:
-        db.execute("INSERT INTO collections SELECT ?, embedder, chunker, 0 FROM collections WHERE name=?", (new, old))
-        db.execute("UPDATE versions SET collection=? WHERE collection=?", (new, old))
-        db.execute("UPDATE records SET collection=? WHERE collection=?", (new, old))
-        db.execute("DELETE FROM collections WHERE name=?", (old,))
-    s.store.drop(old)
-    return True
-
-
-def _copy(s: IndexSession, dst: Any, records: list[Any]) -> None:
-    if records:
-        vecs = np.asarray([r.embedding for r in records], dtype=np.float32)
-        s.store.add(
-            dst,
-            [r.id for r in records],
-            vecs,
-            [r.metadata for r in records],
-            s.params.index.upsert_batch,
-        )
 
 
 def rollback(s: IndexSession, version: int | None = None) -> dict:
@@ -208,24 +112,13 @@ def _repair(s: IndexSession, coll: Any, name: str, published: int, findings: dic
     texts = s.manifest.texts({r.chunk_hash for r in restore})
     fresh = dict(zip(need, s.embedder.encode([texts[h] for h in need]), strict=True)) if need else {}
     vecs = np.asarray([fresh[r.chunk_hash] if r.chunk_hash in fresh else have[sources[r.chunk_hash]] for r in restore])
-    metas = [_record_metadata(r, s.manifest.version(published).embedder) for r in restore]  # type: ignore[union-attr]
+    metas = [record_metadata(r, s.manifest.version(published).embedder) for r in restore]  # type: ignore[union-attr]
     s.store.add(coll, [r.id for r in restore], vecs, metas, batch)
-
-
-def _record_metadata(r: Record, embedder: str) -> dict[str, Any]:
-    return {
-        "doc": r.doc,
-        "chunk_id": r.chunk_id,
-        "chunk_hash": r.chunk_hash,
-        "v_min": r.v_min,
-        "v_max": r.v_max,
-        "embedder": embedder,
-    }
 
 
 def _pending_documents(s: IndexSession) -> list[str]:
     ch = detect_changes(s)
-    return sorted([*ch.added, *ch.modified, *ch.deleted, *ch.renamed])
+    return sorted([*ch.added, *ch.modified, *ch.deleted, *ch.renamed, *ch.reparsed])
 
 
 def _verdict(published: int, findings: dict[str, list[str]], pending: list[str]) -> dict:

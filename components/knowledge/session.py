@@ -15,7 +15,7 @@ from typing import IO, Any
 from components.config import Params, Settings
 from components.knowledge.chunking import chunker_identity
 from components.knowledge.embedder import Embedder, embedder_identity
-from components.knowledge.manifest import Manifest
+from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.store import RagloopEmbedding, Store
 
 PUBLISHED_MARKER = "published.json"  # in the index folder: {index_version, collection, embedder, chunker}
@@ -84,7 +84,7 @@ def open_index(params: Params, settings: Settings | None = None, *, lock: bool =
     index_dir = params.paths.index
     index_dir.mkdir(parents=True, exist_ok=True)
     handle = _lock(index_dir / ".lock") if lock else None
-    manifest = Manifest(index_dir / "manifest.sqlite")
+    manifest = Manifest(manifest_path(index_dir))
     session: IndexSession | None = None
     try:
         session = IndexSession(

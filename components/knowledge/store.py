@@ -20,6 +20,7 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from components.config import EmbedderParams, Settings
 from components.knowledge.embedder import Embedder
+from components.knowledge.manifest import Record
 
 PAGE = 2000
 _DEFAULT = EmbedderParams()
@@ -162,6 +163,18 @@ class Store:
         )
         rows = zip(got["ids"][0], got["metadatas"][0], got["distances"][0], strict=True)
         return [(StoredRecord(rid, dict(m or {}), None), 1.0 - float(d)) for rid, m, d in rows]
+
+
+def record_metadata(record: Record, embedder: str) -> dict[str, Any]:
+    """The metadata a Chroma record carries: its manifest row's identity and interval, and its embedder."""
+    return {
+        "doc": record.doc,
+        "chunk_id": record.chunk_id,
+        "chunk_hash": record.chunk_hash,
+        "v_min": record.v_min,
+        "v_max": record.v_max,
+        "embedder": embedder,
+    }
 
 
 def visible_at(version: int) -> dict[str, Any]:

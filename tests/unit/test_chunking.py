@@ -1,5 +1,7 @@
+import hashlib
+
 from components.config import ChunkingParams
-from components.knowledge.chunking import chunk_document, chunker_identity, split_text, text_hash
+from components.knowledge.chunking import chunk_document, chunk_ids, chunker_identity, content_hash, split_text
 
 P = ChunkingParams(max_chars=300, min_chars=50)
 
@@ -21,7 +23,7 @@ def test_an_edit_in_one_section_leaves_every_other_chunk_identical() -> None:
     after = {c.chunk_hash for c in chunk_document("d.md", _doc(edited), P)}
     changed = after - before
     assert changed, "the edited section must produce a new chunk"
-    new_texts = [t for t in split_text(_doc(edited), P) if text_hash(t) in changed]
+    new_texts = [t for t in split_text(_doc(edited), P) if content_hash(t) in changed]
     assert all(t.startswith("## Cards") for t in new_texts)
     assert len(before - after) == len(changed)  # exactly the edited section's chunks were replaced
 
@@ -54,3 +56,17 @@ def test_heading_only_sections_make_no_chunk() -> None:
 
 def test_identity_changes_with_the_parameters() -> None:
     assert chunker_identity(P) != chunker_identity(ChunkingParams(max_chars=301, min_chars=50))
+
+
+def test_chunk_ids_keep_their_formula_and_a_moved_document_gets_the_ids_it_would_be_chunked_with() -> None:
+    text = "# T\n\n" + "same paragraph here. " * 10 + "\n\n# U\n\n" + "same paragraph here. " * 10
+    chunks = chunk_document("a.md", text, P)
+    # the ids of every index ever published: sha256(doc NUL content hash NUL occurrence), 24 hex digits
+    seen: dict[str, int] = {}
+    for c in chunks:
+        assert c.chunk_hash == hashlib.sha256(c.text.encode()).hexdigest() == content_hash(c.text)
+        occurrence = seen.get(c.chunk_hash, 0)
+        seen[c.chunk_hash] = occurrence + 1
+        assert c.chunk_id == hashlib.sha256(f"a.md\0{c.chunk_hash}\0{occurrence}".encode()).hexdigest()[:24]
+    moved = chunk_ids("b/a.md", [c.chunk_hash for c in chunks])
+    assert moved == [c.chunk_id for c in chunk_document("b/a.md", text, P)]

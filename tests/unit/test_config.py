@@ -28,6 +28,7 @@ def test_the_repo_params_file_loads() -> None:
         ("chunking:\n  max_chars: 10\n", "chunking.max_chars"),
         ("embedder:\n  device: gpu\n", "embedder.device"),
         ("index:\n  suffixes: [md]\n", "index.suffixes"),
+        ("index:\n  suffixes: [.md, .docx]\n", "index.suffixes: Value error, no parser for .docx; parsers exist for"),
         ("index:\n  typo_key: 1\n", "index.typo_key"),
         ("- a list\n", "expected a mapping"),
     ],
@@ -39,6 +40,24 @@ def test_bad_params_name_the_field_and_the_file(tmp_path: Path, text: str, needl
         load_params(f)
     assert needle in str(info.value)
     assert str(f) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "unknown"),
+    [
+        ("indx:\n  keep_versions: 2\n", "unknown section 'indx'"),
+        ("chunking: {}\nevaluation: {}\nfine_tune: {}\n", "unknown sections 'evaluation', 'fine_tune'"),
+        ("source: elsewhere.yaml\n", "unknown section 'source'"),  # set by the loader, not a section
+    ],
+)
+def test_an_unknown_section_is_an_error_listing_the_known_ones(tmp_path: Path, text: str, unknown: str) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(f)
+    message = str(info.value)
+    assert message.startswith(f"{f}: {unknown}; the sections are paths, index, chunking, embedder, retrieval,")
+    assert "source" not in message.split("the sections are")[1]
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path: Path) -> None:

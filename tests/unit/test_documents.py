@@ -3,7 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from components.knowledge.documents import DocumentError, parse_document, read_bytes, scan_documents
+from components.config import IndexParams
+from components.knowledge.documents import (
+    PARSERS,
+    DocumentError,
+    parse_document,
+    parsed_by,
+    parser_for,
+    read_bytes,
+    scan_documents,
+    unknown_suffixes,
+)
 
 SUFFIXES = (".md", ".txt", ".html", ".pdf")
 
@@ -114,3 +124,23 @@ def test_read_enforces_the_size_limit_and_reports_vanished_files(tmp_path: Path)
 def test_missing_docs_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="docs folder"):
         scan_documents(tmp_path / "nope", SUFFIXES)
+
+
+def test_every_default_suffix_has_a_parser_and_documents_record_which_read_them() -> None:
+    assert unknown_suffixes(IndexParams().suffixes) == []
+    assert parse_document("a.md", b"# A\n\nBody.").parser == PARSERS[".md"].identity == "text@1"
+    assert parse_document("a.HTM", b"<p>Body.</p>").parser == "html@1"  # suffixes match in any case
+    assert parse_document("a.pdf", _pdf(["Body."])).parser == "pdf@1"
+
+
+def test_a_suffix_with_no_parser_is_an_error_not_text() -> None:
+    with pytest.raises(DocumentError, match=r"no parser for suffix '\.rst'; parsers exist for .*\.md.*\.pdf"):
+        parse_document("notes.rst", b"Plain words.")
+    assert unknown_suffixes([".md", ".RST", ".docx"]) == [".RST", ".docx"]
+
+
+def test_rows_from_before_parser_versions_were_read_by_version_1() -> None:
+    assert parsed_by("a.md", "") == "text@1"
+    assert parsed_by("a.md", "text@3") == "text@3"  # a recorded identity is taken as it is
+    assert parsed_by("a.rst", "") == ""  # a suffix with no parser today
+    assert parser_for("b/c.markdown").identity == parsed_by("x.txt", "")  # one parser reads both suffixes

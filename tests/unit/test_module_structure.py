@@ -1,0 +1,105 @@
+"""The shape of components/: imports run one way (no cycle, counting imports inside functions), and only the
+manifest speaks SQL."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(COMPONENTS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(COMPONENTS.rglob("*.py"))}
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the components modules it imports, anywhere in the file: a function-level import is still a
+    dependency (deferring one is how a cycle hides), so it counts. `if TYPE_CHECKING:` imports count too."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if node.level == 0 else _relative(name, path, node.module, node.level)
+                for alias in node.names:  # `from components.knowledge import indexer` names a module
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _relative(name: str, path: Path, module: str, level: int) -> str:
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    return ".".join([*package[: len(package) - level + 1], module])
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] when the graph is acyclic (depth-first, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return []
+
+
+def test_the_cycle_finder_finds_a_cycle_and_passes_a_dag() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_function_level_imports_are_edges(tmp_path: Path) -> None:
+    pkg = tmp_path / "components"
+    (pkg / "knowledge").mkdir(parents=True)
+    (pkg / "knowledge" / "a.py").write_text("def f():\n    from components.knowledge.b import g\n")
+    (pkg / "knowledge" / "b.py").write_text("from components.knowledge import a\n")
+    modules = {
+        "components.knowledge.a": pkg / "knowledge" / "a.py",
+        "components.knowledge.b": pkg / "knowledge" / "b.py",
+    }
+    graph = import_graph(modules)
+    assert graph["components.knowledge.a"] == {"components.knowledge.b"}  # imported inside a function
+    assert graph["components.knowledge.b"] == {"components.knowledge.a"}  # `from package import module`
+    assert find_cycle(graph)
+
+
+def test_components_have_no_import_cycle() -> None:
+    graph = import_graph(_modules())
+    assert "components.knowledge.indexer" in graph["components.knowledge.maintenance"]  # the graph is real
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_manifest_runs_sql() -> None:
+    """The manifest's tables are written through its named methods; any other module executing SQL would be a
+    second author of the schema."""
+    calls = {"execute", "executemany", "executescript"}
+    offenders = [
+        f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}"
+        for name, path in _modules().items()
+        if name != "components.knowledge.manifest"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls
+    ]
+    assert not offenders, f"SQL outside components/knowledge/manifest.py: {offenders}"
