@@ -139,10 +139,10 @@ def verify(
 @app.command()
 def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """List the retained index versions (the ones `index --rollback` can restore)."""
-    from components.knowledge.manifest import Manifest
+    from components.knowledge.manifest import Manifest, manifest_path
 
     params = _load(params_file)
-    manifest = Manifest(params.paths.index / "manifest.sqlite")
+    manifest = Manifest(manifest_path(params.paths.index))
     published = manifest.published()
     rows = [
         {"version": v.version, "published": v.version == published, "kind": v.kind, "created_at": v.created_at,
