@@ -57,9 +57,10 @@ def index_state(params: Params) -> dict:
     """The published version, when it was published, its size, and what changed in the documents since (the
     same stat-then-hash comparison a re-index starts with; read-only, no lock, nothing embedded)."""
     from components.knowledge.indexer import detect_changes
+    from components.knowledge.manifest import manifest_path
     from components.knowledge.session import open_index
 
-    if not (params.paths.index / "manifest.sqlite").is_file():
+    if not manifest_path(params.paths.index).is_file():
         return {"version": None, "reindex_pending": True, "reason": f"no index under {params.paths.index} yet"}
     with open_index(params, lock=False) as s:
         version = s.manifest.published()
@@ -185,9 +186,9 @@ def status(params: Params, settings: Settings) -> dict:
 def _index_run_count(params: Params, recorded: list[Any], since_ms: int) -> int:
     """Index runs in the window: the manifest journals every run (a run that changed nothing has no MLflow run);
     MLflow's index runs from before the journal began (older deployments) are added."""
-    from components.knowledge.manifest import Manifest
+    from components.knowledge.manifest import Manifest, manifest_path
 
-    path = params.paths.index / "manifest.sqlite"
+    path = manifest_path(params.paths.index)
     if not path.is_file():
         return len(recorded)
     manifest = Manifest(path)
