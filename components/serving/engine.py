@@ -36,7 +36,7 @@ from components.behaviour.assistant import (
 )
 from components.behaviour.checks import live_checks
 from components.config import Params, Settings
-from components.knowledge.manifest import Manifest
+from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
 
 log = logging.getLogger("ragloop.serving")
@@ -259,7 +259,7 @@ class Engine:
     def _published(self) -> int:
         if self._index is not None:
             return self._index.retriever.manifest.published()
-        path = self.params.paths.index / "manifest.sqlite"
+        path = manifest_path(self.params.paths.index)
         if not path.is_file():
             return 0
         manifest = Manifest(path)
