@@ -108,6 +108,17 @@ class RetrievalParams(_Section):
     bm25_k1: float = Field(0.9, ge=0)  # term-frequency saturation (0.9 / 0.4: the Anserini BM25 defaults)
     bm25_b: float = Field(0.4, ge=0, le=1)  # document-length normalisation
     stemmer: str | None = "english"  # Snowball stemmer language for BM25 terms; None: exact words only
+    # Document level (`Retriever.search_docs`, `ragloop query --level doc`): the best `doc_candidates` chunks, each
+    # document scored from its chunks: `max` (its best chunk) or `rrf` (1 / (rrf_k + rank) summed over its best
+    # `doc_chunks` chunks: a document several good chunks point at outranks one lucky chunk).
+    doc_aggregation: Literal["max", "rrf"] = "max"
+    doc_chunks: int = Field(3, ge=1)
+    doc_candidates: int = Field(200, ge=1)
+    # A query longer than the embedder's window (read from the model: 256 tokens for MiniLM) is `split` at sentence
+    # ends into parts that fit, each embedded and ranked, the rankings fused; `sentences` splits every query of
+    # several sentences; `truncate` lets the model read the first window only (the behaviour before, for comparison).
+    long_query: Literal["split", "sentences", "truncate"] = "split"
+    experiment: str = "ragloop-retrieval"  # MLflow experiment of `ragloop eval-retrieval` runs
 
     @field_validator("stemmer")
     @classmethod

@@ -12,11 +12,15 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, RenderableType
+
+from flows import tables
+
+if TYPE_CHECKING:
+    from components.config import Params
 
 app = typer.Typer(
     name="ragloop",
@@ -33,7 +37,7 @@ ParamsOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (a stable contract) instead of a table.")]
 
 
-def _load(params_file: Path):  # type: ignore[no-untyped-def]
+def _load(params_file: Path) -> Params:
     from components.config import ParamsError, load_params
 
     try:
@@ -74,10 +78,10 @@ def index(
     except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/] nothing was published: {exc}")
         raise typer.Exit(1) from None
-    _emit(report, as_json, _index_table)
+    _emit(report, as_json, tables.index_table)
 
 
-def _direct(params):  # type: ignore[no-untyped-def]
+def _direct(params: Params) -> dict:
     from components.knowledge.indexer import journal, run_index
     from components.knowledge.report import contract
     from components.knowledge.session import open_index
@@ -88,7 +92,7 @@ def _direct(params):  # type: ignore[no-untyped-def]
     return contract(report)
 
 
-def _rollback(params, version: str) -> dict:  # type: ignore[no-untyped-def]
+def _rollback(params: Params, version: str) -> dict:
     from components.knowledge.maintenance import rollback
     from components.knowledge.report import contract
     from components.knowledge.session import open_index
@@ -115,7 +119,7 @@ def query(
     except IndexNotReadyError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    _emit(hits, as_json, _hits_table)
+    _emit(hits, as_json, tables.hits_table)
 
 
 @app.command()
@@ -131,7 +135,7 @@ def verify(
     params = _load(params_file)
     with open_index(params) as s:
         result = run_verify(s, repair=repair)
-    _emit(result, as_json, _verify_table)
+    _emit(result, as_json, tables.verify_table)
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -139,10 +143,10 @@ def verify(
 @app.command()
 def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """List the retained index versions (the ones `index --rollback` can restore)."""
-    from components.knowledge.manifest import Manifest, manifest_path
+    from components.knowledge.manifest import Manifest
 
     params = _load(params_file)
-    manifest = Manifest(manifest_path(params.paths.index))
+    manifest = Manifest(params.paths.index / "manifest.sqlite")
     published = manifest.published()
     rows = [
         {"version": v.version, "published": v.version == published, "kind": v.kind, "created_at": v.created_at,
@@ -150,7 +154,7 @@ def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
         for v in manifest.versions()
     ]  # fmt: skip
     manifest.close()
-    _emit(rows, as_json, _versions_table)
+    _emit(rows, as_json, tables.versions_table)
 
 
 @app.command("base-model")
@@ -168,7 +172,7 @@ def base_model(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = 
     )
     info = {"path": str(out), **build_base_model(texts, out, params.base_model)}
     info["mlflow_run_id"] = log_base_model_run(params, Settings.from_env(), info, machine_info())
-    _emit(info, as_json, _dict_table)
+    _emit(info, as_json, tables.dict_table)
     if info["truncated"]:
         err.print(f"[red]error:[/] truncated: base_model.max_seconds ({params.base_model.max_seconds} s) stopped "
                   f"pretraining after {info['pretrain_steps']} of {info['pretrain_planned_steps']} steps; the model "
@@ -191,7 +195,7 @@ def ask(
     settings = Settings.from_env()
     champ = champion(params, settings)
     adapter, version = (champ.adapter_dir, f"v{champ.version}") if champ else (None, "base")
-    _emit(answer_question(params, settings, question, adapter, version), as_json, _dict_table)
+    _emit(answer_question(params, settings, question, adapter, version), as_json, tables.dict_table)
 
 
 @app.command()
@@ -230,7 +234,7 @@ def evaluate(
 
     params = _load(params_file)
     summary = evaluate_flow(params_file=str(params.source), reason=reason)
-    _emit(summary, as_json, _evaluation_table)
+    _emit(summary, as_json, tables.evaluation_table)
 
 
 @app.command("finetune")
@@ -245,30 +249,18 @@ def finetune_cmd(
     ] = True,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Train a LoRA candidate, register it, gate it against the champion, promote it only if it wins."""
-    params = _load(params_file)
-    out = params.paths.metrics / "finetune.json"
-    if if_needed:
-        last = params.paths.metrics / "evaluation.json"
-        decision = json.loads(last.read_text())["decision"] if last.exists() else "finetune"
-        if decision != "finetune":
-            why = f"the last evaluation decided {decision!r}, not 'finetune'"
-            _clear_candidate(params.paths.models / "candidate", why)
-            _record(out, {"skipped": True, "why": why}, as_json)
-            return
+    """Train a LoRA candidate, register it, gate it against the champion, promote it only if it wins (the Prefect
+    flow `finetune`, which writes data/metrics/finetune.json)."""
     from components.behaviour.training import TruncatedTraining
     from flows.behaviour import finetune
 
+    params = _load(params_file)
     try:
-        result = finetune(params_file=str(params.source), reason=reason, run_gate=run_gate)
+        result = finetune(params_file=str(params.source), reason=reason, run_gate=run_gate, if_needed=if_needed)
     except TruncatedTraining as exc:
-        _write(out, {"skipped": False, "truncated": True, "why": str(exc)})
         err.print(f"[red]error:[/] truncated: {exc}")
         raise typer.Exit(3) from None
-    keep = ("version", "promoted", "reasons", "training_pairs", "failing_train_cases", "train_steps", "train_tokens",
-            "adapter_sha256", "train_seconds", "train_tokens_per_s")  # fmt: skip
-    _write(out, {"skipped": False, **{k: result[k] for k in keep if k in result}})
-    _emit(result, as_json, _dict_table)
+    _emit(result, as_json, tables.dict_table)
 
 
 @app.command("gate")
@@ -282,54 +274,24 @@ def gate_cmd(
         bool, typer.Option("--if-needed", help="Only when the last fine-tune left an ungated candidate.")
     ] = False,
 ) -> None:
-    """Gate a registered candidate against the champion, case by case; promote it only if it wins."""
-    from components.config import Settings
-    from components.tracking import registry
+    """Gate a registered candidate against the champion, case by case; promote it only if it wins (the Prefect
+    flow `gate`, which writes data/metrics/gate.json)."""
+    from components.behaviour.dvc_metrics import last_candidate
 
     params = _load(params_file)
-    out = params.paths.metrics / "gate.json"
-    if version is None:
-        last = params.paths.metrics / "finetune.json"
-        tuned = json.loads(last.read_text()) if last.exists() else {"skipped": True, "why": "no fine-tune has run"}
-        if tuned.get("skipped"):
-            if not if_needed:
-                err.print(f"[red]error:[/] no candidate to gate: {tuned['why']}; name a VERSION")
-                raise typer.Exit(2)
-            _record(out, {"skipped": True, "why": f"no candidate: {tuned['why']}"}, as_json)
-            return
-        version = str(tuned["version"])
-    try:
-        verdict = registry.gate_verdict(params, Settings.from_env(), version)
-        if if_needed and verdict is not None:
-            _record(out, {"skipped": True, "why": f"version {version} was already gated: {verdict}"}, as_json)
-            return
-        from flows.behaviour import gate
+    if version is None and not if_needed:
+        candidate, why = last_candidate(params)
+        if candidate is None:
+            err.print(f"[red]error:[/] no candidate to gate: {why}; name a VERSION")
+            raise typer.Exit(2)
+    from flows.behaviour import gate
 
-        result = gate(version=version, params_file=str(params.source))
-    except RuntimeError as exc:  # RegistryError among them
+    try:
+        result = gate(version=version, params_file=str(params.source), if_needed=if_needed)
+    except RuntimeError as exc:  # RegistryError, GateError, IndexMovedError among them
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    _write(out, {"skipped": False, **{k: result[k] for k in ("version", "promoted", "reasons", "champion_before")}})
-    _emit(result, as_json, _dict_table)
-
-
-def _clear_candidate(folder: Path, why: str) -> None:
-    """A skipped fine-tune leaves no adapter behind (the DVC stage's output says why instead): a stale adapter
-    from an earlier run must never pass for this run's."""
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    _write(folder / "skipped.json", {"skipped": True, "why": why})
-
-
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _record(path: Path, data: dict, as_json: bool) -> None:
-    _write(path, data)
-    _emit(data, as_json, _dict_table)
+    _emit(result, as_json, tables.dict_table)
 
 
 @app.command()
@@ -343,7 +305,7 @@ def promote(
     from components.tracking import registry
 
     params = _load(params_file)
-    _emit(registry.promote(params, Settings.from_env(), version), as_json, _dict_table)
+    _emit(registry.promote(params, Settings.from_env(), version), as_json, tables.dict_table)
 
 
 @app.command()
@@ -358,7 +320,7 @@ def rollback(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
     except registry.RegistryError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    _emit(result, as_json, _dict_table)
+    _emit(result, as_json, tables.dict_table)
 
 
 @app.command()
@@ -367,7 +329,7 @@ def run(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) 
     from flows.behaviour import pipeline
 
     params = _load(params_file)
-    _emit(pipeline(params_file=str(params.source)), as_json, _dict_table)
+    _emit(pipeline(params_file=str(params.source)), as_json, tables.dict_table)
 
 
 @app.command()
@@ -425,7 +387,7 @@ def status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fals
     from components.tracking.history import status as read_status
 
     params = _load(params_file)
-    _emit(read_status(params, Settings.from_env()), as_json, _status_view)
+    _emit(read_status(params, Settings.from_env()), as_json, tables.status_view)
 
 
 @app.command()
@@ -442,7 +404,7 @@ def advise(
     from components.tracking.history import evidence
 
     params = _load(params_file)
-    _emit(decide(evidence(params, Settings.from_env(), days)), as_json, _advice_view)
+    _emit(decide(evidence(params, Settings.from_env(), days)), as_json, tables.advice_view)
 
 
 @app.command()
@@ -472,7 +434,7 @@ def triage(
             raise typer.Exit(2) from None
     from flows.triage import triage as triage_flow
 
-    _emit(triage_flow(params_file=str(params.source), since=since, reason=reason), as_json, _triage_view)
+    _emit(triage_flow(params_file=str(params.source), since=since, reason=reason), as_json, tables.triage_view)
 
 
 cases_app = typer.Typer(
@@ -496,7 +458,7 @@ def cases_list(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = 
     except SuiteError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    _emit(rows, as_json, _cases_table)
+    _emit(rows, as_json, tables.cases_table)
 
 
 @cases_app.command("accept")
@@ -524,38 +486,7 @@ def cases_accept(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     _emit({"accepted": [asdict(a) for a in done], "train": str(params.paths.behaviour / "train.jsonl")}, as_json,
-          _dict_table)  # fmt: skip
-
-
-def _triage_view(r: dict) -> Table:
-    t = r["traffic"]
-    rate = t["feedback"]["rate"]
-    title = (f"ragloop triage: {t['traces']} live answers, {t['failing']} failing, feedback on "
-             f"{'-' if rate is None else f'{rate:.0%}'}")  # fmt: skip
-    table = Table("route", "answers", "details", title=title, show_lines=True, title_justify="left")
-    for route, items in r["routed"].items():
-        table.add_row(route, str(len(items)), "\n".join(f"{x['question']}: {x['reason']}" for x in items) or "-")
-    table.add_row("re-index", "", r["reindex"]["why"])
-    table.add_row("gaps", str(len(r["gaps"])), "\n".join(f"{g['topic']} ({g['count']}): {'; '.join(g['questions'])}"
-                                                          for g in r["gaps"]) or "-")  # fmt: skip
-    table.add_row("candidates", str(len(r["candidates"]["added"])), ", ".join(r["candidates"]["added"]) or "-")
-    reg = r["regression"]
-    tests = "\n".join(s["reason"] for s in reg["slices"]) or "-"
-    table.add_row("regression", "event emitted" if reg["fired"] else "none", tests)
-    return table
-
-
-def _cases_table(rows: list[dict]) -> Table:
-    t = Table("id", "question", "intent", "answer", "needs", title=f"{len(rows)} candidate case(s)")
-    for c in rows:
-        lacks = (("--intent", not c.get("intent")),
-                 ("--answer", not c.get("answer") and c.get("intent") != "out_of_scope"))  # fmt: skip
-        needs = [n for n, missing in lacks if missing]
-        if c.get("gate_collision"):
-            needs = [f"cannot be accepted: same question as gate case {c['gate_collision']}"]
-        label = f"{c.get('intent') or '-'}" + (" (model's guess)" if c.get("intent_source") == "model" else "")
-        t.add_row(c["id"], c["question"], label, c.get("answer") or "-", ", ".join(needs) or "ready")
-    return t
+          tables.dict_table)  # fmt: skip
 
 
 server_app = typer.Typer(
@@ -588,7 +519,7 @@ def server_start(
         raise typer.Exit(1) from None
     if os.environ.get("PREFECT_API_URL"):
         err.print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flow commands use that API")
-    _emit({"started": started, **ps.status(ps.project_home(params_file))}, as_json, _server_table)
+    _emit({"started": started, **ps.status(ps.project_home(params_file))}, as_json, tables.server_table)
 
 
 @server_app.command("stop")
@@ -599,7 +530,7 @@ def server_stop(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt =
     home = ps.project_home(params_file)
     stopped = ps.stop(home)
     _emit({"stopped": stopped is not None, **ps.status(home), **({"pid": stopped.pid} if stopped else {})}, as_json,
-          _server_table)  # fmt: skip
+          tables.server_table)  # fmt: skip
 
 
 @server_app.command("status")
@@ -609,134 +540,16 @@ def server_status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt
     from flows import prefect_server as ps
 
     result = ps.status(ps.project_home(params_file))
-    _emit(result, as_json, _server_table)
+    _emit(result, as_json, tables.server_table)
     if not result["healthy"]:
         raise typer.Exit(1)
 
 
-def _server_table(s: dict) -> Table:
-    state = "healthy" if s["healthy"] else "running, not answering" if s["running"] else "not running"
-    t = Table("", "", title=f"Prefect server: {state}" + (f" (UI {s['url']})" if s.get("url") else ""))
-    for key in ("started", "stopped", "url", "api_url", "pid", "port", "home", "log", "started_at"):
-        if key in s:
-            t.add_row(key, str(s[key]))
-    return t
-
-
-def _status_view(s: dict) -> Table:
-    t = Table("", "state", title="ragloop status", show_lines=True)
-    ix = s["index"]
-    if ix["version"] is None:
-        t.add_row("index", f"[yellow]nothing published[/] ({ix['reason']})")
-    else:
-        age = f"{ix['age_s'] / 3600:.1f} h ago" if ix["age_s"] is not None else "?"
-        t.add_row("index", f"version {ix['version']}: {ix['documents']} documents, {ix['chunks']} chunks, "
-                  f"published {ix['published_at']} ({age})")  # fmt: skip
-    for alias in ("champion", "previous"):
-        m = s[alias]
-        rates = ", ".join(f"{k} {v:.2f}" for k, v in (m or {}).get("gate_pass_rates", {}).items())
-        t.add_row(alias, "-" if m is None else f"v{m['version']} (gate {m['gate']}, registered {m['registered_at']})"
-                  + (f"\ngate set: {rates}" if rates else ""))  # fmt: skip
-    ev = s["last_evaluation"]
-    if ev is None:
-        t.add_row("last evaluation", "-")
-    else:
-        regressed = f" (regressed: {', '.join(ev['regressed_slices'])})" if ev["regressed_slices"] else ""
-        t.add_row("last evaluation", f"{ev['model_version']} on index v{ev['index_version']} at {ev['at']}: "
-                  f"decision [bold]{ev['decision']}[/]{regressed}")  # fmt: skip
-    p = s["pending"]
-    flag = {True: "[yellow]pending[/]", False: "[green]no[/]"}
-    t.add_row("re-index", f"{flag[p['reindex']]}: {p['reindex_reason']}")
-    t.add_row("evaluation", f"{flag[p['evaluation']]}: {p['evaluation_reason']}")
-    t.add_row("fine-tune", f"{flag[p['finetune']]}: {p['finetune_reason']}")
-    t.add_row("gate", f"{flag[bool(p['gate'])]}" + (f": versions {', '.join(p['gate'])}" if p["gate"] else ""))
-    if "production" in s:
-        live = s["production"]
-        t.add_row("live (24 h)", _live_line(live))
-        last = live.get("last_triage")
-        done = f"last {last['at']}: routed {last['routed']}" if last else "never run"
-        t.add_row("triage", f"{flag[bool(live.get('triage_pending'))]}: {live.get('triage_reason', '-')} ({done})")
-    return t
-
-
-def _live_line(live: dict) -> str:
-    if not live.get("traces"):
-        return live.get("note", "no live traffic")
-    r, fb = live["routes"], live["feedback"]
-    slices = ", ".join(f"{k} {v['fail_rate']:.2f}" for k, v in live["slices"].items())
-    head = (f"{live['traces']} answers, {live['failing']} failing (knowledge {r['knowledge']}, gap {r['gap']}, "
-            f"behaviour {r['behaviour']}, not triaged {live['untriaged_failing']}); feedback on "
-            f"{fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
-    return head + (f"\ncontract failure rates: {slices}" if slices else "")
-
-
-def _advice_view(a: dict) -> Table:
-    t = Table("", "", title=f"ragloop advise: {a['headline']}", show_lines=True, title_justify="left")
-    parts = (("knowledge", "knowledge → retrieval"), ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))
-    for part, label in parts:
-        d = a[part]
-        t.add_row(f"[bold]{label}[/]", "\n".join(d["advice"]))
-        t.add_row("  evidence", "\n".join(f"- {e}" for e in d["evidence"]) or "-")
-        t.add_row("  would change it", "\n".join(f"- {w}" for w in d["would_change"]))
-    return t
-
-
-def _emit(data, as_json: bool, table) -> None:  # type: ignore[no-untyped-def]
+def _emit(data: Any, as_json: bool, table: Callable[[Any], RenderableType]) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
         Console().print(table(data))
-
-
-def _index_table(r: dict) -> Table:
-    state = "published" if r.get("published", True) else "unchanged"
-    t = Table(title=f"index version {r['index_version']} ({state})")
-    for col in ("", "added", "modified", "deleted", "renamed", "unchanged", "failed"):
-        t.add_column(col)
-    t.add_row("documents", *(str(r["documents"][k]) for k in list(r["documents"])))
-    t.add_row("chunks", *(f"{k} {v}" for k, v in r["chunks"].items()), "", "")
-    for e in r["errors"]:
-        t.add_row("[red]error[/]", f"{e['path']}: {e['error']}")
-    return t
-
-
-def _dict_table(d: dict) -> Table:
-    t = Table("key", "value")
-    for k, v in d.items():
-        t.add_row(str(k), json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    return t
-
-
-def _evaluation_table(s: dict) -> Table:
-    t = Table("slice", "pass rate", "95% interval", "n", title=f"{s['model_version']}: decision {s['decision']}")
-    for name, v in s["slices"].items():
-        t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
-    t.add_row("retrieval", f"hit@k {s['retrieval']['hit_at_k']:.3f}", f"mrr {s['retrieval']['mrr']:.3f}", "")
-    return t
-
-
-def _hits_table(hits: list[dict]) -> Table:
-    t = Table("score", "doc", "text")
-    for h in hits:
-        t.add_row(f"{h['score']:.3f}", h["doc"], h["text"][:160].replace("\n", " "))
-    return t
-
-
-def _verify_table(r: dict) -> Table:
-    t = Table(title=f"verify index version {r['index_version']}: {'ok' if r['ok'] else 'NOT OK'}")
-    t.add_column("check")
-    t.add_column("count")
-    for key in ("missing", "orphaned", "duplicated", "foreign_embedder", "mismatched"):
-        t.add_row(key, str(r[key]))
-    t.add_row("documents changed since publish", str(len(r["pending_documents"])))
-    return t
-
-
-def _versions_table(rows: list[dict]) -> Table:
-    t = Table("version", "published", "kind", "embedder", "collection")
-    for r in rows:
-        t.add_row(str(r["version"]), "*" if r["published"] else "", r["kind"], r["embedder"], r["collection"])
-    return t
 
 
 # The commands that run Prefect flows, and when they do. Each connects to a Prefect API before its flow module imports
@@ -790,34 +603,18 @@ def main() -> None:
     try:
         app(args=optional_rollback_value(sys.argv[1:]), prog_name="ragloop")
     except Exception as exc:  # a server that stays unreachable after the tasks' retries: say which, plainly
-        where = _unreachable_server(exc)
+        from components.config import ParamsError, Settings
+        from flows.failures import unreachable_server
+
+        try:
+            where = unreachable_server(exc, Settings.from_env())
+        except ParamsError:
+            where = None
         if where is None:
             raise
         err.print(f"[red]error:[/] {where} is unreachable (after retries): {type(exc).__name__}: {exc}")
         err.print("The published index and the registry aliases are as they were before this step.")
         sys.exit(1)
-
-
-_CONNECTION_FAILURES = ("Connection refused", "Max retries exceeded", "Failed to establish", "timed out",
-                        "Could not connect")  # fmt: skip
-
-
-def _unreachable_server(exc: BaseException) -> str | None:
-    """'the MLflow tracking server at URI' / 'the Chroma server at HOST:PORT' when exc (or its cause) is a
-    connection failure to one of them; None for anything else."""
-    import os
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        module, text = type(seen).__module__, str(seen)
-        if any(marker in text for marker in _CONNECTION_FAILURES):
-            if module.startswith("chromadb") or "Chroma" in text:
-                host, port = os.environ.get("RAGLOOP_CHROMA_HOST", "?"), os.environ.get("RAGLOOP_CHROMA_PORT", "8000")
-                return f"the Chroma server at {host}:{port}"
-            if module.startswith("mlflow") or "/api/2.0/mlflow" in text:
-                return f"the MLflow tracking server at {os.environ.get('MLFLOW_TRACKING_URI', '?')}"
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 if __name__ == "__main__":

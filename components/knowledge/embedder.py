@@ -88,6 +88,13 @@ class Embedder:
     def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         return encode_batched(self._load(), texts, self.params.batch_size, self.params.batch_tokens, progress)
 
+    def tokenizer_window(self) -> tuple[Any, int] | None:
+        """The model's tokenizer and its window (the most tokens it reads, special tokens included: the
+        model's `max_seq_length`); None when the model has no tokenizer or no window."""
+        model = self._load()
+        tokenizer, window = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
+        return (tokenizer, int(window)) if callable(tokenizer) and window else None
+
 
 PLAN_WINDOW = 8192  # texts tokenized and ordered together
 

@@ -21,11 +21,14 @@ import snowballstemmer
 
 from components.config import Params, RetrievalParams, Settings
 from components.knowledge.embedder import Embedder
-from components.knowledge.manifest import Manifest, Record, manifest_path
+from components.knowledge.long_query import QuerySplitter
+from components.knowledge.manifest import Manifest, Record
 from components.knowledge.store import Store
 
 _WORD = re.compile(r"\w+")
 _CACHE_SIZE = 4  # lexical indexes kept per process (one per index version read recently)
+LEVELS = ("chunk", "doc")  # what a search ranks: chunks, or documents scored from their chunks
+Row = tuple[str, str, str, str, float]  # a ranked chunk: record id, doc, chunk_id, chunk_hash, score
 
 
 class IndexNotReadyError(RuntimeError):
@@ -125,12 +128,30 @@ def fuse(rankings: list[list[str]], k: int, rrf_k: int) -> list[tuple[str, float
     return [(rid, scores[rid] / best) for rid in ranked[:k]]
 
 
+def aggregate_docs(rows: list[Row], k: int, how: str, per_doc: int, rrf_k: int) -> list[tuple[str, float, list[Row]]]:
+    """The k best documents of a chunk ranking (best first), each with its best `per_doc` chunks. `max`: a
+    document scores its best chunk's score; `rrf`: sum over its best `per_doc` chunks of 1 / (rrf_k + rank), divided
+    by the most any document could get (its chunks ranked 1..per_doc), so 1.0 is the top. Ties keep the order in
+    which the documents first appear."""
+    chunks: dict[str, list[tuple[int, Row]]] = defaultdict(list)
+    for rank, row in enumerate(rows, start=1):
+        if len(chunks[row[1]]) < per_doc:
+            chunks[row[1]].append((rank, row))
+    if how == "max":
+        scores = {doc: found[0][1][4] for doc, found in chunks.items()}
+    else:
+        best = sum(1.0 / (rrf_k + r) for r in range(1, per_doc + 1))
+        scores = {doc: sum(1.0 / (rrf_k + rank) for rank, _ in found) / best for doc, found in chunks.items()}
+    order = sorted(chunks, key=lambda doc: (-scores[doc], chunks[doc][0][0]))
+    return [(doc, scores[doc], [row for _, row in chunks[doc]]) for doc in order[:k]]
+
+
 class Retriever:
     """The published version, opened once for many queries (an evaluation asks hundreds)."""
 
     def __init__(self, params: Params, settings: Settings | None = None) -> None:
         self.params = params.retrieval
-        self.manifest = Manifest(manifest_path(params.paths.index))
+        self.manifest = Manifest(params.paths.index / "manifest.sqlite")
         self.version = self.manifest.published()
         info = self.manifest.version(self.version)
         if info is None:
@@ -145,6 +166,7 @@ class Retriever:
         self.store = Store(params.paths.index, settings or Settings.from_env())
         self.collection = self.store.collection(info.collection)
         self._lexical: LexicalIndex | None = None
+        self._splitter: QuerySplitter | None = None
 
     @property
     def lexical(self) -> LexicalIndex:
@@ -153,20 +175,27 @@ class Retriever:
                                           self.params)  # fmt: skip
         return self._lexical
 
+    @property
+    def splitter(self) -> QuerySplitter | None:
+        """Splits queries longer than the embedder's window (None: the model has no tokenizer to count with)."""
+        if self._splitter is None and self.params.long_query != "truncate":
+            found = self.embedder.tokenizer_window()
+            self._splitter = QuerySplitter(*found, self.params.long_query) if found else None
+        return self._splitter
+
+    def warm(self) -> None:
+        """Load what the first search would: the embedder, and the lexical index (modes that use it)."""
+        if self.params.mode != "lexical":
+            self.embedder.encode(["warm up"])
+            _ = self.splitter
+        if self.params.mode != "dense":
+            _ = self.lexical
+
     def search(self, texts: list[str], k: int) -> list[list[dict]]:
         """For each text, the k best chunks: [{"doc", "chunk_id", "score", "text"}], best first. The score is the
-        cosine similarity (dense), the BM25 score (lexical) or the normalised fused score (hybrid, 1.0 = ranked
-        first by both)."""
-        if self.params.mode == "lexical":
-            per_text = [[(r.id, r.doc, r.chunk_id, r.chunk_hash, s) for r, s in self.lexical.top(t, k)] for t in texts]
-        else:
-            vectors = self.embedder.encode(texts)
-            n = k if self.params.mode == "dense" else max(k, self.params.candidates)
-            dense = [self.store.query(self.collection, v, n, self.version) for v in vectors]
-            per_text = [[(rec.id, rec.metadata["doc"], rec.metadata["chunk_id"], rec.metadata["chunk_hash"], s)
-                         for rec, s in hits] for hits in dense]  # fmt: skip
-            if self.params.mode == "hybrid":
-                per_text = [self._fuse(hits, t, k) for hits, t in zip(per_text, texts, strict=True)]
+        cosine similarity (dense; for a query split into parts, the best over its parts), the BM25 score (lexical)
+        or the normalised fused score (hybrid, 1.0 = ranked first by both)."""
+        per_text = self._rank(texts, k, max(k, self.params.candidates))
         chunk_texts = self.manifest.texts({h[3] for per in per_text for h in per})
         return [
             [{"doc": doc, "chunk_id": cid, "score": round(score, 6), "text": chunk_texts.get(h, "")}
@@ -174,8 +203,51 @@ class Retriever:
             for per in per_text
         ]  # fmt: skip
 
-    def _fuse(self, dense: list[tuple[str, str, str, str, float]], text: str, k: int) -> list:
-        lexical = self.lexical.top(text, max(k, self.params.candidates))
+    def search_docs(self, texts: list[str], k: int) -> list[list[dict]]:
+        """For each text, the k best documents: [{"doc", "score", "chunks": [{"chunk_id", "score", "text"}]}], best
+        first, ranked from the best `retrieval.doc_candidates` chunks by `retrieval.doc_aggregation`; `chunks`
+        holds the document's best chunks (at most `retrieval.doc_chunks`), best first."""
+        pool = max(k, self.params.doc_candidates)
+        per_text = self._rank(texts, pool, max(pool, self.params.candidates))
+        ranked = [aggregate_docs(rows, k, self.params.doc_aggregation, self.params.doc_chunks, self.params.rrf_k)
+                  for rows in per_text]  # fmt: skip
+        chunk_texts = self.manifest.texts({c[3] for per in ranked for _, _, chunks in per for c in chunks})
+        return [
+            [{"doc": doc, "score": round(score, 6),
+              "chunks": [{"chunk_id": cid, "score": round(s, 6), "text": chunk_texts.get(h, "")}
+                         for _, _, cid, h, s in chunks]}
+             for doc, score, chunks in per]
+            for per in ranked
+        ]  # fmt: skip
+
+    def _rank(self, texts: list[str], k: int, candidates: int) -> list[list[Row]]:
+        """Each text's k best chunk rows (id, doc, chunk_id, chunk_hash, score), best first."""
+        if self.params.mode == "lexical":
+            return [[(r.id, r.doc, r.chunk_id, r.chunk_hash, s) for r, s in self.lexical.top(t, k)] for t in texts]
+        per_text = self._dense(texts, k if self.params.mode == "dense" else candidates)
+        if self.params.mode == "hybrid":
+            per_text = [self._fuse(hits, t, k, candidates) for hits, t in zip(per_text, texts, strict=True)]
+        return per_text
+
+    def _dense(self, texts: list[str], n: int) -> list[list[Row]]:
+        """The n best chunks by cosine for each text; every query's parts are embedded in one batch, and a chunk
+        scores its best similarity to any part of its query."""
+        splitter = self.splitter
+        parts = [splitter.split(t) if splitter else [t] for t in texts]
+        vectors = iter(self.embedder.encode([p for ps in parts for p in ps]))
+        out = []
+        for ps in parts:
+            best: dict[str, Row] = {}
+            for _ in ps:
+                for rec, score in self.store.query(self.collection, next(vectors), n, self.version):
+                    if rec.id not in best or score > best[rec.id][4]:
+                        m = rec.metadata
+                        best[rec.id] = (rec.id, m["doc"], m["chunk_id"], m["chunk_hash"], score)
+            out.append(sorted(best.values(), key=lambda row: (-row[4], row[0]))[:n])
+        return out
+
+    def _fuse(self, dense: list[Row], text: str, k: int, candidates: int) -> list[Row]:
+        lexical = self.lexical.top(text, candidates)
         rows = {rid: (rid, doc, cid, h) for rid, doc, cid, h, _ in dense}
         rows.update({r.id: (r.id, r.doc, r.chunk_id, r.chunk_hash) for r, _ in lexical})
         fused = fuse([[row[0] for row in dense], [r.id for r, _ in lexical]], k, self.params.rrf_k)
@@ -196,7 +268,10 @@ class Retriever:
         self.close()
 
 
-def query_index(params: Params, text: str, k: int = 5, settings: Settings | None = None) -> list[dict]:
-    """The k best chunks of the published version for one text."""
+def query_index(params: Params, text: str, k: int = 5, settings: Settings | None = None,
+                level: str = "chunk") -> list[dict]:  # fmt: skip
+    """The k best chunks (level `chunk`) or documents (level `doc`) of the published version for one text."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
     with Retriever(params, settings) as retriever:
-        return retriever.search([text], k)[0]
+        return (retriever.search_docs if level == "doc" else retriever.search)([text], k)[0]

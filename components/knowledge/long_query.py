@@ -1,0 +1,89 @@
+"""Queries longer than the embedder reads: split into parts that fit, never cut off silently.
+
+A sentence model reads at most its window of tokens (MiniLM-L6: 256, from the model folder's
+`sentence_bert_config.json`) and drops the rest without a word; a long customer request then loses its tail,
+often where the question is. `split_query` cuts a query at sentence ends into parts within the window (a sentence
+longer than the window is cut into windows of tokens), so every word of it is embedded. The retriever ranks each
+part and keeps, for every chunk, its best similarity to any part (`retrieval.long_query`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\s*\n\s*")
+MIN_PART_TOKENS = 6  # `sentences` mode: a shorter sentence ("Hi there.", "Thanks!") joins the next one
+
+
+class QuerySplitter:
+    """Splits query texts with the embedder's own tokenizer and window (tokens, special tokens included)."""
+
+    def __init__(self, tokenizer: Any, window: int, mode: str) -> None:
+        self.tokenizer, self.mode = tokenizer, mode
+        self.budget = max(1, window - int(tokenizer.num_special_tokens_to_add(pair=False)))
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, without special tokens and untruncated."""
+        ids = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                             return_token_type_ids=False, verbose=False)["input_ids"]  # fmt: skip
+        return [len(x) for x in ids]
+
+    def split(self, text: str) -> list[str]:
+        """The parts of `text` to embed, in order: [text] itself when it fits (mode `split`) or when the mode is
+        `truncate`."""
+        if self.mode == "truncate" or not text.strip():
+            return [text]
+        if self.mode == "split" and self.lengths([text])[0] <= self.budget:
+            return [text]
+        sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+        pieces: list[tuple[str, int]] = []
+        for sentence, n in zip(sentences, self.lengths(sentences), strict=True):
+            pieces += self._cut(sentence) if n > self.budget else [(sentence, n)]
+        parts = _pack(pieces, self.budget) if self.mode == "split" else _join_short(pieces, self.budget)
+        return parts or [text]
+
+    def _cut(self, sentence: str) -> list[tuple[str, int]]:
+        """A sentence longer than the budget, as consecutive windows of at most `budget` tokens."""
+        enc = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        out = []
+        for start in range(0, len(offsets), self.budget):
+            span = offsets[start : start + self.budget]
+            out.append((sentence[span[0][0] : span[-1][1]], len(span)))
+        return out
+
+
+def _pack(pieces: list[tuple[str, int]], budget: int) -> list[str]:
+    """Consecutive pieces joined into as few parts as fit the budget."""
+    parts: list[str] = []
+    current: list[str] = []
+    used = 0
+    for text, n in pieces:
+        if current and used + n > budget:
+            parts.append(" ".join(current))
+            current, used = [], 0
+        current.append(text)
+        used += n
+    if current:
+        parts.append(" ".join(current))
+    return parts
+
+
+def _join_short(pieces: list[tuple[str, int]], budget: int) -> list[str]:
+    """One part per sentence; a sentence under MIN_PART_TOKENS joins the next (the last joins the one before)."""
+    parts: list[tuple[str, int]] = []
+    carry, carried = "", 0
+    for text, n in pieces:
+        text, n = (f"{carry} {text}", carried + n) if carry else (text, n)
+        if n < MIN_PART_TOKENS:
+            carry, carried = text, n
+            continue
+        parts.append((text, n))
+        carry, carried = "", 0
+    if carry:
+        if parts and parts[-1][1] + carried <= budget:
+            parts[-1] = (f"{parts[-1][0]} {carry}", parts[-1][1] + carried)
+        else:
+            parts.append((carry, carried))
+    return [text for text, _ in parts]

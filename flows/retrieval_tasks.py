@@ -1,0 +1,28 @@
+"""The Prefect task over `ragloop eval-retrieval`'s evaluation, for flows that measure retrieval on labelled
+queries (the evaluation's knowledge diagnosis among them): one task run, one MLflow run, the result as the task's
+return value (the `--json` contract) and a table artifact of the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components.config import Params
+from components.knowledge.retrieval_eval import DEFAULT_KS
+from flows.eval_retrieval import evaluate_retrieval
+
+
+@task(name="evaluate retrieval on labelled queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def evaluate_retrieval_task(params: Params, queries_file: Path, ks: tuple[int, ...] = DEFAULT_KS,
+                            level: str = "doc", log: bool = True) -> dict:  # fmt: skip
+    result = evaluate_retrieval(params, queries_file, ks, level, log=log)
+    create_table_artifact(
+        key="retrieval-metrics",
+        table=[{"metric": k, "value": v} for k, v in result["metrics"].items()],
+        description=f"index version {result['index_version']}, {result['level']} level, {result['scored']} queries "
+        f"({result['queries_file']}, md5 {result['queries_md5']})",
+    )
+    return result
