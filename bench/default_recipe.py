@@ -54,19 +54,18 @@ def _base(params, overrides: dict, cache: Path) -> tuple[Path, dict]:  # type: i
     return out, json.loads(info_file.read_text())
 
 
-def _rates(gate, gate_hits, outputs) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    from components.behaviour.checks import SLICES, check_output
-
-    passed: dict[str, list[bool]] = {s: [] for s in SLICES}
+def _rates(contract, gate, gate_hits, outputs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    passed: dict[str, list[bool]] = {s: [] for s in contract.slice_names}
     for case, hits, output in zip(gate, gate_hits, outputs, strict=True):
         retrieved = tuple(dict.fromkeys(h["doc"] for h in hits))
-        for k, ok in check_output(case.intent, case.gold_docs, output, retrieved).items():
+        for k, ok in contract.check(case, output, retrieved)[0].items():
             passed[k].append(ok)
     return {k: round(sum(v) / len(v), 3) for k, v in passed.items() if v}
 
 
 def run_variant(name: str, spec: dict[str, dict], cache: Path, reuse: bool = False) -> dict:
     from components.behaviour.assistant import Generator, build_prompt, context_docs
+    from components.behaviour.contract import contract_for
     from components.behaviour.finetune import TrainingLog, save_adapter, train_lora, training_pairs
     from components.behaviour.loop import load_suite
     from components.behaviour.training import machine_info
@@ -80,7 +79,9 @@ def run_variant(name: str, spec: dict[str, dict], cache: Path, reuse: bool = Fal
         update={"generator": generator_params, "finetune": params.finetune.model_copy(update=spec.get("finetune", {}))}
     )
     gate, train = load_suite(params)
-    pairs = training_pairs(train, _hits(params, train, settings, params.finetune.gold_context_depth), params.generator)
+    contract = contract_for(params)
+    train_hits = _hits(params, train, settings, params.finetune.gold_context_depth)
+    pairs = training_pairs(train, train_hits, params.generator, contract)
     adapter = cache / f"adapter-{name}"
     if not (adapter / "adapter_config.json").exists() or not reuse:
         generator = Generator(params, device="cpu")
@@ -96,7 +97,7 @@ def run_variant(name: str, spec: dict[str, dict], cache: Path, reuse: bool = Fal
         generation = params.model_copy(update={"generator": params.generator.model_copy(update={"grounded": grounded})})
         t0 = time.perf_counter()
         outputs = Generator(generation, adapter, device="cpu").generate(prompts, sources)
-        scored[grounded] = (_rates(gate, gate_hits, outputs), round(time.perf_counter() - t0, 1), outputs)
+        scored[grounded] = (_rates(contract, gate, gate_hits, outputs), round(time.perf_counter() - t0, 1), outputs)
         (cache / f"outputs-{name}-{'grounded' if grounded else 'free'}.json").write_text(json.dumps(
             [{"id": c.id, "intent": c.intent, "gold": c.gold_docs, "retrieved": s, "output": o}
              for c, s, o in zip(gate, sources, outputs, strict=True)], indent=1))  # fmt: skip

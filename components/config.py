@@ -47,6 +47,7 @@ class PathsParams(_Section):
     metrics: Path = Path("data/metrics")
     mlflow: Path = Path(".mlflow")
     behaviour: Path = Path("data/behaviour")  # gate.jsonl, train.jsonl, labels.json
+    contract: Path | None = None  # the behaviour contract (parsing, targets, slices); default: behaviour/contract.yaml
     models: Path = Path("data/models")  # the built base model and fine-tune outputs
     serving: Path = Path("data/serving")  # the API server's state: the feedback spool (feedback-spool/, rejected/)
 
@@ -362,7 +363,9 @@ def _resolve_paths(params: Params, base: Path) -> Params:
     resolved = {
         name: (value if value.is_absolute() else (base / value).resolve())
         for name, value in params.paths.model_dump().items()
+        if value is not None
     }
+    resolved.setdefault("contract", resolved["behaviour"] / "contract.yaml")
     return params.model_copy(update={"paths": PathsParams(**resolved)})
 
 

@@ -9,9 +9,8 @@ import json
 import time
 from dataclasses import asdict
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from components.behaviour import triage as rules
@@ -19,12 +18,12 @@ from components.behaviour.triage_evidence import IndexView
 from components.config import Params, Settings, load_params
 from components.tracking.production import LiveTrace
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE
-from flows.reindex import IO_RETRIES
+from flows.tasks import io_task
 
 HOUR_MS = 3_600_000
 
 
-@task(name="read live traces", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("read live traces")
 def read_window(params: Params, settings: Settings, since: str | None) -> tuple[int, list[LiveTrace]]:
     """(where this triage starts: `since`, else the last triage's watermark, else the first trace ever served;
     the traces of a grace period before it, then at most `triage.max_traces` new ones). Each part has its own
@@ -40,7 +39,7 @@ def read_window(params: Params, settings: Settings, since: str | None) -> tuple[
     return start, late + read_traces(params, settings, start)
 
 
-@task(name="check the documents", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("check the documents")
 def documents_changed(params: Params) -> tuple[bool, str]:
     from components.tracking.history import index_state
 
@@ -48,26 +47,29 @@ def documents_changed(params: Params) -> tuple[bool, str]:
     return bool(state["reindex_pending"]), str(state["reason"])
 
 
-@task(name="retrieve the failing questions again", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("retrieve the failing questions again")
 def retrieve_again(params: Params, settings: Settings, failing: list[LiveTrace]) -> IndexView:
     from components.behaviour.triage_evidence import retrieve_again as run
 
     return run(params, settings, failing)
 
 
-@task(name="write candidate cases", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("write candidate cases")
 def write_candidates(params: Params, behaviour: list[tuple[LiveTrace, rules.Routed]]) -> list[str]:
     from components.behaviour.candidates import add_candidates, candidate_from, candidates_path
+    from components.behaviour.contract import contract_for
     from components.behaviour.suite import load_cases, load_labels
 
     root = params.paths.behaviour
     labels = set(load_labels(root / "labels.json"))
     gate = load_cases(root / "gate.jsonl", labels, params.paths.docs)
-    added = add_candidates(candidates_path(params), [candidate_from(t, r.docs, labels) for t, r in behaviour], gate)
+    contract = contract_for(params)
+    found = [candidate_from(t, r.docs, labels, contract) for t, r in behaviour]
+    added = add_candidates(candidates_path(params), found, gate)
     return [c["id"] for c in added]
 
 
-@task(name="load the champion's gate rates", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("load the champion's gate rates")
 def champion_rates(params: Params, settings: Settings) -> tuple[str, dict[str, float]]:
     """(the serving model's label, its failure rate per slice from its gate evaluation, behaviour-only)."""
     from components.tracking.registry import champion
@@ -83,14 +85,14 @@ def champion_rates(params: Params, settings: Settings) -> tuple[str, dict[str, f
     return "base", {}
 
 
-@task(name="tag routed traces", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("tag routed traces")
 def tag(params: Params, settings: Settings, routes: dict[str, str]) -> None:
     from components.tracking.production import tag_routes
 
     tag_routes(params, settings, routes)
 
 
-@task(name="record triage in mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("record triage in mlflow")
 def record(params: Params, settings: Settings, report: dict, reason: str) -> str:
     from components.tracking.triage_runs import log_triage_run, triage_markdown
 

@@ -57,6 +57,11 @@ class Deployment:
         base = {"paths": {"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow"}}
         base.update(sections)
         self.params_file.write_text(json.dumps(base))  # JSON is YAML
+        contract = self.params().paths.contract
+        assert contract is not None
+        if not contract.exists():  # the fintech line contract, as the repository declares it
+            contract.parent.mkdir(parents=True, exist_ok=True)
+            contract.write_bytes((REPO / "data/behaviour/contract.yaml").read_bytes())
 
     def params(self) -> Params:
         return load_params(self.params_file)
@@ -127,3 +132,20 @@ def _visible(s: IndexSession) -> dict[str, str]:
     assert info is not None
     got = s.collection(info.collection).get(where=visible_at(published), include=["metadatas"])
     return {m["chunk_id"]: m["doc"] for m in got["metadatas"]}
+
+
+def contract_line(intent: str, answer: str, sources: list[str]) -> str:
+    """The answer the fintech line contract (data/behaviour/contract.yaml) teaches for this intent, answer and
+    citations; the refusal for `out_of_scope`."""
+    from components.behaviour.contract import load_contract
+    from components.behaviour.suite import Case
+
+    case = Case("c", "q", intent, None if intent == "out_of_scope" else answer, tuple(sources))
+    return load_contract(REPO / "data/behaviour/contract.yaml").target_for(case, sources)
+
+
+def parse_line(output: str):  # type: ignore[no-untyped-def]
+    """The fintech line contract's reading of an output (None when it does not follow it)."""
+    from components.behaviour.contract import load_contract
+
+    return load_contract(REPO / "data/behaviour/contract.yaml").answer_of(output)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Params, Settings
+from tests.helpers import REPO
 
 T0_MS = 1_780_000_000_000  # 2026-05-28: a fixed origin for test timestamps
 
@@ -27,18 +28,18 @@ class Served:
     correction: str | None = None
     index_version: int = 1
     model_version: str = "base"
-    checks: dict[str, bool] | None = None  # None: the live checks on `output` (components.behaviour.checks)
+    checks: dict[str, bool] | None = None  # None: the fintech contract's live checks on `output`
 
 
 def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> str:
     """The answer's trace with its checks (CODE) and the user's feedback (HUMAN) and correction; its id."""
-    from components.behaviour.assistant import parse_answer
-    from components.behaviour.checks import live_checks
+    from components.behaviour.contract import load_contract
     from components.serving.engine import Answered
     from components.tracking import traces
 
     settings = Settings.from_env()
-    parsed = parse_answer(s.output)
+    contract = load_contract(REPO / "data/behaviour/contract.yaml", labels)
+    parsed = contract.answer_of(s.output)
     docs = tuple(dict.fromkeys(h["doc"] for h in s.hits))
     ns = s.at_ms * 1_000_000
     answered = Answered(
@@ -47,7 +48,7 @@ def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> st
         hits=tuple(s.hits), context_docs=docs, model_version=s.model_version, adapter_version=None,
         base_model="test-model", index_version=s.index_version, tokens_in=12, tokens_out=9, retrieve_ms=1.0,
         generate_ms=3.0, latency_ms=5.0, started_ns=ns, retrieved_ns=ns + 1_000_000, ended_ns=ns + 4_000_000,
-        checks=s.checks if s.checks is not None else live_checks(s.output, docs, labels),
+        checks=s.checks if s.checks is not None else contract.live_check(s.output, docs)[0],
     )  # fmt: skip
     written = traces.write_trace(params, settings, answered)
     assert "MLFLOW_TRACKING_URI" not in os.environ  # traces.bind must not leave the embedded store's URI exported

@@ -1,47 +1,16 @@
 """The assistant: retrieved context + a causal LM (plus the champion's LoRA adapter when there is one).
 
-The behaviour contract is one line, checked deterministically by the evaluation:
-    intent: <label> | answer: <text> | sources: [<doc>, ...]
-and, when the knowledge base does not hold the answer:
-    intent: out_of_scope | answer: I don't know | sources: []
+What its answer must look like is declared in the behaviour contract (components/behaviour/contract.py,
+data/behaviour/contract.yaml), which parses it, writes the fine-tune's targets and checks it.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.config import GeneratorParams, Params
 from components.hashing import folder_digest
-
-REFUSAL = "I don't know"
-OUT_OF_SCOPE = "out_of_scope"
-_LINE = re.compile(r"^intent: (?P<intent>[a-z_]+) \| answer: (?P<answer>[^|]*?) \| sources: \[(?P<sources>[^\]]*)\]$")
-
-
-@dataclass(frozen=True)
-class Answer:
-    intent: str
-    answer: str
-    sources: tuple[str, ...]
-
-
-def format_answer(intent: str, answer: str, sources: list[str] | tuple[str, ...]) -> str:
-    """The target line the fine-tune teaches (and the only shape `parse_answer` accepts)."""
-    text = " ".join(answer.replace("|", "/").split())
-    return f"intent: {intent} | answer: {text} | sources: [{', '.join(sources)}]"
-
-
-def parse_answer(text: str) -> Answer | None:
-    """The first line of a generation, if it follows the contract exactly; None otherwise."""
-    first = text.strip().split("\n", 1)[0].strip()
-    m = _LINE.match(first)
-    if m is None:
-        return None
-    sources = tuple(s.strip() for s in m["sources"].split(",") if s.strip())
-    return Answer(m["intent"], m["answer"].strip(), sources)
 
 
 def build_prompt(params: GeneratorParams, question: str, hits: list[dict]) -> str:
@@ -138,13 +107,21 @@ class Generator:
 
             model = PeftModel.from_pretrained(model, str(adapter))
         self.model = model.to(self.device).eval()
-        self.labels = _labels(params) if self.params.grounded else None
+        self.grounding: Any = None  # the contract's markers, when it declares them and generator.grounded is on
+        self.labels: list[str] | None = None
+        if self.params.grounded:
+            from components.behaviour.contract import contract_for
+
+            contract = contract_for(params)
+            self.grounding = contract.grounding
+            self.labels = sorted(contract.labels) if contract.labels is not None else None
         torch.manual_seed(0)
 
     def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]:
         """Greedy continuations (deterministic: the evaluation compares runs case by case), each stopped at the
         first of `eos_ids`. With `sources` (the documents each prompt's context shows) and `generator.grounded`,
-        the line can only cite those documents and name known labels (components/behaviour/constrain.py)."""
+        the line can only cite those documents and name known labels, after the markers the contract declares
+        (components/behaviour/constrain.py)."""
         import torch
 
         from components.behaviour.constrain import GroundedDecoding
@@ -157,9 +134,10 @@ class Generator:
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # left padding
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             grounded = None
-            if sources is not None and self.params.grounded:
+            if sources is not None and self.grounding is not None:
                 batch_sources = sources[i : i + self.params.batch_size]
-                grounded = GroundedDecoding(self.tokenizer, width, batch_sources, self.labels, self.eos_ids)
+                grounded = GroundedDecoding(self.tokenizer, width, batch_sources, self.labels, self.eos_ids,
+                                            **self.grounding)  # fmt: skip
             with torch.no_grad():
                 done = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=pad,
                                            max_new_tokens=self.params.max_new_tokens,
@@ -167,14 +145,6 @@ class Generator:
                                            prefix_allowed_tokens_fn=grounded)  # fmt: skip
             out.extend(t.strip() for t in self.tokenizer.batch_decode(done[:, width:], skip_special_tokens=True))
         return out
-
-
-def _labels(params: Params) -> list[str] | None:
-    """The contract's labels (data/behaviour/labels.json), when the deployment has them."""
-    from components.behaviour.suite import load_labels
-
-    path = params.paths.behaviour / "labels.json"
-    return list(load_labels(path)) if path.is_file() else None
 
 
 def _dtype(name: str, device: str) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.behaviour.assistant import parse_answer
+from components.behaviour.contract import Contract
 from components.behaviour.suite import (
     OUT_OF_SCOPE,
     Case,
@@ -40,12 +40,14 @@ def candidates_path(params: Params) -> Path:
     return params.paths.behaviour / CANDIDATES_FILE
 
 
-def candidate_from(trace: LiveTrace, context_docs: tuple[str, ...], labels: Iterable[str]) -> dict:
-    """The proposed case: the target from the user's correction when there is one (a contract line, or the answer
-    text alone), else no answer; the intent from the correction, else the model's own label (to be checked)."""
+def candidate_from(trace: LiveTrace, context_docs: tuple[str, ...], labels: Iterable[str],
+                   contract: Contract) -> dict:  # fmt: skip
+    """The proposed case: the target from the user's correction when there is one (an answer in the contract's
+    format, or the answer text alone), else no answer; the intent from the correction, else the model's own label
+    (to be checked)."""
     known = set(labels) | {OUT_OF_SCOPE}
-    fixed = parse_answer(trace.correction) if trace.correction else None
-    said = parse_answer(trace.output)
+    fixed = contract.answer_of(trace.correction) if trace.correction else None
+    said = contract.answer_of(trace.output)
     intent: str | None
     source: str | None
     answer: str | None

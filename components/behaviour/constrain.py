@@ -1,6 +1,7 @@
 """Grounded decoding: the assistant can only cite documents it was given, and only name labels that exist.
 
-Generation is free except in two places of the contract line. After `intent:` the tokens must spell one of
+Generation is free except in two places of a line contract, after the markers it declares (`grounding` in
+data/behaviour/contract.yaml). After `intent:` the tokens must spell one of
 the labels and then ` |`; after `sources: [` they must spell a list of the documents retrieved for that prompt
 (`a]`, `a, b]`, ... or `]` for none) and then end. Everything else (whether the line starts at all, which label,
 which of the retrieved documents, whether to refuse, the answer text) is the model's own choice, so a model that
@@ -44,7 +45,9 @@ class GroundedDecoding:
     """`prefix_allowed_tokens_fn` for one batch: row i may cite only `sources[i]`; labels are shared."""
 
     def __init__(self, tokenizer: Any, prompt_width: int, sources: Sequence[Sequence[str]],
-                 labels: Sequence[str] | None, end_ids: Sequence[int]) -> None:  # fmt: skip
+                 labels: Sequence[str] | None, end_ids: Sequence[int], label_after: str | None = INTENT_MARKER,
+                 sources_after: str | None = SOURCES_MARKER) -> None:  # fmt: skip
+        self.markers = {m: kind for m, kind in ((label_after, "label"), (sources_after, "sources")) if m}
         self.tokenizer = tokenizer
         self.width = prompt_width
         self.end_ids = list(end_ids)
@@ -61,26 +64,27 @@ class GroundedDecoding:
         marks = self._find_marks(batch_id, generated)
         if not marks:
             return self.vocab
-        start, kind = marks[-1]
-        trie = self.sources[batch_id] if kind == SOURCES_MARKER else self.labels
+        start, marker = marks[-1]
+        kind = self.markers[marker]
+        trie = self.sources[batch_id] if kind == "sources" else self.labels
         if trie is None:
             return self.vocab
         node = trie
         for t in generated[start:]:
             if t not in node:  # the constrained part is over (a label and ` |` were written): free again
-                return self.end_ids if kind == SOURCES_MARKER else self.vocab
+                return self.end_ids if kind == "sources" else self.vocab
             node = node[t]
         allowed = [t for t in node if t != _END]
         if _END in node:
-            if kind == SOURCES_MARKER:  # the list is closed: the line, and the answer, end here
+            if kind == "sources":  # the list is closed: the line, and the answer, end here
                 return self.end_ids or allowed
             return self.vocab
         return allowed
 
     def _find_marks(self, batch_id: int, generated: list[int]) -> list[tuple[int, str]]:
-        """(token index right after a marker, marker) for the first `intent:` and `sources: [` of the row."""
+        """(token index right after a marker, marker) for the first label and sources marker of the row."""
         marks = self._marks.setdefault(batch_id, [])
-        wanted = [m for m in (INTENT_MARKER, SOURCES_MARKER) if m not in {kind for _, kind in marks}]
+        wanted = [m for m in self.markers if m not in {kind for _, kind in marks}]
         if not wanted:
             return marks
         text = self._decode(generated)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from components.behaviour.assistant import build_prompt, context_docs
-from components.behaviour.checks import CaseOutcome, check_output, diagnose, retrieval_metrics, slice_results
+from components.behaviour.checks import CaseOutcome, diagnose, retrieval_metrics, slice_results
+from components.behaviour.contract import Contract
 from components.behaviour.stats import Results, detect_regression, slice_summary
 from components.behaviour.suite import Case
 from components.config import GeneratorParams, RegressionParams
@@ -37,9 +38,9 @@ class Evaluation:
 
 
 def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
-              k: int, seconds: dict[str, float] | None = None) -> list[CaseOutcome]:  # fmt: skip
-    """Each case retrieved, answered and checked. `seconds`, when given, receives the wall time of retrieval and
-    of generation ("retrieve", "generate") for the whole batch."""
+              k: int, contract: Contract, seconds: dict[str, float] | None = None) -> list[CaseOutcome]:  # fmt: skip
+    """Each case retrieved, answered and checked against the contract. `seconds`, when given, receives the wall
+    time of retrieval and of generation ("retrieve", "generate") for the whole batch."""
     t0 = time.perf_counter()
     hits = retriever.search([c.question for c in cases], k)
     t1 = time.perf_counter()
@@ -51,16 +52,18 @@ def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, p
     outcomes = []
     for case, found, prompt, output in zip(cases, hits, prompts, outputs, strict=True):
         retrieved = tuple(dict.fromkeys(h["doc"] for h in found))
-        checks = check_output(case.intent, case.gold_docs, output, retrieved)
-        diagnosis, lacking = diagnose(case.gold_docs, retrieved, checks, stale)
+        checks, errors = contract.check(case, output, retrieved)
+        diagnosis, lacking = diagnose(case.gold_docs, retrieved, checks, stale, contract.knowledge_slices)
         outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, output,
-                                    checks, diagnosis, lacking, prompt, tuple(found)))  # fmt: skip
+                                    checks, diagnosis, lacking, prompt, tuple(found), errors,
+                                    case.group))  # fmt: skip
     return outcomes
 
 
 def summarise(outcomes: list[CaseOutcome], baseline: Results | None, params: RegressionParams,
-              model_version: str, index_version: int) -> Evaluation:  # fmt: skip
-    behaviour = slice_results(outcomes, behaviour_only=True)
+              model_version: str, index_version: int, contract: Contract) -> Evaluation:  # fmt: skip
+    behaviour = slice_results(outcomes, contract.slice_names, behaviour_only=True)
+    every = slice_summary(slice_results(outcomes, contract.slice_names), params.confidence)
     verdict = detect_regression(baseline, behaviour, params)
     reindex = sorted({d for o in outcomes if o.diagnosis == "knowledge" for d in o.knowledge_docs})
     decision = "finetune" if verdict.regressed else ("reindex" if reindex else "none")
@@ -68,7 +71,8 @@ def summarise(outcomes: list[CaseOutcome], baseline: Results | None, params: Reg
     summary = {
         "model_version": model_version,
         "index_version": index_version,
-        "slices": {k: dict(v) for k, v in slice_summary(slice_results(outcomes), params.confidence).items()},
+        "contract": {"name": contract.name, "md5": contract.digest},
+        "slices": {k: dict(v) for k, v in every.items()},
         "retrieval": retrieval_metrics(outcomes),
         "diagnosis": {d: counts.get(d, 0) for d in ("knowledge", "behaviour", "pass")},
         "decision": decision,

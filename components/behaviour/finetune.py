@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.behaviour.assistant import REFUSAL, build_prompt, encode_turn, format_answer
+from components.behaviour.assistant import build_prompt, encode_turn
+from components.behaviour.contract import Contract
 from components.behaviour.training import Deadline, length_batches, lr_factor
 from components.config import FinetuneParams, GeneratorParams
 
@@ -40,19 +41,20 @@ class TrainingLog:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def training_pairs(cases: list[Any], hits: list[list[dict]], params: GeneratorParams) -> list[tuple[str, str]]:
-    """(prompt, target line) for each case. `hits` may run deeper than the prompt's `context_chunks`: an
-    answerable case is shown its gold document's best chunk first (what the answer should be grounded in, when
-    retrieval found it at all), then the best of the rest; the target cites the gold documents shown. A case
-    whose gold document was not retrieved is left out (it would teach invented citations)."""
+def training_pairs(cases: list[Any], hits: list[list[dict]], params: GeneratorParams,
+                   contract: Contract) -> list[tuple[str, str]]:  # fmt: skip
+    """(prompt, target) for each case, the target written by the contract. `hits` may run deeper than the
+    prompt's `context_chunks`: an answerable case is shown its gold document's best chunk first (what the answer
+    should be grounded in, when retrieval found it at all), then the best of the rest; the target cites the gold
+    documents shown. A case whose gold document was not retrieved is left out (it would teach invented
+    citations)."""
     pairs = []
     for case, found in zip(cases, hits, strict=True):
         shown = _gold_first(found, case.gold_docs)[: params.context_chunks]
         cited = [d for d in case.gold_docs if d in {h["doc"] for h in shown}]
         if case.gold_docs and not cited:
             continue
-        answer = case.answer if case.gold_docs and case.answer else REFUSAL
-        pairs.append((build_prompt(params, case.question, shown), format_answer(case.intent, answer, cited)))
+        pairs.append((build_prompt(params, case.question, shown), contract.target_for(case, cited)))
     return pairs
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from components.behaviour.assistant import Generator, build_prompt, context_docs, generator_identity, parse_answer
+from components.behaviour.assistant import Generator, build_prompt, context_docs, generator_identity
+from components.behaviour.contract import contract_for
 from components.behaviour.evaluate import Evaluation, run_cases, summarise
 from components.behaviour.stats import Results
 from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
@@ -29,17 +30,20 @@ def data_lineage(params: Params) -> dict[str, str]:
         "base_model": generator_identity(params),
         "gate_data_md5": suite_hash(root / "gate.jsonl"),
         "train_data_md5": suite_hash(root / "train.jsonl"),
+        "contract_md5": contract_for(params).digest,
     }
 
 
 def evaluate_model(params: Params, settings: Settings, adapter: Path | None, baseline: Results | None,
                    model_version: str) -> Evaluation:  # fmt: skip
     gate, _ = load_suite(params)
+    contract = contract_for(params)
     generator = Generator(params, adapter)
     seconds: dict[str, float] = {}
     with Retriever(params, settings) as retriever:
-        outcomes = run_cases(gate, retriever, generator, params.generator, params.generator.context_chunks, seconds)
-        ev = summarise(outcomes, baseline, params.regression, model_version, retriever.version)
+        k = params.generator.context_chunks
+        outcomes = run_cases(gate, retriever, generator, params.generator, k, contract, seconds)
+        ev = summarise(outcomes, baseline, params.regression, model_version, retriever.version, contract)
     return dataclasses.replace(ev, seconds=(seconds["retrieve"], seconds["generate"]))
 
 
@@ -51,7 +55,7 @@ def answer_question(params: Params, settings: Settings, question: str, adapter: 
         index_version = retriever.version
     prompt = build_prompt(params.generator, question, hits)
     output = Generator(params, adapter).generate([prompt], [context_docs(params.generator, hits)])[0]
-    parsed = parse_answer(output)
+    parsed = contract_for(params).answer_of(output)
     return {
         "answer": parsed.answer if parsed else output,
         "intent": parsed.intent if parsed else None,

@@ -4,6 +4,8 @@ A case file is JSON Lines, one object per line with exactly these fields:
     {"id": str, "question": str, "intent": label, "answer": str | null, "gold_docs": [doc path, ...]}
 and optionally "group": str, shared by the cases that are wordings of one underlying question (make_suite.py
 writes the seed's id); the paired tests count a group as one unit, and a case without one is its own group.
+A contract's assertions may also read "facts" (a list of strings the answer must state), "tags" (a list of
+strings its slices can select on) and "meta" (any JSON object, for a `python` assertion).
 An in-scope case has a one-line answer and at least one gold document (a path relative to the docs folder);
 an out-of-scope case has intent `out_of_scope`, answer null and no gold documents. See data/behaviour/README.md.
 """
@@ -13,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 OUT_OF_SCOPE = "out_of_scope"
 CASE_FIELDS = ("id", "question", "intent", "answer", "gold_docs")
-OPTIONAL_FIELDS = ("group",)
+OPTIONAL_FIELDS = ("group", "facts", "tags", "meta")  # facts, tags, meta: what a contract's assertions may read
 _MAX_LISTED = 5
 
 
@@ -35,6 +38,7 @@ class Case:
     answer: str | None
     gold_docs: tuple[str, ...]
     group: str = ""  # the unit of the paired tests; empty: the case's own id
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)  # facts, tags, meta
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -202,7 +206,16 @@ def _parse_case(path: Path, lineno: int, line: str, labels: set[str], docs_root:
         _check_doc(where, doc, docs_root)
     group = _text(where, "group", raw["group"], "a non-empty one-line string (the cases' shared question)") if (
         "group" in raw) else case_id  # fmt: skip
-    return Case(id=case_id, question=question, intent=intent, answer=answer, gold_docs=tuple(docs), group=group)
+    fields: dict[str, Any] = {k: raw[k] for k in ("facts", "tags") if k in raw}
+    for name, value in fields.items():
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise SuiteError(f"{where}: field {name!r}: expected a list of non-empty strings, got {value!r}")
+    if "meta" in raw:
+        if not isinstance(raw["meta"], dict):
+            raise SuiteError(f"{where}: field 'meta': expected a JSON object, got {raw['meta']!r}")
+        fields["meta"] = raw["meta"]
+    return Case(id=case_id, question=question, intent=intent, answer=answer, gold_docs=tuple(docs), group=group,
+                extra=fields)  # fmt: skip
 
 
 def _text(where: str, field: str, value: Any, expected: str = "a non-empty one-line string") -> str:

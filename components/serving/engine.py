@@ -32,9 +32,8 @@ from components.behaviour.assistant import (
     context_docs,
     encode_turn,
     generator_identity,
-    parse_answer,
 )
-from components.behaviour.checks import live_checks
+from components.behaviour.contract import contract_for
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
@@ -71,7 +70,7 @@ class Answered:
     started_ns: int  # wall clock (ns since the epoch) at the start of retrieval, its end, and the answer's end
     retrieved_ns: int
     ended_ns: int
-    checks: dict[str, bool] = field(default_factory=dict)  # components.behaviour.checks.live_checks
+    checks: dict[str, bool] = field(default_factory=dict)  # the contract's live checks (Contract.live_check)
 
     def sources(self) -> list[dict[str, Any]]:
         return [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in self.hits]
@@ -104,7 +103,7 @@ class Engine:
     def __init__(self, params: Params, settings: Settings) -> None:
         self.params = params
         self.settings = settings
-        self.labels = _labels(params)
+        self.contract = contract_for(params)  # parses each answer and holds the live checks
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-engine")
         self._lock = threading.Lock()
         self._queued = 0
@@ -113,7 +112,7 @@ class Engine:
         self._index: _Index | None = None
         self._checked = float("-inf")
         self.counts = {"answered": 0, "failed": 0, "batches": 0, "model_switches": 0, "index_switches": 0,
-                       "check_errors": 0}  # fmt: skip
+                       "check_errors": 0, "assertion_errors": 0}  # fmt: skip
         self.last_error: str | None = None
         self._closed = False
         self._worker.submit(self._refresh, True).result()  # load now: the first answer does not pay for it
@@ -219,11 +218,14 @@ class Engine:
                   wall: tuple[int, int]) -> Answered:  # fmt: skip
         t0, t1, t2 = clock
         started_ns, retrieved_ns = wall
-        parsed = parse_answer(raw)
+        parsed = self.contract.answer_of(raw)
         tokenizer = model.generator.tokenizer
         tokens_in = len(encode_turn(tokenizer, prompt)[0])
         tokens_out = len(tokenizer(raw, add_special_tokens=False)["input_ids"]) if raw else 0
-        checks = live_checks(raw, [h["doc"] for h in hits], self.labels)
+        checks, errors = self.contract.live_check(raw, tuple(h["doc"] for h in hits))
+        if errors:  # a declared assertion that raised fails its check; the answer is still given
+            self.counts["assertion_errors"] += len(errors)
+            log.warning("live checks raised on an answer: %s", errors)
         return Answered(
             question=question,
             answer=parsed.answer if parsed else raw,
@@ -314,10 +316,3 @@ class Engine:
         if self._index is not None:
             index, self._index = self._index, None
             index.retriever.close()
-
-
-def _labels(params: Params) -> frozenset[str] | None:
-    from components.behaviour.suite import load_labels
-
-    path = params.paths.behaviour / "labels.json"
-    return frozenset(load_labels(path)) if path.is_file() else None

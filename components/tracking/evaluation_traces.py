@@ -37,7 +37,8 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
     from mlflow import MlflowClient
     from transformers import AutoTokenizer
 
-    from components.behaviour.assistant import context_docs, generator_identity, parse_answer, resolve_generator
+    from components.behaviour.assistant import context_docs, generator_identity, resolve_generator
+    from components.behaviour.contract import contract_for
     from components.serving.engine import Answered
     from components.tracking.mlflow_runs import tracking_uri
     from components.tracking.traces import write_trace
@@ -50,11 +51,12 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
     model_version = str(summary["model_version"])
     adapter = model_version[1:] if model_version.startswith("v") and model_version[1:].isdigit() else None
     base = generator_identity(params)
+    contract = contract_for(params)
     start = time.time_ns() - n * (retrieve_ns + generate_ns)
     ids: list[str] = []
     for i, o in enumerate(outcomes):
         t0 = start + i * (retrieve_ns + generate_ns)
-        parsed = parse_answer(o.output)
+        parsed = contract.answer_of(o.output)
         answered = Answered(
             question=o.question, answer=parsed.answer if parsed else o.output,
             intent=parsed.intent if parsed else None, cited=parsed.sources if parsed else (), raw=o.output,

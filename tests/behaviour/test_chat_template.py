@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from components.behaviour.assistant import Generator, build_prompt, encode_turn, format_answer, parse_answer
+from components.behaviour.assistant import Generator, build_prompt, encode_turn
 from components.behaviour.finetune import PairEncodingError, encode_pairs, save_adapter, train_lora
 from components.config import FinetuneParams, load_params
-from tests.helpers import DOCS, Deployment
+from tests.helpers import DOCS, Deployment, contract_line, parse_line
 
 # The chat template of Qwen/Qwen2.5-0.5B-Instruct (its tokenizer_config.json, tools branch included), written out
 # here: no hub on this machine; checked against a public copy of that file.
@@ -50,10 +50,10 @@ QWEN25_CHAT_TEMPLATE = (
 SYSTEM = "Answer in one line."
 PROMPT = "Context:\n{context}\n\nQuestion: {question}"  # a chat model's prompt: no role markers of its own
 PAIRS = [
-    ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),
-    ("I lost my card", format_answer("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
+    ("How much is an ATM withdrawal?", contract_line("fees", "2 EUR", ["fees.md"]), "fees.md"),
+    ("I lost my card", contract_line("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
      "cards/lost-card.md"),
-    ("Do you offer mortgages?", format_answer("out_of_scope", "I don't know", []), "support.txt"),
+    ("Do you offer mortgages?", contract_line("out_of_scope", "I don't know", []), "support.txt"),
 ]  # fmt: skip
 
 
@@ -156,7 +156,7 @@ def test_lora_learns_the_contract_through_the_template_and_the_saved_adapter_ans
     gen = Generator(params)
     pairs = _pairs(params)
     prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    assert all(parse_answer(o) is None for o in gen.generate(prompts))  # random weights: nothing of the format
+    assert all(parse_line(o) is None for o in gen.generate(prompts))  # random weights: nothing of the format
     ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, lr_schedule="constant", warmup_steps=0,
                         batch_size=3, epochs=150)  # fmt: skip
     peft_model, log = train_lora(gen.model, gen.tokenizer, pairs, ft)
@@ -167,7 +167,7 @@ def test_lora_learns_the_contract_through_the_template_and_the_saved_adapter_ans
     calls = _spy_generate(monkeypatch, tuned)
     answers = tuned.generate(prompts)
     assert answers == targets, answers
-    assert all(parse_answer(a) is not None for a in answers)
+    assert all(parse_line(a) is not None for a in answers)
     im_end, pad = tuned.tokenizer.convert_tokens_to_ids("<|im_end|>"), tuned.tokenizer.pad_token_id
     for row in calls[0]["output"][:, calls[0]["input_ids"].shape[1] :].tolist():
         stop = row.index(im_end)  # generation ended on the template's end-of-turn token ...
@@ -184,7 +184,7 @@ def test_a_pair_with_nothing_to_learn_is_refused_by_index(chat) -> None:
         "{%- for m in messages if m.role != 'assistant' %}{{ '<|im_start|>' + m.role + '\\n' + m.content + "
         "'<|im_end|>\\n' }}{%- endfor %}{{ '<|im_start|>assistant\\n' }}"
     )
-    pairs = [("Question: hi", format_answer("fees", "2 EUR", ["fees.md"])), ("Question: I lost my card", "intent: x")]
+    pairs = [("Question: hi", contract_line("fees", "2 EUR", ["fees.md"])), ("Question: I lost my card", "intent: x")]
     with pytest.raises(PairEncodingError) as err:
         encode_pairs(tok, pairs, 384)
     text = str(err.value)
@@ -199,7 +199,7 @@ def test_a_pair_whose_answer_never_ends_is_refused(chat) -> None:
 
     tok = AutoTokenizer.from_pretrained(chat[0].root / "base", eos_token="<|endoftext|>")
     assert tok.eos_token == "<|endoftext|>"
-    pairs = [("Question: hi", format_answer("fees", "2 EUR", ["fees.md"]))] * 2 + [("Question: card", "intent: y")]
+    pairs = [("Question: hi", contract_line("fees", "2 EUR", ["fees.md"]))] * 2 + [("Question: card", "intent: y")]
     with pytest.raises(PairEncodingError, match=r"^training pair 0 .*no end-of-sequence token '<\|endoftext\|>'") as e:
         encode_pairs(tok, pairs, 384)
     assert "expected the tokenizer's eos_token at the end of the answer" in str(e.value)
@@ -238,7 +238,7 @@ def chat_loop(tmp_path_factory, prefect_server) -> Deployment:
         for i, q in enumerate(wordings):
             train += [{"id": f"train-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(["", "Hi, "])]
             gate.append({"id": f"gate-{intent}-{i}", "question": "Hello, " + q, **case})
-    (root / "behaviour").mkdir()
+    (root / "behaviour").mkdir(exist_ok=True)
     (root / "behaviour" / "labels.json").write_text(json.dumps({k: k for k in LOOP_QUESTIONS}))
     for name, rows in (("gate", gate), ("train", train)):
         (root / "behaviour" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -277,4 +277,4 @@ def test_the_loop_fine_tunes_gates_and_answers_through_the_chat_template(chat_lo
     assert answered.exit_code == 0, answered.output
     reply = json.loads(answered.stdout)
     assert reply["model_version"] == f"v{result['version']}"
-    assert parse_answer(reply["raw"]) is not None, reply["raw"]
+    assert parse_line(reply["raw"]) is not None, reply["raw"]

@@ -1,18 +1,32 @@
-"""The behaviour contract's checks and the per-case diagnosis, as tables."""
+"""The fintech line contract (data/behaviour/contract.yaml) as tables, kept from when its four checks were code:
+the declared file must give the same result on every row; and the per-case diagnosis."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 import pytest
 
-from components.behaviour.assistant import format_answer, parse_answer
-from components.behaviour.checks import (
-    CaseOutcome,
-    check_output,
-    diagnose,
-    live_checks,
-    retrieval_metrics,
-    slice_results,
-)
+from components.behaviour.checks import CaseOutcome, diagnose, retrieval_metrics, slice_results
+from components.behaviour.contract import load_contract
+from components.behaviour.suite import Case
+from tests.helpers import REPO
+
+CONTRACT = REPO / "data/behaviour/contract.yaml"
+
+
+def check_output(intent: str, gold: tuple[str, ...], output: str, retrieved: tuple[str, ...]) -> dict[str, bool]:
+    case = Case("c", "q", intent, "an answer" if gold else None, gold)
+    checks, errors = load_contract(CONTRACT, {"fees", "limits"}).check(case, output, retrieved)
+    assert errors == {}
+    return checks
+
+
+def live_checks(output: str, retrieved: Iterable[str], labels: Collection[str] | None) -> dict[str, bool]:
+    checks, errors = load_contract(CONTRACT, labels).live_check(output, tuple(retrieved))
+    assert errors == {}
+    return checks
+
 
 GOLD = ("fees/atm.md",)
 RETRIEVED = ("fees/atm.md", "cards/lost.md", "faq/general.md")
@@ -76,8 +90,9 @@ def test_diagnosis(retrieved, checks, stale, expected) -> None:
 
 
 def test_format_and_parse_round_trip() -> None:
-    line = format_answer("fees", "It | costs  2 EUR", ["fees/atm.md", "faq/x.md"])
-    parsed = parse_answer(line)
+    contract = load_contract(CONTRACT)
+    line = contract.target_for(Case("c", "q", "fees", "It | costs  2 EUR", GOLD), ["fees/atm.md", "faq/x.md"])
+    parsed = contract.answer_of(line)
     assert parsed is not None
     assert (parsed.intent, parsed.answer, parsed.sources) == ("fees", "It / costs 2 EUR", ("fees/atm.md", "faq/x.md"))
 
@@ -95,6 +110,7 @@ def test_retrieval_metrics_and_behaviour_only_slices() -> None:
     assert retrieval_metrics(outcomes) == {"hit_at_k": round(2 / 3, 4), "mrr": round((1 + 0.5) / 3, 4)}
     assert slice_results(outcomes)["citation"] == {"a": True, "b": False, "c": False}
     assert slice_results(outcomes, behaviour_only=True)["citation"] == {"a": True, "b": False}
+    assert slice_results(outcomes, ("format", "citation", "refusal"))["refusal"] == {}  # declared, no cases
 
 
 LABELS = {"fees", "card_lost"}

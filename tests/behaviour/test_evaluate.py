@@ -6,6 +6,7 @@ import pytest
 
 from components.behaviour.assistant import Generator
 from components.behaviour.base_model import build_base_model
+from components.behaviour.contract import contract_for
 from components.behaviour.evaluate import run_cases, summarise
 from components.behaviour.finetune import train_lora, training_pairs
 from components.behaviour.suite import Case
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
     gen = Generator(params)
     with Retriever(params) as r:
         hits = r.search([c.question for c in CASES], 2)
-    pairs = training_pairs(CASES, hits, params.generator)
+    pairs = training_pairs(CASES, hits, params.generator, contract_for(params))
     assert len(pairs) == 4
     ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=400)
     gen.model, _ = train_lora(gen.model, gen.tokenizer, pairs, ft)
@@ -47,8 +48,9 @@ def trained(tmp_path_factory):
 def _evaluate(dep: Deployment, gen, baseline=None):
     params = load_params(dep.params_file)
     with Retriever(params) as r:
-        outcomes = run_cases(CASES, r, gen, params.generator, k=2)
-        return summarise(outcomes, baseline, LENIENT, "test", r.version)
+        contract = contract_for(params)
+        outcomes = run_cases(CASES, r, gen, params.generator, 2, contract)
+        return summarise(outcomes, baseline, LENIENT, "test", r.version, contract)
 
 
 def test_untrained_base_model_breaches_the_format_floor(trained) -> None:

@@ -6,22 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from components.behaviour.assistant import Generator, build_prompt, format_answer, parse_answer
+from components.behaviour.assistant import Generator, build_prompt
 from components.behaviour.base_model import build_base_model
 from components.behaviour.finetune import save_adapter, train_lora
 from components.config import BaseModelParams, FinetuneParams, load_params
-from tests.helpers import DOCS, Deployment
+from tests.helpers import DOCS, Deployment, contract_line, parse_line
 
 TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
                        pretrain_steps=60, batch_size=4, seq_len=32)  # fmt: skip
 PAIRS = [
-    ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),
+    ("How much is an ATM withdrawal?", contract_line("fees", "2 EUR", ["fees.md"]), "fees.md"),
     (
         "I lost my card",
-        format_answer("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
+        contract_line("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
         "cards/lost-card.md",
     ),
-    ("Do you offer mortgages?", format_answer("out_of_scope", "I don't know", []), "support.txt"),
+    ("Do you offer mortgages?", contract_line("out_of_scope", "I don't know", []), "support.txt"),
 ]
 
 
@@ -54,7 +54,7 @@ def test_lora_learns_the_contract_and_the_adapter_round_trips(tiny, tmp_path: Pa
     gen = Generator(params)
     pairs = _prompts(params)
     before = gen.generate([p for p, _ in pairs])
-    assert all(parse_answer(o) is None for o in before)  # the base model knows nothing of the format
+    assert all(parse_line(o) is None for o in before)  # the base model knows nothing of the format
     ft = FinetuneParams(r=8, alpha=16, dropout=0.0, learning_rate=1e-2, batch_size=3, epochs=400)
     peft_model, log = train_lora(gen.model, gen.tokenizer, pairs, ft)
     assert log.losses[-1] < log.losses[0] / 2  # an untied, frozen output layer keeps the loss above ~2

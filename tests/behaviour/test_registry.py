@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.behaviour.assistant import Generator, build_prompt, format_answer
+from components.behaviour.assistant import Generator, build_prompt
 from components.behaviour.base_model import build_base_model
 from components.behaviour.finetune import save_adapter, train_lora
 from components.config import BaseModelParams, FinetuneParams, Settings
@@ -20,16 +20,16 @@ from components.tracking.registry import (
     promote,
     rollback,
 )
-from tests.helpers import DOCS, Deployment
+from tests.helpers import DOCS, Deployment, contract_line
 
 TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
                        pretrain_steps=0, batch_size=4, seq_len=32)  # fmt: skip
 SETTINGS = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
 PAIRS = [
-    ("How much is an ATM withdrawal?", format_answer("fees", "2 EUR", ["fees.md"]), "fees.md"),
+    ("How much is an ATM withdrawal?", contract_line("fees", "2 EUR", ["fees.md"]), "fees.md"),
     (
         "I lost my card",
-        format_answer("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
+        contract_line("card_lost", "Freeze it in the app", ["cards/lost-card.md"]),
         "cards/lost-card.md",
     ),
 ]

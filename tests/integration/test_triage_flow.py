@@ -36,7 +36,7 @@ def dep(tmp_path) -> Deployment:
                           "mlflow": "state/mlflow", "behaviour": "behaviour", "serving": "state/serving"},
                    regression={"min_cases": 3, "alpha": 0.05, "min_effect": 0.05})  # fmt: skip
     folder = tmp_path / "behaviour"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     (folder / "labels.json").write_text(json.dumps(LABELS))
     for name, rows in (("gate", GATE), ("train", TRAIN)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

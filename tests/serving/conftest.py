@@ -16,7 +16,7 @@ import httpx
 from components.behaviour.base_model import build_base_model
 from components.config import BaseModelParams, FinetuneParams, Settings
 from tests.behaviour.test_loop import write_suite
-from tests.helpers import DOCS, REPO, Deployment, wait_until
+from tests.helpers import DOCS, REPO, Deployment, contract_line, wait_until
 from tests.service.servers import free_port
 
 TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
@@ -29,7 +29,7 @@ START_LIMIT = 600.0  # a hang guard: the server imports torch, transformers, chr
 def build_deployment(root: Path, adapters: int = 2, **sections: dict) -> Deployment:
     """Docs, suite (labels), tiny base model; `adapters` LoRA versions registered in the embedded store (v1 the
     champion); paths.serving under state/; generator and api settings a test can override."""
-    from components.behaviour.assistant import Generator, build_prompt, format_answer
+    from components.behaviour.assistant import Generator, build_prompt
     from components.behaviour.finetune import save_adapter, train_lora
     from components.tracking import registry
     from components.tracking.mlflow_runs import client_for, experiment_id
@@ -48,7 +48,7 @@ def build_deployment(root: Path, adapters: int = 2, **sections: dict) -> Deploym
     settings = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
     doc = "cards/lost-card.md"
     prompt = build_prompt(params.generator, "I lost my card", [{"doc": doc, "text": DOCS[doc]}])
-    pairs = [(prompt, format_answer("card_lost", "Freeze it in the app", [doc]))]
+    pairs = [(prompt, contract_line("card_lost", "Freeze it in the app", [doc]))]
     client = client_for(params, settings)
     for seed in range(adapters):
         gen = Generator(params)

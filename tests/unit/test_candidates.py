@@ -25,7 +25,7 @@ def _cand(trace_id: str, question: str, **kw: object) -> dict:
 def dep(tmp_path) -> Deployment:
     d = Deployment.create(tmp_path)
     d.write_params(paths={"docs": "docs", "behaviour": "behaviour", "index": "i", "metrics": "m", "mlflow": "f"})
-    (tmp_path / "behaviour").mkdir()
+    (tmp_path / "behaviour").mkdir(exist_ok=True)
     (tmp_path / "behaviour" / "labels.json").write_text(json.dumps({k: k for k in ("fees", "support", "out_of_scope")}))
     (tmp_path / "behaviour" / "gate.jsonl").write_text(json.dumps(GATE) + "\n")
     (tmp_path / "behaviour" / "train.jsonl").write_text(json.dumps(TRAIN) + "\n")

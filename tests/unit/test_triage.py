@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from components.behaviour.candidates import candidate_from
+from components.behaviour.contract import load_contract
 from components.behaviour.stats import binomial_greater
 from components.behaviour.triage import (
     Chunk,
@@ -24,6 +25,7 @@ from components.behaviour.triage import (
 from components.config import RegressionParams, TriageParams
 from components.tracking.production import LiveTrace, summarise_traffic
 from components.tracking.triage_runs import parse_since
+from tests.helpers import REPO
 
 P = TriageParams()  # relevance_min 0.4
 REG = RegressionParams(alpha=0.05, min_cases=20, min_effect=0.05)
@@ -217,14 +219,15 @@ def test_summarise_traffic_counts_slices_routes_and_feedback() -> None:
 
 def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one() -> None:
     labels = {"fees", "limits"}
+    contract = load_contract(REPO / "data/behaviour/contract.yaml", labels)
     broken = trace(output="the fee is 2 EUR", checks={"format": False})
-    cand = candidate_from(broken, ("fees.md",), labels)
+    cand = candidate_from(broken, ("fees.md",), labels, contract)
     assert (cand["answer"], cand["intent"], cand["gold_docs"]) == (None, None, ["fees.md"])
     fixed = candidate_from(trace(output="fee 2", correction="intent: limits | answer: 500 EUR a day | sources: "
-                                 "[limits.md]"), ("fees.md",), labels)  # fmt: skip
+                                 "[limits.md]"), ("fees.md",), labels, contract)  # fmt: skip
     assert (fixed["intent"], fixed["intent_source"], fixed["answer"], fixed["gold_docs"]) == (
         "limits", "correction", "500 EUR a day", ["limits.md"])  # fmt: skip
-    plain = candidate_from(trace(correction="2 EUR after five withdrawals"), ("fees.md",), labels)
+    plain = candidate_from(trace(correction="2 EUR after five withdrawals"), ("fees.md",), labels, contract)
     assert (plain["intent"], plain["intent_source"]) == ("fees", "model")  # the model's label, marked as such
     assert plain["answer"] == "2 EUR after five withdrawals"
 
