@@ -98,14 +98,16 @@ def render_prefect_yaml(params: Params, params_file: str = "params.yaml") -> str
 def runner_deployments(params: Params) -> list[Any]:
     """The deployments as `RunnerDeployment`s for `prefect.serve` (runs execute in this host's processes)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.events import DeploymentEventTrigger
-    from prefect.flows import load_flow_from_entrypoint
+    from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
+    from prefect.flows import Flow, load_flow_from_entrypoint
 
     params_file = str(params.source)
     out = []
     for spec in specs(params):
-        flow = load_flow_from_entrypoint(spec.entrypoint)
-        triggers = [DeploymentEventTrigger(**_trigger(spec, params_file))] if spec.trigger else None
+        flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
+        triggers: list[DeploymentTriggerTypes | TriggerTypes] | None = (
+            [DeploymentEventTrigger(**_trigger(spec, params_file))] if spec.trigger else None
+        )
         out.append(flow.to_deployment(
             name=spec.name, description=spec.description, tags=["ragloop"],
             parameters={"params_file": params_file, "reason": "deployment"},

@@ -10,9 +10,8 @@ from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from components.config import EmbedderParams, Params, Settings, load_params
@@ -24,27 +23,26 @@ from components.tracking.lineage import write_plot
 from components.tracking.mlflow_runs import log_index_run
 from flows.deployments import EMBEDDING_LIMIT, slot
 from flows.events import INDEX_PUBLISHED, INDEX_RESOURCE
+from flows.tasks import io_task, step
 
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
-
-@task(name="detect changes", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("detect changes")
 def detect_changes(session: IndexSession) -> indexer.Changes:
     return indexer.detect_changes(session)
 
 
-@task(name="chunk changed documents", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("chunk changed documents")
 def chunk(session: IndexSession, changes: indexer.Changes) -> indexer.Plan:
     return indexer.chunk_changes(session, changes)
 
 
-@task(name="embed new chunks", cache_policy=NO_CACHE)
+@step("embed new chunks")
 def embed(session: IndexSession, plan: indexer.Plan) -> dict:
     with _progress(len(plan.to_embed)) as advance:
         return indexer.embed_chunks(session, plan, advance)
 
 
-@task(name="embed batch", cache_policy=NO_CACHE)
+@step("embed batch")
 def embed_batch(embedder: EmbedderParams, identity: str, texts: list[str]) -> np.ndarray:
     return _worker_embedder(embedder, identity).encode(texts)
 
@@ -86,22 +84,22 @@ def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[d
     return vectors, time.perf_counter() - t0
 
 
-@task(name="publish index version", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("publish index version")
 def publish(session: IndexSession, plan: indexer.Plan, vectors: dict) -> dict:
     return indexer.publish(session, plan, vectors)
 
 
-@task(name="tidy store", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("tidy store")
 def tidy(session: IndexSession) -> bool:
     return indexer.tidy_store(session)
 
 
-@task(name="record run in mlflow", cache_policy=NO_CACHE, **IO_RETRIES)
+@io_task("record run in mlflow")
 def record(params: Params, settings: Settings, report: dict, reason: str) -> str:
     return log_index_run(params, settings, report, to_markdown(report), reason)
 
 
-@task(name="write dvc metrics", cache_policy=NO_CACHE)
+@step("write dvc metrics")
 def write_metrics(params: Params, report: dict) -> None:
     """The DVC metrics of the published version. A run that published nothing leaves them as they are (once
     they exist): they describe what DVC tracks, and rewriting its timing would make `dvc status` report the
