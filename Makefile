@@ -71,7 +71,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: $(STAMP) ## mypy on components/
+typecheck: $(STAMP) ## mypy on components/ and flows/ (pyproject.toml [tool.mypy] files)
 	$(BIN)/mypy
 
 bench: $(STAMP) ## knowledge-path and scale-out benchmarks (need ../shared/data); figures in bench/README.md
