@@ -13,12 +13,14 @@ from components.tracking import metric_names
 
 
 def case_rows(outcomes: list[CaseOutcome]) -> list[dict[str, Any]]:
-    """One row per case for the evaluation run's MLflow table."""
+    """One row per case for the evaluation run's MLflow table; `errors` holds what a declared assertion raised on
+    the case (that slice then failed for this case only)."""
     return [
         {"id": o.id, "question": o.question, "intent": o.intent, "slices": ", ".join(sorted(o.checks)),
          "failed_slices": ", ".join(sorted(k for k, ok in o.checks.items() if not ok)), "diagnosis": o.diagnosis,
          "passed": all(o.checks.values()), "output": o.output, "retrieved_sources": ", ".join(o.retrieved),
-         "gold_sources": ", ".join(o.gold_docs)}
+         "gold_sources": ", ".join(o.gold_docs), "group": o.group,
+         "errors": "; ".join(f"{k}: {e}" for k, e in sorted(o.errors.items()))}
         for o in outcomes
     ]  # fmt: skip
 
