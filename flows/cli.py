@@ -103,23 +103,48 @@ def _rollback(params: Params, version: str) -> dict:
         return contract(rollback(s, None if version == "previous" else int(version)))
 
 
+LevelOpt = Annotated[
+    str, typer.Option("--level", help="chunk: rank chunks; doc: rank documents by their chunks (retrieval.doc_*).")
+]
+
+
 @app.command()
 def query(
     text: Annotated[str, typer.Argument(help="The question or text to search for.")],
-    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many chunks to return.")] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many chunks (or documents) to return.")] = 5,
+    level: LevelOpt = "chunk",
     params_file: ParamsOpt = Path("params.yaml"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the published index version: the k best chunks, best first."""
-    from components.knowledge.retrieval import IndexNotReadyError, query_index
+    """Search the published index version: the k best chunks (or documents), best first."""
+    from components.knowledge.retrieval import LEVELS, IndexNotReadyError, query_index
+    from flows.eval_retrieval import doc_hits_table
 
     params = _load(params_file)
+    if level not in LEVELS:
+        err.print(f"[red]error:[/] --level must be one of {', '.join(LEVELS)}; got {level!r}")
+        raise typer.Exit(2)
     try:
-        hits = query_index(params, text, k)
+        hits = query_index(params, text, k, level=level)
     except IndexNotReadyError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    _emit(hits, as_json, tables.hits_table)
+    _emit(hits, as_json, doc_hits_table if level == "doc" else tables.hits_table)
+
+
+@app.command("eval-retrieval")
+def eval_retrieval(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"query": ..., "relevant": [doc, ...] or {doc: gain}} a line.')],
+    k: Annotated[str, typer.Option("--k", help="Cut-offs of recall@k and hit@k, comma-separated.")] = "1,5,10",
+    level: LevelOpt = "doc",
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Record the evaluation as an MLflow run.")] = True,
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score retrieval of the published version on labelled queries: recall@k, MRR, nDCG@10, the worst queries."""
+    from flows.eval_retrieval import run_command
+
+    raise typer.Exit(run_command(_load(params_file), file, k, level, as_json, log))
 
 
 @app.command()
@@ -143,10 +168,10 @@ def verify(
 @app.command()
 def versions(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """List the retained index versions (the ones `index --rollback` can restore)."""
-    from components.knowledge.manifest import Manifest
+    from components.knowledge.manifest import Manifest, manifest_path
 
     params = _load(params_file)
-    manifest = Manifest(params.paths.index / "manifest.sqlite")
+    manifest = Manifest(manifest_path(params.paths.index))
     published = manifest.published()
     rows = [
         {"version": v.version, "published": v.version == published, "kind": v.kind, "created_at": v.created_at,

@@ -144,3 +144,13 @@ def views(r: dict[str, Any]) -> list[Any]:
         worst.add_row(str(w["line"]), text, f"{w[f'ndcg@{NDCG_AT}']:.2f}", ", ".join(w["missed"]) or "-")
     footer = f"MLflow run {r['mlflow_run_id']}" if r["mlflow_run_id"] else "not logged (--no-log)"
     return [metrics, worst, footer]
+
+
+def doc_hits_table(hits: list[dict[str, Any]]) -> Any:
+    """`ragloop query --level doc`: each document with its score and the start of its best chunk."""
+    from rich.table import Table
+
+    t = Table("score", "doc", "best chunk")
+    for h in hits:
+        t.add_row(f"{h['score']:.3f}", h["doc"], h["chunks"][0]["text"][:160].replace("\n", " "))
+    return t
