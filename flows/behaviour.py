@@ -18,6 +18,7 @@ from components.behaviour.finetune import TrainingLog
 from components.behaviour.gate_report import (
     GateReport,
     candidate_results,
+    case_groups,
     gains,
     gate_markdown,
     gate_result,
@@ -190,11 +191,14 @@ def _gate_run_name() -> str:
 
 
 @flow(name="gate", flow_run_name=_gate_run_name)
-def gate(version: str | None = None, params_file: str = "params.yaml", if_needed: bool = False) -> dict:
+def gate(version: str | None = None, params_file: str = "params.yaml", if_needed: bool = False,
+         calibrate: bool = False) -> dict:  # fmt: skip
     """Gate a registered candidate (None: the last fine-tune's) against the champion, paired case by case on the
     same index version; promote it only if every regressed slice improved significantly and nothing got
     significantly worse. The verdict and its reasons go into the version's description; a rejected candidate stays
-    registered. `if_needed`: only a candidate not gated yet (else the skip is recorded). Writes gate.json."""
+    registered. `if_needed`: only a candidate not gated yet (else the skip is recorded). `calibrate`: first measure
+    the seed noise (a twin trained with the next seed, or the stored measurement of the same recipe); a gain must
+    exceed it. Writes gate.json."""
     from components.behaviour.gate_report import GateError
 
     params, settings = load_params(params_file), Settings.from_env()
@@ -206,7 +210,7 @@ def gate(version: str | None = None, params_file: str = "params.yaml", if_needed
             return dvc_metrics.record_gate_skip(params, f"no candidate: {why}")
     if if_needed and (verdict := gate_verdict(params, settings, version)) is not None:
         return dvc_metrics.record_gate_skip(params, f"version {version} was already gated: {verdict}")
-    return gate_version(params, settings, version, None)
+    return gate_version(params, settings, version, None, calibrate)
 
 
 @io_task("read the gate's verdict")
@@ -223,7 +227,8 @@ def load_candidate(params: Params, settings: Settings, version: str) -> VersionI
     return fetch_version(params, settings, version)
 
 
-def gate_version(params: Params, settings: Settings, version: str, champion_eval: Evaluation | None) -> dict:
+def gate_version(params: Params, settings: Settings, version: str, champion_eval: Evaluation | None,
+                 calibrate: bool = False) -> dict:  # fmt: skip
     """Judge `version` against the champion's evaluation (None: reuse the saved one of this index version, else
     evaluate afresh), record the verdict, move the aliases on promotion, and write gate.json."""
     from components.tracking import registry
@@ -233,7 +238,9 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
     if champion_eval is None:
         champ = load_champion(params, settings)
         champion_eval = _champion_evaluation(params, settings, champ, results["summary"]["index_version"])
-    report = judge_candidate(version, champion_eval, results, params.regression)
+    groups = case_groups(params)
+    calibration = calibrate_seed_noise(params, settings, results["behaviour"], groups) if calibrate else None
+    report = judge_candidate(version, champion_eval, results, params.regression, groups, calibration)
     registry.describe_version(params, settings, version, report.label, report.reasons, report.rates)
     aliases = registry.promote(params, settings, version) if report.promote else None
     if candidate.run_id:
@@ -246,8 +253,20 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
     create_table_artifact(key="gate-slices", table=gate_table(report),
                           description=f"version {version} against {report.champion_label}")  # fmt: skip
     result = gate_result(report, aliases)
+    if calibration is not None:
+        result["calibration"] = calibration
     dvc_metrics.record_gate(params, result)
     return result
+
+
+@step("calibrate the seed noise")
+def calibrate_seed_noise(params: Params, settings: Settings, candidate: dict, groups: dict[str, str]) -> dict:
+    """The stored seed noise of this recipe, or a twin trained with the next seed and evaluated (calibration.py)."""
+    from components.behaviour.calibration import calibrate
+
+    champ = load_champion(params, settings)
+    with slot(TRAINING_LIMIT):
+        return calibrate(params, settings, candidate, champ.adapter_dir if champ else None, groups)
 
 
 @io_task("record verdict on the fine-tune run")

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.behaviour import stats
+from components.behaviour.calibration import gains_against_noise, noise_levels
 from components.behaviour.evaluate import Evaluation
-from components.config import RegressionParams
+from components.config import Params, RegressionParams
 from components.tracking import metric_names
 
 Rates = dict[str, tuple[float | None, float]]  # slice -> (champion's pass rate or None, candidate's pass rate)
@@ -25,6 +26,8 @@ class GateReport:
     promote: bool
     reasons: list[str]
     rates: Rates
+    correction: str = ""  # the paired test and the correction over the slices, e.g. "..., Holm over 4 slices"
+    against_noise: dict[str, str] | None = None  # slice -> "intent +0.21 vs seed noise 0.03" (gate --calibrate)
 
     @property
     def label(self) -> str:
@@ -38,20 +41,32 @@ def candidate_results(version: str, results: dict[str, Any] | None) -> dict[str,
     return results
 
 
+def case_groups(params: Params) -> dict[str, str]:
+    """The gate set's case id -> group: the unit the paired tests count (cases of one seed are one)."""
+    from components.behaviour.loop import load_suite
+
+    return {c.id: c.group for c in load_suite(params)[0]}
+
+
 def judge_candidate(version: str, champion: Evaluation, candidate: dict[str, Any] | None,
-                    regression: RegressionParams) -> GateReport:  # fmt: skip
+                    regression: RegressionParams, groups: stats.Groups | None = None,
+                    calibration: dict[str, Any] | None = None) -> GateReport:  # fmt: skip
     """The verdict on registered `version`, whose stored results are `candidate` ({"behaviour", "summary"}), against
-    `champion` (its evaluation on the same index version)."""
+    `champion` (its evaluation on the same index version). `groups`: the gate set's case -> group; `calibration`:
+    a seed-noise record (components/behaviour/calibration.py) whose noise a gain must exceed."""
     results = candidate_results(version, candidate)
     summary = results["summary"]
     if summary["index_version"] != champion.summary["index_version"]:
         raise GateError(f"version {version} was evaluated on index version {summary['index_version']}, the "
                         f"champion on {champion.summary['index_version']}: a pairing across index versions is "
                         "meaningless")  # fmt: skip
+    noise = noise_levels(calibration) if calibration else None
     verdict = stats.gate(champion.results, results["behaviour"], champion.summary["regressed_slices"], regression,
-                         champion.summary["retrieval"], summary["retrieval"])  # fmt: skip
+                         champion.summary["retrieval"], summary["retrieval"], groups, noise)  # fmt: skip
     rates = slice_rates(champion.summary["slices"], summary["slices"])
-    return GateReport(version, champion.summary["model_version"], verdict.promote, verdict.reasons, rates)
+    against = gains_against_noise(verdict.comparisons, noise) if noise else None
+    return GateReport(version, champion.summary["model_version"], verdict.promote, verdict.reasons, rates,
+                      verdict.correction, against)  # fmt: skip
 
 
 def slice_rates(champion: dict[str, dict], candidate: dict[str, dict]) -> Rates:
@@ -71,16 +86,23 @@ def gate_table(report: GateReport) -> list[dict[str, Any]]:
 
 def gate_markdown(report: GateReport) -> str:
     lines = [f"# Gate: version {report.version} {report.label}", "",
-             f"Paired case by case against the champion ({report.champion_label}).", "",
+             f"Paired case by case against the champion ({report.champion_label}); {report.correction}.", "",
              "| slice | champion | candidate | change |", "|---|---|---|---|"]  # fmt: skip
     for k, (old, new) in sorted(report.rates.items()):
         change = "-" if old is None else f"{new - old:+.2f}"
         lines.append(f"| {k} | {'-' if old is None else f'{old:.2f}'} | {new:.2f} | {change} |")
+    if report.against_noise:
+        lines += ["", "## Gain against seed noise (calibration)", ""] + [
+            f"- {g}" for g in report.against_noise.values()
+        ]
     lines += ["", "## Reasons", ""] + [f"- {r}" for r in report.reasons]
     return "\n".join(lines) + "\n"
 
 
 def gate_result(report: GateReport, aliases: dict | None) -> dict[str, Any]:
     """What `ragloop gate --json` prints (a stable contract)."""
-    return {"version": report.version, "promoted": report.promote, "reasons": report.reasons, "aliases": aliases,
-            "champion_before": report.champion_label}  # fmt: skip
+    result = {"version": report.version, "promoted": report.promote, "reasons": report.reasons, "aliases": aliases,
+              "champion_before": report.champion_label, "correction": report.correction}  # fmt: skip
+    if report.against_noise is not None:
+        result["against_seed_noise"] = report.against_noise
+    return result

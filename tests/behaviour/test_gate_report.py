@@ -52,7 +52,7 @@ def test_a_candidate_that_fixes_the_regressed_slice_and_breaks_nothing_is_promot
     assert any("format" in r for r in report.reasons)
     assert gate_result(report, {"champion": "7", "previous": "1"}) == {
         "version": "7", "promoted": True, "reasons": report.reasons, "aliases": {"champion": "7", "previous": "1"},
-        "champion_before": "v1"}  # fmt: skip
+        "champion_before": "v1", "correction": "case-level McNemar, no correction over 2 slices"}  # fmt: skip
 
 
 def test_a_fix_bought_with_a_significant_loss_elsewhere_is_rejected_with_its_reason() -> None:
