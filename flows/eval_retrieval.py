@@ -55,7 +55,9 @@ def evaluate_retrieval(params: Params, queries_file: Path, ks: tuple[int, ...], 
             continue
         rows.append(_row(q, gains, docs, ks))
     metric_names = [*(f"{m}@{k}" for m in ("recall", "hit") for k in ks), "mrr", f"ndcg@{NDCG_AT}"]
-    result = {
+    seconds = {"load": round(load_s, 3), "retrieval": round(retrieval_s, 3),
+               "per_query": round(retrieval_s / len(queries), 4)}  # fmt: skip
+    result: dict[str, Any] = {
         "index_version": version,
         "level": level,
         "ks": list(ks),
@@ -69,14 +71,10 @@ def evaluate_retrieval(params: Params, queries_file: Path, ks: tuple[int, ...], 
         "queries_md5": file_md5(queries_file),
         "embedder": embedder,
         "retrieval": params.retrieval.model_dump(),
-        "seconds": {
-            "load": round(load_s, 3),
-            "retrieval": round(retrieval_s, 3),
-            "per_query": round(retrieval_s / len(queries), 4),
-        },
+        "seconds": seconds,
         "mlflow_run_id": None,
     }
-    result["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    seconds["total"] = round(time.perf_counter() - started, 3)
     if log:
         from components.tracking.retrieval_runs import log_retrieval_eval
 
