@@ -298,6 +298,14 @@ def gate_cmd(
     if_needed: Annotated[
         bool, typer.Option("--if-needed", help="Only when the last fine-tune left an ungated candidate.")
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="First measure the seed noise: train a twin with finetune.seed + 1 (or reuse the stored measurement "
+            "of the same recipe, data/metrics/calibration.json); a gain must exceed it.",
+        ),
+    ] = False,
 ) -> None:
     """Gate a registered candidate against the champion, case by case; promote it only if it wins (the Prefect
     flow `gate`, which writes data/metrics/gate.json)."""
@@ -312,7 +320,7 @@ def gate_cmd(
     from flows.behaviour import gate
 
     try:
-        result = gate(version=version, params_file=str(params.source), if_needed=if_needed)
+        result = gate(version=version, params_file=str(params.source), if_needed=if_needed, calibrate=calibrate)
     except RuntimeError as exc:  # RegistryError, GateError, IndexMovedError among them
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -147,7 +147,7 @@ def group_changes(base: Mapping[str, bool], cur: Mapping[str, bool], paired: lis
     its paired cases than the baseline, better when more, tied otherwise."""
     diff: dict[tuple[str, str], int] = {}
     for case in paired:
-        unit = ("group", groups[case]) if groups and case in groups else ("case", case)
+        unit = ("group", g) if groups and (g := groups.get(case)) else ("case", case)  # "" is no group either
         diff[unit] = diff.get(unit, 0) + int(bool(cur[case])) - int(bool(base[case]))
     return len(diff), sum(d < 0 for d in diff.values()), sum(d > 0 for d in diff.values())
 
