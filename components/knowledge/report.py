@@ -28,6 +28,8 @@ def to_markdown(report: dict) -> str:
         f"Embedder `{report['embedder']}`, collection `{report['collection']}`; "
         f"freshness lag {report['freshness_lag_s']} s; {report.get('embed_chunks_per_s', 0)} chunks/s embedded.",
     ]
+    if report.get("reparsed"):
+        lines.append(f"\n{report['reparsed']} unchanged document(s) read again: their parser's version changed.")
     if report.get("compacted"):
         lines.append("\nThe collection was compacted (churn passed `index.compact_churn_ratio`).")
     for title, key, field in (("Skipped or failed", "errors", "error"), ("Warnings", "warnings", "warning")):

@@ -11,6 +11,7 @@ import pytest
 from components.knowledge import documents
 from components.knowledge.documents import ParsedDocument, Parser
 from components.knowledge.manifest import manifest_path
+from components.knowledge.report import to_markdown
 from components.knowledge.retrieval import query_index
 from tests.helpers import Deployment
 
@@ -46,6 +47,7 @@ def test_a_bumped_parser_rechunks_its_files_and_reuses_the_others(deployment: De
                                    "failed": 0}  # fmt: skip
     # fees.md's two sections that mention EUR are new chunks; its third section and lost-card.md are reused
     assert report["chunks"] == {"embedded": 2, "reused": 4, "deleted": 2, "total": 6}
+    assert "2 unchanged document(s) read again: their parser's version changed" in to_markdown(report)
     after = _ids_by_doc(deployment)
     assert after["support.txt"] == before["support.txt"]  # the .txt file was not even re-read
     assert after["cards/lost-card.md"] == before["cards/lost-card.md"]  # re-read, same text, same ids
