@@ -158,6 +158,7 @@ def _tiny_loop(project: Path) -> None:
     params["finetune"].update(r=8, alpha=16, dropout=0.0, batch_size=12, epochs=3)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_suite(project / "data" / "behaviour")
+    shutil.copy(REPO / "data" / "behaviour" / "contract.yaml", project / "data" / "behaviour" / "contract.yaml")
     _sh(project, "git", "add", "-A")
     _sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny loop")
 
