@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.config import Params, Settings
+from components.tracking import metric_names
 from components.tracking.mlflow_runs import client_for, tracking_uri
 from components.tracking.production import production_evidence
 
@@ -94,9 +95,7 @@ def index_state(params: Params) -> dict:
 def _version_row(client: Any, mv: Any, aliases: dict[str, str]) -> dict:
     rates: dict[str, float] = {}
     if mv.run_id:
-        metrics = client.get_run(mv.run_id).data.metrics
-        rates = {k[len("gate_") : -len("_pass_rate")]: v for k, v in metrics.items()
-                 if k.startswith("gate_") and k.endswith("_pass_rate")}  # fmt: skip
+        rates = metric_names.gate_pass_rates(client.get_run(mv.run_id).data.metrics)
     return {
         "version": str(mv.version),
         "aliases": sorted(a for a, v in aliases.items() if v == str(mv.version)),
@@ -111,7 +110,6 @@ def _version_row(client: Any, mv: Any, aliases: dict[str, str]) -> dict:
 
 def _evaluation_row(run: Any) -> dict:
     tags, m = run.data.tags, run.data.metrics
-    slices = sorted({k[: -len("_pass_rate")] for k in m if k.endswith("_pass_rate") and "_baseline_" not in k})
     return {
         "run_id": run.info.run_id,
         "at": _iso(run.info.start_time),
@@ -120,9 +118,9 @@ def _evaluation_row(run: Any) -> dict:
         "index_version": tags.get("index_version"),
         "decision": tags.get("ragloop.decision"),
         "regressed_slices": [s for s in tags.get("ragloop.regressed_slices", "none").split(",") if s != "none"],
-        "pass_rates": {s: m[f"{s}_pass_rate"] for s in slices},
-        "diagnosis": {k: int(m.get(f"diagnosis_{k}", 0)) for k in ("pass", "behaviour", "knowledge")},
-        "retrieval": {k[len("retrieval_") :]: v for k, v in m.items() if k.startswith("retrieval_")},
+        "pass_rates": dict(sorted(metric_names.slice_pass_rates(m).items())),
+        "diagnosis": metric_names.diagnosis_counts(m, ("pass", "behaviour", "knowledge")),
+        "retrieval": metric_names.retrieval_metrics(m),
         "reason": tags.get("ragloop.reason"),
     }
 
@@ -208,24 +206,26 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     client = client_for(params, settings)
     since = int(time.time() * 1000) - days * DAY_MS
     index_runs = _runs(client, params.tracking.knowledge_experiment, since)
-    published = [r for r in index_runs if r.data.metrics.get("published", 0) > 0]
+    published = [r for r in index_runs if r.data.metrics.get(metric_names.PUBLISHED, 0) > 0]
 
     def total(key: str) -> int:
         return int(sum(r.data.metrics.get(key, 0) for r in published))
 
-    latest_chunks = int(index_runs[0].data.metrics.get("chunks_total", 0)) if index_runs else 0
-    documents = {k: total(f"documents_{k}") for k in ("added", "modified", "deleted", "renamed")}
+    latest_chunks = int(index_runs[0].data.metrics.get(metric_names.chunks("total"), 0)) if index_runs else 0
+    documents = {k: total(metric_names.documents(k)) for k in ("added", "modified", "deleted", "renamed")}
+    embedded, deleted = total(metric_names.chunks("embedded")), total(metric_names.chunks("deleted"))
+    unchanged = metric_names.documents("unchanged")
     knowledge = {
         "index_runs": _index_run_count(params, index_runs, since),
         "published_versions": len(published),
         "documents_changed": sum(documents.values()),
         "documents": documents,
-        "chunks_embedded": total("chunks_embedded"),
-        "chunks_deleted": total("chunks_deleted"),
+        "chunks_embedded": embedded,
+        "chunks_deleted": deleted,
         "chunks_now": latest_chunks,
-        "churn": round((total("chunks_embedded") + total("chunks_deleted")) / latest_chunks, 4) if latest_chunks else 0,
-        "index_seconds": round(sum(r.data.metrics.get("duration_s", 0.0) for r in published), 1),
-        "first_index_in_window": bool(published) and published[-1].data.metrics.get("documents_unchanged", 0) == 0,
+        "churn": round((embedded + deleted) / latest_chunks, 4) if latest_chunks else 0,
+        "index_seconds": round(sum(r.data.metrics.get(metric_names.DURATION_S, 0.0) for r in published), 1),
+        "first_index_in_window": bool(published) and published[-1].data.metrics.get(unchanged, 0) == 0,
     }
 
     evaluations = _champion_evaluations(client, params, since)
@@ -260,7 +260,7 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
             "status": r.info.status, "verdict": r.data.tags.get("ragloop.gate", "pending"),
             "train_seconds": m.get("train_seconds"), "train_steps": m.get("train_steps"),
             "train_tokens_per_s": m.get("train_tokens_per_s"), "training_pairs": m.get("training_pairs"),
-            "gains": {k[len("gate_gain_") :]: round(v, 4) for k, v in sorted(m.items()) if k.startswith("gate_gain_")},
+            "gains": {k: round(v, 4) for k, v in sorted(metric_names.gate_gains(m).items())},
         })  # fmt: skip
     return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes,
             "production": production_evidence(params, settings, since)}  # fmt: skip

@@ -19,9 +19,11 @@ DIAGNOSIS_PREFIX = "diagnosis_"
 # a fine-tune run: its candidate's gate-set pass rates, and what the gate measured it bought per slice
 GATE_PREFIX = "gate_"
 GATE_GAIN_PREFIX = "gate_gain_"
-# an index run: `documents_{kind}` and `chunks_{kind}` counts of its change report
+# an index run: `documents_{kind}` and `chunks_{kind}` counts of its change report, whether it published, its time
 DOCUMENTS_PREFIX = "documents_"
 CHUNKS_PREFIX = "chunks_"
+PUBLISHED = "published"
+DURATION_S = "duration_s"
 
 
 def slice_stat(slice_name: str, stat: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from components.config import Params, Settings
+from components.tracking import metric_names
 from components.tracking.lineage import docs_dvc_md5, git_commit
 
 
@@ -37,11 +38,11 @@ def experiment_id(client: Any, params: Params, settings: Settings, name: str) ->
 def index_metrics(report: dict) -> dict[str, float]:
     metrics: dict[str, float] = {
         "index_version": report["index_version"],
-        "published": int(report["published"]),
+        metric_names.PUBLISHED: int(report["published"]),
     }
-    for group in ("documents", "chunks"):
-        metrics.update({f"{group}_{k}": v for k, v in report[group].items()})
-    metrics["duration_s"] = report.get("duration_s", 0.0)
+    metrics.update({metric_names.documents(k): v for k, v in report["documents"].items()})
+    metrics.update({metric_names.chunks(k): v for k, v in report["chunks"].items()})
+    metrics[metric_names.DURATION_S] = report.get("duration_s", 0.0)
     metrics["embed_chunks_per_s"] = report.get("embed_chunks_per_s", 0.0)
     metrics["freshness_lag_s"] = report["freshness_lag_s"]
     metrics["errors"] = len(report["errors"])
@@ -122,14 +123,16 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
     }
     run_id = str(client.create_run(exp, tags=tags).info.run_id)
     now = _millis()
-    metrics = [Metric(f"{name}_{k}", float(v), now, 0) for name, s in summary["slices"].items() for k, v in s.items()]
+    names = metric_names
+    metrics = [Metric(names.slice_stat(name, k), float(v), now, 0)
+               for name, s in summary["slices"].items() for k, v in s.items()]  # fmt: skip
     for name, s in summary["slices"].items():
         if baseline and name in baseline:
             base = float(baseline[name]["pass_rate"])
-            metrics += [Metric(f"{name}_baseline_pass_rate", base, now, 0),
-                        Metric(f"{name}_vs_baseline", float(s["pass_rate"]) - base, now, 0)]  # fmt: skip
-    metrics += [Metric(f"retrieval_{k}", float(v), now, 0) for k, v in summary["retrieval"].items()]
-    metrics += [Metric(f"diagnosis_{k}", float(v), now, 0) for k, v in summary["diagnosis"].items()]
+            metrics += [Metric(names.baseline_pass_rate(name), base, now, 0),
+                        Metric(names.vs_baseline(name), float(s["pass_rate"]) - base, now, 0)]  # fmt: skip
+    metrics += [Metric(names.retrieval(k), float(v), now, 0) for k, v in summary["retrieval"].items()]
+    metrics += [Metric(names.diagnosis(k), float(v), now, 0) for k, v in summary["diagnosis"].items()]
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.log_dict(run_id, summary, "evaluation/summary.json")
     if baseline:
