@@ -239,7 +239,7 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
         champ = load_champion(params, settings)
         champion_eval = _champion_evaluation(params, settings, champ, results["summary"]["index_version"])
     groups = case_groups(params)
-    calibration = calibrate_seed_noise(params, settings, results["behaviour"], groups) if calibrate else None
+    calibration = calibrate_seed_noise(params, settings, candidate, groups) if calibrate else None
     report = judge_candidate(version, champion_eval, results, params.regression, groups, calibration)
     registry.describe_version(params, settings, version, report.label, report.reasons, report.rates)
     aliases = registry.promote(params, settings, version) if report.promote else None
@@ -260,13 +260,16 @@ def gate_version(params: Params, settings: Settings, version: str, champion_eval
 
 
 @step("calibrate the seed noise")
-def calibrate_seed_noise(params: Params, settings: Settings, candidate: dict, groups: dict[str, str]) -> dict:
-    """The stored seed noise of this recipe, or a twin trained with the next seed and evaluated (calibration.py)."""
+def calibrate_seed_noise(params: Params, settings: Settings, candidate: VersionInfo, groups: dict[str, str]) -> dict:
+    """The stored seed noise of this recipe, or a twin trained with the next seed and evaluated (calibration.py).
+    The twin's hard examples are mined with the candidate's own parent (its lineage), as the candidate's were."""
     from components.behaviour.calibration import calibrate
 
-    champ = load_champion(params, settings)
+    parent = candidate.tags.get("parent_version", "base")
+    miner = None if parent == "base" else load_candidate(params, settings, parent).adapter_dir
     with slot(TRAINING_LIMIT):
-        return calibrate(params, settings, candidate, champ.adapter_dir if champ else None, groups)
+        return calibrate(params, settings, candidate_results(candidate.version, candidate.results)["behaviour"],
+                         miner, groups)  # fmt: skip
 
 
 @io_task("record verdict on the fine-tune run")

@@ -90,15 +90,17 @@ def store_calibration(path: Path, key: str, record: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def calibrate(params: Params, settings: Settings, candidate: Results, champion_adapter: Path | None,
+def calibrate(params: Params, settings: Settings, candidate: Results, miner_adapter: Path | None,
               groups: Groups | None) -> dict:  # fmt: skip
     """The seed noise around `candidate` (the gated candidate's stored behaviour results): reused when stored under
-    the same key, else the twin is trained (seed + 1) and evaluated. Returns the record with `reused`."""
+    the same key, else the twin is trained (seed + 1) and evaluated. `miner_adapter`: the model whose training-set
+    failures were repeated in the candidate's training (its parent; None: the base, nothing mined). Returns the
+    record with `reused`."""
     from components.behaviour.assistant import generator_identity
     from components.behaviour.mining import mine_training_pairs
     from components.behaviour.suite import suite_hash
 
-    pairs, _ = mine_training_pairs(params, settings, champion_adapter)
+    pairs, _ = mine_training_pairs(params, settings, miner_adapter)
     key = calibration_key(pairs, params.finetune, generator_identity(params),
                           suite_hash(params.paths.behaviour / "gate.jsonl"))  # fmt: skip
     path = params.paths.metrics / CALIBRATION_FILE
