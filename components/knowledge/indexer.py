@@ -118,31 +118,41 @@ def detect_changes(s: IndexSession) -> Changes:
     refused = {e.path for e in scan.refused}
     added = [p for p in scan.files if p not in alive]
     deleted = [p for p in alive if p not in scan.files and p not in refused]
-    by_key = {(alive[p].sha256, parsed_by(p, alive[p].parser)): p for p in deleted if not alive[p].stale}
-    for path in added:  # a rename keeps its chunks only if the same parser would read it at the new path
-        old = by_key.pop((ch.hashes.get(path, ""), parser_for(path).identity), None)
-        if old is not None:
-            ch.renamed[path] = old
-    ch.added = [p for p in added if p not in ch.renamed]
-    ch.deleted = [p for p in deleted if p not in ch.renamed.values()]
-    for path in scan.files:
-        row, digest = alive.get(path), ch.hashes.get(path)
-        if row is None:
-            continue
-        current = parsed_by(path, row.parser) == parser_for(path).identity
-        if row.stale and digest is not None and digest == row.bad_sha:
-            (ch.still_failing if current else ch.reparsed).append(path)
-        elif not row.stale and digest == row.sha256:
-            ch.unchanged.append(path)
-            if not current:
-                ch.reparsed.append(path)
-        else:
-            ch.modified.append(path)
+    _pair_renames(ch, added, deleted, alive)
+    _classify_known(ch, [p for p in scan.files if p in alive], alive)
     ch.to_parse = ch.added + ch.modified + ch.reparsed + [p for p in refused if p in alive]
     if ch.key_changed:
         ch.to_parse = sorted(set(ch.to_parse) | set(ch.unchanged) | set(ch.renamed))
     ch.seconds = time.perf_counter() - t0
     return ch
+
+
+def _pair_renames(ch: Changes, added: list[str], deleted: list[str], alive: dict[str, DocRow]) -> None:
+    """A new path with the bytes of a deleted one is a rename (its chunks move, nothing is parsed), provided the
+    parser of the new path is the one that read the old (a .md renamed .html is read anew)."""
+    by_key = {(alive[p].sha256, parsed_by(p, alive[p].parser)): p for p in deleted if not alive[p].stale}
+    for path in added:
+        old = by_key.pop((ch.hashes.get(path, ""), parser_for(path).identity), None)
+        if old is not None:
+            ch.renamed[path] = old
+    ch.added = [p for p in added if p not in ch.renamed]
+    ch.deleted = [p for p in deleted if p not in ch.renamed.values()]
+
+
+def _classify_known(ch: Changes, paths: list[str], alive: dict[str, DocRow]) -> None:
+    """Files the published version has a row for: modified (other bytes), else unchanged, and re-read when an
+    older version of their parser read them; bytes that failed with this very parser are still failing."""
+    for path in paths:
+        row, digest = alive[path], ch.hashes.get(path)
+        if digest is None or digest != (row.bad_sha if row.stale else row.sha256):
+            ch.modified.append(path)
+        elif parsed_by(path, row.parser) != parser_for(path).identity:
+            ch.unchanged.append(path)
+            ch.reparsed.append(path)
+        elif row.stale:
+            ch.still_failing.append(path)
+        else:
+            ch.unchanged.append(path)
 
 
 def _hash_file(s: IndexSession, path: str) -> str | None:
