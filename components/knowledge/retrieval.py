@@ -22,7 +22,7 @@ import snowballstemmer
 from components.config import Params, RetrievalParams, Settings
 from components.knowledge.embedder import Embedder
 from components.knowledge.long_query import QuerySplitter
-from components.knowledge.manifest import Manifest, Record
+from components.knowledge.manifest import Manifest, Record, manifest_path
 from components.knowledge.store import Store
 
 _WORD = re.compile(r"\w+")
@@ -151,7 +151,7 @@ class Retriever:
 
     def __init__(self, params: Params, settings: Settings | None = None) -> None:
         self.params = params.retrieval
-        self.manifest = Manifest(params.paths.index / "manifest.sqlite")
+        self.manifest = Manifest(manifest_path(params.paths.index))
         self.version = self.manifest.published()
         info = self.manifest.version(self.version)
         if info is None:
