@@ -103,3 +103,17 @@ def test_only_the_manifest_runs_sql() -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls
     ]
     assert not offenders, f"SQL outside components/knowledge/manifest.py: {offenders}"
+
+
+def test_the_manifest_file_is_named_in_one_place() -> None:
+    """Every reader and writer finds the manifest through knowledge.manifest.manifest_path."""
+    roots = [COMPONENTS, COMPONENTS.parent / "flows"]
+    named = [
+        f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}"
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        if path != COMPONENTS / "knowledge" / "manifest.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "manifest.sqlite" in node.value
+    ]
+    assert not named, f"the manifest's file name outside components/knowledge/manifest.py: {named}"
