@@ -541,18 +541,18 @@ def server_start(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer /api/health.")] = 180.0,
 ) -> None:
     """Start the project's Prefect server, detached (it outlives this command), or reuse the running one."""
-    import os
-
     from flows import prefect_server as ps
 
+    home = ps.project_home(params_file)
     try:
-        started = ps.start(ps.project_home(params_file), port, timeout)[1]
+        started = ps.start(home, port, timeout)[1]
     except ps.ServerError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    if os.environ.get("PREFECT_API_URL"):
-        err.print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flow commands use that API")
-    _emit({"started": started, **ps.status(ps.project_home(params_file))}, as_json, tables.server_table)
+    configured = ps.configured_api_url(home)
+    if configured:
+        err.print(f"note: a Prefect API is configured ({configured}): flow commands use that API")
+    _emit({"started": started, **ps.status(home)}, as_json, tables.server_table)
 
 
 @server_app.command("stop")
