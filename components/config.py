@@ -110,8 +110,8 @@ class RetrievalParams(_Section):
     bm25_b: float = Field(0.4, ge=0, le=1)  # document-length normalisation
     stemmer: str | None = "english"  # Snowball stemmer language for BM25 terms; None: exact words only
     # Document level (`Retriever.search_docs`, `ragloop query --level doc`): the best `doc_candidates` chunks, each
-    # document scored from its chunks: `max` (its best chunk) or `rrf` (1 / (rrf_k + rank) summed over its best
-    # `doc_chunks` chunks: a document several good chunks point at outranks one lucky chunk).
+    # document scored from its chunks: `max` (its best chunk) or `rrf` (1 / rank summed over its best `doc_chunks`
+    # chunks: a document whose chunks hold ranks 2-4 outranks one lucky chunk at rank 1).
     doc_aggregation: Literal["max", "rrf"] = "max"
     doc_chunks: int = Field(3, ge=1)
     doc_candidates: int = Field(200, ge=1)
