@@ -64,7 +64,7 @@ def summarise(outcomes: list[CaseOutcome], baseline: Results | None, params: Reg
               model_version: str, index_version: int, contract: Contract) -> Evaluation:  # fmt: skip
     behaviour = slice_results(outcomes, contract.slice_names, behaviour_only=True)
     every = slice_summary(slice_results(outcomes, contract.slice_names), params.confidence)
-    verdict = detect_regression(baseline, behaviour, params)
+    verdict = detect_regression(baseline, behaviour, params, {o.id: o.group or o.id for o in outcomes})
     reindex = sorted({d for o in outcomes if o.diagnosis == "knowledge" for d in o.knowledge_docs})
     decision = "finetune" if verdict.regressed else ("reindex" if reindex else "none")
     counts = Counter(o.diagnosis for o in outcomes)
