@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components.config import Params
 from components.knowledge.retrieval_eval import DEFAULT_KS
 from flows.eval_retrieval import evaluate_retrieval
+from flows.tasks import step
 
 
-@task(name="evaluate retrieval on labelled queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+@step("evaluate retrieval on labelled queries")  # not retried: a bad query file fails the same way again
 def evaluate_retrieval_task(params: Params, queries_file: Path, ks: tuple[int, ...] = DEFAULT_KS,
                             level: str = "doc", log: bool = True) -> dict:  # fmt: skip
     result = evaluate_retrieval(params, queries_file, ks, level, log=log)

@@ -5,6 +5,11 @@ version that is not fully published (records are filtered by the published versi
 published version's chunk texts) or `hybrid` (both, fused by reciprocal rank). The lexical index is built from the
 manifest's records and texts of the version this Retriever reads, and cached per (index, version): a re-index
 publishes a new version, so a cached index never serves chunks the reader's version does not contain.
+
+`search` ranks chunks; `search_docs` ranks documents, each scored from its chunks among the best
+`retrieval.doc_candidates` (`retrieval.doc_aggregation`: its best chunk, or its best chunks' ranks together).
+A query longer than the embedder's window is split into parts that fit (components/knowledge/long_query.py,
+`retrieval.long_query`); a chunk's dense score is its best cosine to any part, and BM25 reads the whole query.
 """
 
 from __future__ import annotations
