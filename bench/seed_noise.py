@@ -218,10 +218,30 @@ def report() -> dict:
             s: sum(v["p_adjusted"] < params.regression.alpha for v in vals) for s, vals in noise.items()
         },
     }
+    summary["all_ordered_pairs"] = _all_pairs(runs, groups, params.regression, old)
     save(NAME, {**{k: data[k] for k in ("recipe_key", "training_pairs", "gate_cases", "runs")},
                 "report": {"summary": summary, "verdicts": rows, "per_slice": noise}})  # fmt: skip
     _print(summary, rows, noise)
     return summary
+
+
+def _all_pairs(runs: dict, groups: dict[str, str], new: Any, old: Any) -> dict[str, int]:
+    """Every seed as champion against every other as candidate (dependent pairs: a denser, not an independent,
+    estimate of how often two equal candidates pass the gate)."""
+    from components.behaviour.stats import detect_regression, gate
+
+    counts = {"pairs": 0, "promoted": 0, "promoted_old_gate": 0}
+    for a in sorted(runs, key=int):
+        champion = _results(runs[a])
+        regressed = detect_regression(champion, champion, new, groups).regressed_slices
+        for b in sorted(runs, key=int):
+            if a == b:
+                continue
+            candidate, ra, rb = _results(runs[b]), runs[a]["retrieval"], runs[b]["retrieval"]
+            counts["pairs"] += 1
+            counts["promoted"] += gate(champion, candidate, regressed, new, ra, rb, groups).promote
+            counts["promoted_old_gate"] += gate(champion, candidate, regressed, old, ra, rb, groups).promote
+    return counts
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -234,6 +254,9 @@ def _print(summary: dict, rows: list[dict], noise: dict[str, list[dict]]) -> Non
     print(f"\npromoted {summary['promoted']} of {summary['candidates']} seed-only candidates with the default gate "
           f"({summary['gate']['unit']}-level, correction {summary['gate']['correction']}); "
           f"{summary['promoted_old_gate']} with the old gate (case-level, no correction)")  # fmt: skip
+    pairs = summary["all_ordered_pairs"]
+    print(f"all {pairs['pairs']} ordered pairs of seeds: {pairs['promoted']} promoted by the default gate, "
+          f"{pairs['promoted_old_gate']} by the old one")  # fmt: skip
     headers = ["slice", "min |d|", "median |d|", "max |d|", "p_case<a", "p_adj<a"]
     print(table(headers, [[s, *summary["noise"][s].values(), summary["significant_case_level"][s],
                            summary["significant_group_level_adjusted"][s]] for s in noise]))  # fmt: skip
