@@ -87,6 +87,13 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     params = load_params(loop_dep.params_file)
     champ = registry.champion(params, Settings.from_env())
     assert champ is not None and champ.version == result["version"]
+    # the flow itself (as a deployment triggered by the regression event runs it, no CLI) wrote the DVC metrics
+    tuned = json.loads((params.paths.metrics / "finetune.json").read_text())
+    assert tuned["skipped"] is False and tuned["version"] == result["version"] and tuned["promoted"] is True
+    assert tuned["adapter_sha256"] == result["adapter_sha256"] and tuned["train_steps"] == result["train_steps"]
+    gated = json.loads((params.paths.metrics / "gate.json").read_text())
+    assert gated == {"skipped": False, "version": result["version"], "promoted": True, "reasons": result["reasons"],
+                     "champion_before": "base"}  # fmt: skip
     after = evaluate(params_file=p)  # the champion, re-evaluated against its own stored baseline
     assert after["model_version"] == f"v{champ.version}"
     assert after["decision"] == "none"
