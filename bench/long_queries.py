@@ -120,14 +120,14 @@ def vaswani_requests(queries: Queries, qrels: Qrels, seed: int) -> tuple[Queries
 RAGLOOP = {  # name -> (retrieval params, level)
     "ragloop before (hybrid, chunks, truncated)": ({"long_query": "truncate"}, "chunk"),
     "ragloop before, 10 chunks (`ragloop query -k 10`)": ({"long_query": "truncate"}, "chunk10"),
-    "ragloop doc level only (max, truncated)": ({"long_query": "truncate", "doc_aggregation": "max"}, "doc"),
+    "ragloop doc level only (max, truncated)": ({"long_query": "truncate"}, "doc"),
     "ragloop split only (chunks)": ({"long_query": "split"}, "chunk"),
-    "ragloop doc max + split": ({"doc_aggregation": "max", "long_query": "split"}, "doc"),
+    "ragloop sentences only (chunks)": ({"long_query": "sentences"}, "chunk"),
+    "ragloop doc max + split": ({"long_query": "split"}, "doc"),
     "ragloop doc rrf + split": ({"doc_aggregation": "rrf", "long_query": "split"}, "doc"),
-    "ragloop doc max + sentences": ({"doc_aggregation": "max", "long_query": "sentences"}, "doc"),
     "ragloop doc rrf + sentences": ({"doc_aggregation": "rrf", "long_query": "sentences"}, "doc"),
-    "ragloop defaults (after)": ({}, "doc"),
-    "ragloop dense, doc max + split": ({"mode": "dense"}, "doc"),
+    "ragloop defaults (after: doc max + sentences)": ({}, "doc"),
+    "ragloop dense (doc max + sentences)": ({"mode": "dense"}, "doc"),
     "BM25 (ragloop lexical, doc level)": ({"mode": "lexical"}, "doc"),
 }
 
@@ -193,7 +193,7 @@ def stored_whole_vectors(params: Any, files: dict[str, str]) -> dict[str, np.nda
     return out
 
 
-SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)", "ragloop defaults (after)",
+SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)", "ragloop defaults (after: doc max + sentences)",
                  "BM25 (ragloop lexical, doc level)", "whole-document dense (MiniLM, cosine)",
                  "LangChain (Chroma.as_retriever)", "LlamaIndex (VectorStoreIndex.as_retriever)"}  # fmt: skip
 

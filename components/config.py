@@ -115,10 +115,12 @@ class RetrievalParams(_Section):
     doc_aggregation: Literal["max", "rrf"] = "max"
     doc_chunks: int = Field(3, ge=1)
     doc_candidates: int = Field(200, ge=1)
-    # A query longer than the embedder's window (read from the model: 256 tokens for MiniLM) is `split` at sentence
-    # ends into parts that fit, each embedded and ranked, the rankings fused; `sentences` splits every query of
-    # several sentences; `truncate` lets the model read the first window only (the behaviour before, for comparison).
-    long_query: Literal["split", "sentences", "truncate"] = "split"
+    # Queries of several sentences (`sentences`): each sentence is embedded and ranked apart (one under 6 tokens
+    # joins a neighbour) and a chunk scores its best cosine to any of them, so no part of a long request is cut off
+    # (MiniLM reads 256 tokens, from the model's config) and one question of several does not drown the others
+    # (bench/README.md, long queries); `split`: only a query longer than the window is cut, at sentence ends, into
+    # parts that fit; `truncate`: the model reads the first window only (the behaviour before, for comparison).
+    long_query: Literal["sentences", "split", "truncate"] = "sentences"
     experiment: str = "ragloop-retrieval"  # MLflow experiment of `ragloop eval-retrieval` runs
 
     @field_validator("stemmer")

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\s*\n\s*")
+_BOUNDARY = re.compile(r"(?<=[.!?;])\s+|\s*\n\s*")
+# a period after these (or after a single letter: "y. pestis", "J. Smith") ends no sentence
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "mt", "prof", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "inc",
+                  "ltd", "co", "fig", "approx", "ca"}  # fmt: skip
 MIN_PART_TOKENS = 6  # `sentences` mode: a shorter sentence ("Hi there.", "Thanks!") joins the next one
 
 
@@ -36,7 +39,7 @@ class QuerySplitter:
             return [text]
         if self.mode == "split" and self.lengths([text])[0] <= self.budget:
             return [text]
-        sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+        sentences = split_sentences(text)
         pieces: list[tuple[str, int]] = []
         for sentence, n in zip(sentences, self.lengths(sentences), strict=True):
             pieces += self._cut(sentence) if n > self.budget else [(sentence, n)]
@@ -52,6 +55,22 @@ class QuerySplitter:
             span = offsets[start : start + self.budget]
             out.append((sentence[span[0][0] : span[-1][1]], len(span)))
         return out
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text`: cut after . ! ? ; and at line breaks; a period ends a sentence only before a
+    capital, a digit or a quote, and never after an abbreviation or a single letter."""
+    out, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        before, after = text[start : m.start()], text[m.end() : m.end() + 1]
+        if "\n" not in m.group() and before.endswith("."):
+            word = before.rsplit(None, 1)[-1].rstrip(".").lower() if before.strip() else ""
+            if word in _ABBREVIATIONS or len(word) <= 1 or not (after.isupper() or after.isdigit() or after in "\"'("):
+                continue
+        out.append(before)
+        start = m.end()
+    out.append(text[start:])
+    return [x for x in out if x.strip()]
 
 
 def _pack(pieces: list[tuple[str, int]], budget: int) -> list[str]:

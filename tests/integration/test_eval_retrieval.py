@@ -49,7 +49,7 @@ def test_the_command_prints_the_contract_and_logs_one_run_with_its_lineage(dep: 
     assert client.get_experiment(run.info.experiment_id).name == "ragloop-retrieval"
     assert run.data.tags["index_version"] == "1"
     assert run.data.tags["queries_md5"] == r["queries_md5"]
-    assert run.data.params["retrieval.long_query"] == "split"
+    assert run.data.params["retrieval.long_query"] == dep.params().retrieval.long_query
     assert run.data.params["retrieval.doc_aggregation"] == dep.params().retrieval.doc_aggregation
     assert run.data.metrics["recall_at_3"] == r["metrics"]["recall@3"]
     assert run.data.metrics["unknown_documents"] == 1

@@ -52,7 +52,7 @@ def test_the_window_is_the_models_own_and_the_test_query_is_longer(dep: Deployme
 def test_a_fact_only_in_the_tail_of_a_long_query_changes_the_ranking(dep: Deployment) -> None:
     with _retriever(dep, mode="dense", long_query="truncate") as r:
         truncated = r.search([LONG_QUERY], 3)[0]
-    with _retriever(dep, mode="dense") as r:  # the default: split
+    with _retriever(dep, mode="dense") as r:  # the default: sentences
         split = r.search([LONG_QUERY], 3)[0]
         alone = r.search([TAIL_QUESTION], 1)[0][0]
     assert TRANSFERS not in truncated[0]["text"]  # the model never read the question
@@ -84,8 +84,18 @@ def test_split_parts_fit_the_window_and_keep_every_character(dep: Deployment) ->
             assert "".join(parts).replace(" ", "") == text.replace(" ", "")
     small = QuerySplitter(tokenizer, 16, "split")  # a model with a 16-token window splits even short requests
     assert len(small.split("Hello. My card was blocked yesterday at a shop. What do I do now?")) == 2
-    sentences = QuerySplitter(tokenizer, window, "sentences").split("Hi. My card is lost. What do I do now? Thanks!")
-    assert sentences == ["Hi. My card is lost.", "What do I do now? Thanks!"]  # short sentences join a neighbour
+    sentences = QuerySplitter(tokenizer, window, "sentences")
+    assert sentences.split("Hi. My card is lost. What do I do now? Thanks!") == [
+        "Hi. My card is lost.",
+        "What do I do now? Thanks!",
+    ]  # short sentences join a neighbour
+    # abbreviations and initials end no sentence (XQuAD: "Mr. Costa", "St. Augustine", "y. pestis")
+    for one in (
+        "Why did Mr. Costa lose his claim against ENEL?",
+        "What do the strains of y. pestis suggest?",
+        "How fast were the winds around St. Augustine in the 1964 hurricane?",
+    ):
+        assert sentences.split(one) == [one]
 
 
 def test_chunk_level_repeats_a_document_that_the_document_level_ranks_once(dep: Deployment) -> None:
