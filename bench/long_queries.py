@@ -199,7 +199,7 @@ SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)", "ragloop defaults
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
-def corpus_sets(name: str) -> tuple[dict[str, str], dict[str, tuple[Queries, Qrels]]]:
+def corpus_sets(name: str, vaswani_limit: int = 0) -> tuple[dict[str, str], dict[str, tuple[Queries, Qrels]]]:
     if name == "xquad":
         files, queries, qrels = xquad()
         _, questions = xquad_articles()
@@ -208,13 +208,13 @@ def corpus_sets(name: str) -> tuple[dict[str, str], dict[str, tuple[Queries, Qre
         files, questions = xquad_articles()
         return files, {"requests": xquad_requests(questions, lambda a, p: f"a{a:02d}.txt", seed=14),
                        "long": xquad_long(questions, seed=14)}  # fmt: skip
-    files, queries, qrels = vaswani(0)
+    files, queries, qrels = vaswani(vaswani_limit)
     return files, {"short": (queries, qrels), "requests": vaswani_requests(queries, qrels, seed=14)}
 
 
-def evaluate(name: str, work: Path, model: Any, peers: bool) -> dict[str, Any]:
+def evaluate(name: str, work: Path, model: Any, peers: bool, vaswani_limit: int = 0) -> dict[str, Any]:
     """Every system on every query set of one corpus."""
-    files, sets = corpus_sets(name)
+    files, sets = corpus_sets(name, vaswani_limit)
     c.log(f"{name}: {len(files)} documents; sets {', '.join(f'{k} ({len(v[0])})' for k, v in sets.items())}")
     params, systems = ragloop_systems(files, work / name)
     systems["whole-document dense (MiniLM, cosine)"] = whole_document_dense(files, model, params)
@@ -222,7 +222,7 @@ def evaluate(name: str, work: Path, model: Any, peers: bool) -> dict[str, Any]:
         systems["LangChain (Chroma.as_retriever)"] = langchain(files, work / name, model)
         systems["LlamaIndex (VectorStoreIndex.as_retriever)"] = llamaindex(files, work / name)
     tokenizer = model.tokenizer
-    out: dict[str, Any] = {"documents": len(files), "sets": {}}
+    out: dict[str, Any] = {"documents": len(files), "peers": peers, "sets": {}}
     for set_name, (queries, qrels) in sets.items():
         ids = sorted(queries)
         lengths = [len(tokenizer(queries[q], add_special_tokens=True, verbose=False)["input_ids"]) for q in ids]
@@ -248,6 +248,7 @@ def evaluate(name: str, work: Path, model: Any, peers: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpora", default="xquad,xquad-articles,vaswani")
+    ap.add_argument("--vaswani", type=int, default=0, help="only the first N abstracts (0: all 11,429)")
     ap.add_argument("--keep", action="store_true", help="keep the corpora of the last results file not run now")
     ap.add_argument("--no-peers", default="", help="corpora (comma-separated) to run without LangChain and LlamaIndex")
     args = ap.parse_args()
@@ -257,7 +258,7 @@ def main() -> None:
     results = json.loads(previous.read_text())["corpora"] if args.keep and previous.is_file() else {}
     with c.workdir("long-queries") as work:
         for name in args.corpora.split(","):
-            results[name] = evaluate(name, work, model, name not in args.no_peers.split(","))
+            results[name] = evaluate(name, work, model, name not in args.no_peers.split(","), args.vaswani)
             save(results, load_start)  # after each corpus: a long run that stops keeps what it measured
     for name, res in results.items():
         for set_name, s in res["sets"].items():
