@@ -155,7 +155,7 @@ def collect(seeds: int, cache: Path) -> None:
     stored = _load(out)
     runs = stored.get("runs", {}) if stored.get("recipe_key") == key else {}
     log(f"recipe {key}: {len(pairs)} training pairs, {len(gate)} gate cases; stored seeds {sorted(runs, key=int)}")
-    for seed in [*range(1, seeds + 1), 0]:  # seed 0 last: `make run`'s adapter may be there by then, and reused
+    for seed in range(seeds + 1):
         if str(seed) in runs:
             continue
         adapter = cache / f"seed-{seed}"
