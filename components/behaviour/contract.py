@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +288,7 @@ def _target(path: Path, raw: Mapping[str, Any], fmt: str, roles: Mapping[str, st
     if fmt == "line":
         line = target.get("line")
         try:
-            names = {n for _, n, _, _ in __import__("string").Formatter().parse(line or "") if n}
+            names = {n for _, n, _, _ in string.Formatter().parse(line or "") if n}
         except ValueError as exc:
             raise ContractError(f"{path}: field 'target.line': not a format string: {exc}") from None
         if not isinstance(line, str) or not names or not names <= set(roles):
