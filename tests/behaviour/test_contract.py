@@ -215,3 +215,17 @@ def test_the_contract_is_reloaded_when_its_file_changes(tmp_path: Path) -> None:
     path.write_text(json.dumps(minimal(name="renamed")))
     os.utime(path, ns=(first_ns := path.stat().st_mtime_ns + 10**9, first_ns))
     assert load_contract(path).name == "renamed"
+
+
+def test_an_assertion_error_is_in_the_case_row_of_the_evaluation_table(tmp_path: Path) -> None:
+    from components.behaviour.checks import CaseOutcome
+    from components.behaviour.reports import case_rows
+
+    body = minimal(slices=[{"name": "custom", "assert": {"type": "python", "needs_case": True,
+                            "function": "tests.behaviour.test_contract:raises_on_refusals"}}])  # fmt: skip
+    checks, errors = load_contract(write(tmp_path, body)).check(OOS, '{"text": "ok"}', ())
+    outcome = CaseOutcome(OOS.id, OOS.question, OOS.intent, (), (), '{"text": "ok"}', checks, "behaviour",
+                          errors=errors, group="s9")  # fmt: skip
+    (row,) = case_rows([outcome])
+    assert (row["failed_slices"], row["errors"], row["group"]) == ("custom", "custom: RuntimeError: no rule for "
+                                                                   "refusals", "s9")  # fmt: skip
