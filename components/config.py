@@ -121,6 +121,11 @@ class RetrievalParams(_Section):
     # (bench/README.md, long queries); `split`: only a query longer than the window is cut, at sentence ends, into
     # parts that fit; `truncate`: the model reads the first window only (the behaviour before, for comparison).
     long_query: Literal["sentences", "split", "truncate"] = "sentences"
+    # `sentences` only for a query of at least `sentences_min` parts (after short ones join); fewer: the whole query
+    # (split if over the window). `sentences_whole`: the whole query's embedding also ranks (a query that fits the
+    # window), so a chunk scores max(whole, best sentence).
+    sentences_min: int = Field(1, ge=1)
+    sentences_whole: bool = False
     experiment: str = "ragloop-retrieval"  # MLflow experiment of `ragloop eval-retrieval` runs
 
     @field_validator("stemmer")

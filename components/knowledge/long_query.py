@@ -5,6 +5,11 @@ A sentence model reads at most its window of tokens (MiniLM-L6: 256, from the mo
 often where the question is. `split_query` cuts a query at sentence ends into parts within the window (a sentence
 longer than the window is cut into windows of tokens), so every word of it is embedded. The retriever ranks each
 part and keeps, for every chunk, its best similarity to any part (`retrieval.long_query`).
+
+`sentences` mode ranks each sentence apart (`retrieval.sentences_min`: only in a query of at least that many
+sentences; fewer, the query is embedded whole, split only if over the window). Two sentences are often one request
+("I turned on magnetic stripe payments. Will they stay on permanently?"), which apart lose their context; several
+are often several requests (bench/README.md, long queries, measures both).
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ MIN_PART_TOKENS = 6  # `sentences` mode: a shorter sentence ("Hi there.", "Thank
 class QuerySplitter:
     """Splits query texts with the embedder's own tokenizer and window (tokens, special tokens included)."""
 
-    def __init__(self, tokenizer: Any, window: int, mode: str) -> None:
-        self.tokenizer, self.mode = tokenizer, mode
+    def __init__(self, tokenizer: Any, window: int, mode: str, min_sentences: int = 1) -> None:
+        self.tokenizer, self.mode, self.min_sentences = tokenizer, mode, min_sentences
         self.budget = max(1, window - int(tokenizer.num_special_tokens_to_add(pair=False)))
 
     def lengths(self, texts: list[str]) -> list[int]:
@@ -43,8 +48,16 @@ class QuerySplitter:
         pieces: list[tuple[str, int]] = []
         for sentence, n in zip(sentences, self.lengths(sentences), strict=True):
             pieces += self._cut(sentence) if n > self.budget else [(sentence, n)]
-        parts = _pack(pieces, self.budget) if self.mode == "split" else _join_short(pieces, self.budget)
+        if self.mode == "split":
+            return _pack(pieces, self.budget) or [text]
+        parts = _join_short(pieces, self.budget)
+        if len(parts) < self.min_sentences:  # too few sentences to rank apart: the whole query, split if too long
+            fits = self.lengths([text])[0] <= self.budget
+            return [text] if fits else _pack(pieces, self.budget) or [text]
         return parts or [text]
+
+    def fits(self, text: str) -> bool:
+        return self.lengths([text])[0] <= self.budget
 
     def _cut(self, sentence: str) -> list[tuple[str, int]]:
         """A sentence longer than the budget, as consecutive windows of at most `budget` tokens."""

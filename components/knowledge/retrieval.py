@@ -9,7 +9,8 @@ publishes a new version, so a cached index never serves chunks the reader's vers
 `search` ranks chunks; `search_docs` ranks documents, each scored from its chunks among the best
 `retrieval.doc_candidates` (`retrieval.doc_aggregation`: its best chunk, or its best chunks' ranks together).
 A query longer than the embedder's window is split into parts that fit (components/knowledge/long_query.py,
-`retrieval.long_query`); a chunk's dense score is its best cosine to any part, and BM25 reads the whole query.
+`retrieval.long_query`); a chunk's dense score is its best cosine to any part (with `retrieval.sentences_whole`,
+the whole query is one more part), and BM25 reads the whole query.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ class Retriever:
         """Splits queries longer than the embedder's window (None: the model has no tokenizer to count with)."""
         if self._splitter is None and self.params.long_query != "truncate":
             found = self.embedder.tokenizer_window()
-            self._splitter = QuerySplitter(*found, self.params.long_query) if found else None
+            self._splitter = (QuerySplitter(*found, self.params.long_query, self.params.sentences_min)
+                              if found else None)  # fmt: skip
         return self._splitter
 
     def warm(self) -> None:
@@ -240,6 +242,8 @@ class Retriever:
         scores its best similarity to any part of its query."""
         splitter = self.splitter
         parts = [splitter.split(t) if splitter else [t] for t in texts]
+        if self.params.sentences_whole and splitter is not None:  # the whole query as one more part, if it fits
+            parts = [[t, *ps] if len(ps) > 1 and splitter.fits(t) else ps for t, ps in zip(texts, parts, strict=True)]
         vectors = iter(self.embedder.encode([p for ps in parts for p in ps]))
         out = []
         for ps in parts:

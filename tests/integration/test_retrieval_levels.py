@@ -139,3 +139,54 @@ def test_the_aggregation_in_params_decides_the_document_order(tmp_path: Path) ->
 def test_a_bad_level_is_refused_with_the_allowed_values(dep: Deployment) -> None:
     with pytest.raises(ValueError, match="chunk, doc"):
         query_index(dep.params(), "fees", 3, level="page")
+
+
+GREETING_QUESTION = "Hi there, I am a long-time customer of this bank. How much does an international transfer cost?"
+REQUEST = (
+    "Hello, I have a few questions about my account. How much does an ATM withdrawal cost? "
+    "When is the support line open? How long does a replacement card take to arrive?"
+)
+
+
+def test_sentences_min_ranks_a_greeting_and_question_whole_and_a_request_by_sentence(dep: Deployment) -> None:
+    with _retriever(dep) as r:
+        tokenizer, window = r.embedder.tokenizer_window()  # type: ignore[misc]
+    every, from_three = QuerySplitter(tokenizer, window, "sentences"), QuerySplitter(tokenizer, window, "sentences", 3)
+    assert len(every.split(GREETING_QUESTION)) == 2  # the greeting would be ranked apart
+    assert from_three.split(GREETING_QUESTION) == [GREETING_QUESTION]
+    assert len(from_three.split(REQUEST)) == 4 and from_three.split(REQUEST) == every.split(REQUEST)
+    assert from_three.split(LONG_QUERY) == every.split(LONG_QUERY)  # 21 sentences over the window
+    for mode in ("dense", "hybrid"):
+        with _retriever(dep, mode=mode, long_query="split") as r:
+            whole = r.search([GREETING_QUESTION, REQUEST], 5)
+        with _retriever(dep, mode=mode, sentences_min=1) as r:
+            apart = r.search([GREETING_QUESTION, REQUEST], 5)
+        with _retriever(dep, mode=mode, sentences_min=3) as r:
+            rule = r.search([GREETING_QUESTION, REQUEST], 5)
+        assert rule[0] == whole[0]  # two sentences: the whole query's ranking
+        assert rule[1] == apart[1]  # four: every sentence ranked apart
+    with _retriever(dep, mode="dense", sentences_min=3) as r:
+        docs = {h["doc"] for h in r.search([REQUEST], 3)[0]}
+    assert docs == {"fees.md", "support.txt", "cards/lost-card.md"}  # one per question
+
+
+def test_sentences_whole_max_scores_a_chunk_by_the_whole_query_or_its_best_sentence(dep: Deployment) -> None:
+    best: dict[tuple[str, str], float] = {}
+    with _retriever(dep, mode="dense", long_query="split") as r:  # each text embedded whole
+        parts = QuerySplitter(*r.embedder.tokenizer_window(), "sentences").split(GREETING_QUESTION)  # type: ignore[misc]
+        for text in (GREETING_QUESTION, *parts):
+            for h in r.search([text], 20)[0]:  # every chunk of the tiny corpus
+                key = (h["doc"], h["chunk_id"])
+                best[key] = max(best.get(key, -1.0), h["score"])
+    with _retriever(dep, mode="dense", sentences_whole=True) as r:
+        top = r.search([GREETING_QUESTION], 3)[0]
+    assert len(parts) == 2
+    assert [h["score"] for h in top] == pytest.approx(sorted(best.values(), reverse=True)[:3], abs=1e-5)
+    assert [h["score"] for h in top] == pytest.approx([best[(h["doc"], h["chunk_id"])] for h in top], abs=1e-5)
+
+
+def test_sentence_rule_params_are_checked() -> None:
+    with pytest.raises(ValueError, match="sentences_min"):
+        RetrievalParams(sentences_min=0)
+    with pytest.raises(ValueError, match="sentences_whole"):
+        RetrievalParams(sentences_whole="max")  # type: ignore[arg-type]
