@@ -199,6 +199,12 @@ SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)", "ragloop defaults
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
+def doc_metrics(ids: list[str], ranked: list[list[str]], qrels: Qrels) -> dict[str, float]:
+    """recall@KS, MRR and nDCG@10 of the ranked documents per query, averaged (hit rates left out)."""
+    rows = [score_query(docs, dict.fromkeys(qrels[q], 1.0), KS) for q, docs in zip(ids, ranked, strict=True)]
+    return {k: v for k, v in summarise(rows).items() if not k.startswith("hit")}
+
+
 def corpus_sets(name: str, vaswani_limit: int = 0) -> tuple[dict[str, str], dict[str, tuple[Queries, Qrels]]]:
     if name == "xquad":
         files, queries, qrels = xquad()
@@ -237,8 +243,7 @@ def evaluate(name: str, work: Path, model: Any, peers: bool, vaswani_limit: int 
             t0 = time.perf_counter()
             ranked = run([queries[q] for q in ids])
             seconds = time.perf_counter() - t0
-            rows = [score_query(docs, dict.fromkeys(qrels[q], 1.0), KS) for q, docs in zip(ids, ranked, strict=True)]
-            metrics = {k: v for k, v in summarise(rows).items() if not k.startswith("hit")}
+            metrics = doc_metrics(ids, ranked, qrels)
             res["systems"][system] = {**metrics, "query_seconds": round(seconds, 2)}
             c.log(f"  {name}/{set_name} {system}: {metrics} ({seconds:.1f} s)")
         out["sets"][set_name] = res

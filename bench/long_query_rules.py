@@ -20,12 +20,11 @@ from typing import Any
 
 import _common as c  # sets the offline environment before the project imports
 import torch
-from long_queries import KS, corpus_sets
+from long_queries import KS, corpus_sets, doc_metrics
 
 from components.config import RetrievalParams, load_params
 from components.knowledge.indexer import run_index
 from components.knowledge.retrieval import Retriever
-from components.knowledge.retrieval_eval import score_query, summarise
 from components.knowledge.session import open_index
 
 RULES = {  # name -> retrieval settings over the defaults
@@ -77,8 +76,7 @@ def corpus(name: str, rules: dict[str, dict[str, Any]], vaswani_limit: int) -> d
                 t0 = time.perf_counter()
                 with Retriever(p) as r:
                     ranked = [[h["doc"] for h in hits] for hits in r.search_docs([queries[q] for q in ids], max(KS))]
-                rows = [score_query(d, dict.fromkeys(qrels[q], 1.0), KS) for q, d in zip(ids, ranked, strict=True)]
-                metrics = {k: v for k, v in summarise(rows).items() if not k.startswith("hit")}
+                metrics = doc_metrics(ids, ranked, qrels)
                 seconds = round(time.perf_counter() - t0, 2)
                 base = tops.setdefault(set_name, ranked) if rule.startswith("split") else tops.get(set_name)
                 changed = None if base is None else sum(a != b for a, b in zip(ranked, base, strict=True))
