@@ -123,9 +123,10 @@ class RetrievalParams(_Section):
     long_query: Literal["sentences", "split", "truncate"] = "sentences"
     # `sentences` only for a query of at least `sentences_min` parts (after short ones join); fewer: the whole query
     # (split if over the window). `sentences_whole`: the whole query's embedding also ranks (a query that fits the
-    # window), so a chunk scores max(whole, best sentence).
+    # window), so a chunk scores max(whole, best sentence): a two-sentence request whose second sentence means
+    # nothing alone still ranks as one (bench/README.md, which queries to rank by sentence).
     sentences_min: int = Field(1, ge=1)
-    sentences_whole: bool = False
+    sentences_whole: bool = True
     experiment: str = "ragloop-retrieval"  # MLflow experiment of `ragloop eval-retrieval` runs
 
     @field_validator("stemmer")

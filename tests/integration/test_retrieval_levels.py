@@ -159,13 +159,13 @@ def test_sentences_min_ranks_a_greeting_and_question_whole_and_a_request_by_sent
     for mode in ("dense", "hybrid"):
         with _retriever(dep, mode=mode, long_query="split") as r:
             whole = r.search([GREETING_QUESTION, REQUEST], 5)
-        with _retriever(dep, mode=mode, sentences_min=1) as r:
+        with _retriever(dep, mode=mode, sentences_min=1, sentences_whole=False) as r:
             apart = r.search([GREETING_QUESTION, REQUEST], 5)
-        with _retriever(dep, mode=mode, sentences_min=3) as r:
+        with _retriever(dep, mode=mode, sentences_min=3, sentences_whole=False) as r:
             rule = r.search([GREETING_QUESTION, REQUEST], 5)
         assert rule[0] == whole[0]  # two sentences: the whole query's ranking
         assert rule[1] == apart[1]  # four: every sentence ranked apart
-    with _retriever(dep, mode="dense", sentences_min=3) as r:
+    with _retriever(dep, mode="dense", sentences_min=3, sentences_whole=False) as r:
         docs = {h["doc"] for h in r.search([REQUEST], 3)[0]}
     assert docs == {"fees.md", "support.txt", "cards/lost-card.md"}  # one per question
 
