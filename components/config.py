@@ -50,6 +50,9 @@ class PathsParams(_Section):
     contract: Path | None = None  # the behaviour contract (parsing, targets, slices); default: behaviour/contract.yaml
     models: Path = Path("data/models")  # the built base model and fine-tune outputs
     serving: Path = Path("data/serving")  # the API server's state: the feedback spool (feedback-spool/, rejected/)
+    # labelled queries (`ragloop eval-retrieval`'s JSONL) that every evaluation also scores, its metrics under
+    # `labelled_retrieval` in the summary, evaluation.json and the evaluation's MLflow run; null: none
+    retrieval_queries: Path | None = None
 
 
 class IndexParams(_Section):

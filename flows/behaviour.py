@@ -75,11 +75,23 @@ def evaluate(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
     ev = evaluate_gate(params, settings, champ)
+    if params.paths.retrieval_queries is not None:
+        ev.summary["labelled_retrieval"] = labelled_retrieval(params, params.paths.retrieval_queries)
     baseline = reports.champion_baseline(champ.results if champ else None)
     ev.summary["mlflow_run_id"] = record(params, settings, ev, reason, baseline)
     write_metrics(params, ev)
     _announce(ev.summary, evaluation_note(ev.summary, baseline, reason))
     return ev.summary
+
+
+def labelled_retrieval(params: Params, queries_file: Path) -> dict[str, Any]:
+    """The labelled queries scored on the published version (the eval-retrieval task, its own MLflow run): what the
+    evaluation keeps of the result."""
+    from flows.retrieval_tasks import evaluate_retrieval_task
+
+    result = evaluate_retrieval_task(params, queries_file)
+    keep = ("queries_file", "queries_md5", "index_version", "level", "scored", "metrics", "mlflow_run_id")
+    return {k: result[k] for k in keep}
 
 
 def _announce(summary: dict, note: str) -> None:

@@ -130,6 +130,11 @@ def evaluation_table(s: dict) -> Table:
     for name, v in s["slices"].items():
         t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
     t.add_row("retrieval", f"hit@k {s['retrieval']['hit_at_k']:.3f}", f"mrr {s['retrieval']['mrr']:.3f}", "")
+    labelled = s.get("labelled_retrieval")
+    if labelled:  # paths.retrieval_queries
+        m = labelled["metrics"]
+        recall = next((f"{k} {v:.3f}" for k, v in m.items() if k.startswith("recall@")), "")
+        t.add_row("labelled queries", recall, f"mrr {m['mrr']:.3f} ndcg@10 {m['ndcg@10']:.3f}", str(labelled["scored"]))
     return t
 
 

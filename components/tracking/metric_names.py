@@ -16,6 +16,7 @@ BASELINE_SUFFIX = "_baseline_pass_rate"
 VS_BASELINE_SUFFIX = "_vs_baseline"
 RETRIEVAL_PREFIX = "retrieval_"
 DIAGNOSIS_PREFIX = "diagnosis_"
+LABELLED_PREFIX = "labelled_retrieval_"  # the labelled queries' metrics (paths.retrieval_queries), 'recall_at_5'
 # a fine-tune run: its candidate's gate-set pass rates, and what the gate measured it bought per slice
 GATE_PREFIX = "gate_"
 GATE_GAIN_PREFIX = "gate_gain_"
@@ -44,6 +45,11 @@ def retrieval(name: str) -> str:
 
 def diagnosis(kind: str) -> str:
     return DIAGNOSIS_PREFIX + kind
+
+
+def labelled_retrieval(name: str) -> str:
+    """'recall@5' -> 'labelled_retrieval_recall_at_5' (MLflow metric names take no '@')."""
+    return LABELLED_PREFIX + name.replace("@", "_at_")
 
 
 def gate_pass_rate(slice_name: str) -> str:

@@ -133,6 +133,10 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
                         Metric(names.vs_baseline(name), float(s["pass_rate"]) - base, now, 0)]  # fmt: skip
     metrics += [Metric(names.retrieval(k), float(v), now, 0) for k, v in summary["retrieval"].items()]
     metrics += [Metric(names.diagnosis(k), float(v), now, 0) for k, v in summary["diagnosis"].items()]
+    labelled = summary.get("labelled_retrieval")
+    if labelled:
+        metrics += [Metric(names.labelled_retrieval(k), float(v), now, 0) for k, v in labelled["metrics"].items()]
+        tags["ragloop.retrieval_eval_run"] = str(labelled["mlflow_run_id"])
     client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.log_dict(run_id, summary, "evaluation/summary.json")
     if baseline:
@@ -164,6 +168,11 @@ def evaluation_note(summary: dict, baseline: dict[str, dict] | None, reason: str
     lines += [f"- {r}" for r in summary.get("reasons", [])]
     if summary.get("reindex_documents"):
         lines.append(f"Knowledge failures point at: {', '.join(summary['reindex_documents'][:10])}")
+    labelled = summary.get("labelled_retrieval")
+    if labelled:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in labelled["metrics"].items())
+        lines += ["", f"Labelled queries ({labelled['queries_file']}, {labelled['scored']} scored, "
+                  f"{labelled['level']} level): {figures}; run {labelled['mlflow_run_id']}"]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import pytest
 from components.behaviour.base_model import build_base_model
 from components.config import Settings, load_params
 from components.tracking import registry
+from components.tracking.mlflow_runs import client_for
 from tests.behaviour.test_finetune import TINY
 from tests.helpers import DOCS, Deployment
 
@@ -44,12 +45,15 @@ def write_suite(folder: Path) -> None:
     (folder / "labels.json").write_text(json.dumps({k: k for k in QUESTIONS}))
     for name, rows in (("gate", gate), ("train", train)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labelled = [{"id": f"{intent}-{i}", "query": q, "relevant": [doc]}
+                for intent, (doc, _, wordings) in QUESTIONS.items() if doc for i, q in enumerate(wordings)]  # fmt: skip
+    (folder / "retrieval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labelled))
 
 
 def _configure(dep: Deployment, **finetune: object) -> None:
     dep.write_params(
         paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
-               "behaviour": "behaviour", "models": "state/models"},
+               "behaviour": "behaviour", "models": "state/models", "retrieval_queries": "behaviour/retrieval.jsonl"},
         generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2},
         # dense: the 18-case gate of this 2.6 M-parameter model was sized on dense contexts; with hybrid ones a
         # few out-of-scope prompts change and 36 training pairs no longer teach the refusal (format 0.56 < 0.6)
@@ -71,6 +75,24 @@ def loop_dep(tmp_path_factory, prefect_server):
     return dep
 
 
+def _check_labelled_retrieval(dep: Deployment, summary: dict) -> None:
+    """paths.retrieval_queries: the evaluation scored the labelled queries in their own run and kept the figures in
+    its summary, its DVC metrics and its own MLflow run."""
+    labelled = summary["labelled_retrieval"]
+    assert labelled["scored"] == 12 and labelled["index_version"] == 1 and labelled["level"] == "doc"
+    assert labelled["queries_file"].endswith("retrieval.jsonl")
+    assert 0 < labelled["metrics"]["recall@1"] <= labelled["metrics"]["recall@5"] <= 1
+    params = dep.params()
+    assert json.loads((params.paths.metrics / "evaluation.json").read_text())["labelled_retrieval"] == labelled
+    client = client_for(params, Settings.from_env())
+    evaluation = client.get_run(summary["mlflow_run_id"]).data
+    assert evaluation.metrics["labelled_retrieval_recall_at_5"] == labelled["metrics"]["recall@5"]
+    assert evaluation.tags["ragloop.retrieval_eval_run"] == labelled["mlflow_run_id"]
+    own = client.get_run(labelled["mlflow_run_id"])
+    assert client.get_experiment(own.info.experiment_id).name == params.retrieval.experiment
+    assert own.data.metrics["mrr"] == labelled["metrics"]["mrr"]
+
+
 def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_dep: Deployment) -> None:
     from flows.behaviour import evaluate, finetune
 
@@ -78,6 +100,7 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     before = evaluate(params_file=p)
     assert before["decision"] == "finetune"
     assert "format" in before["regressed_slices"]
+    _check_labelled_retrieval(loop_dep, before)
     result = finetune(params_file=p)
     assert result["promoted"], (result["reasons"], result["train_seconds"])
     # no champion yet: the base model fails every case alike, so no hard examples are mined
