@@ -81,9 +81,9 @@ bench-behaviour: $(STAMP) ## behaviour-path benchmarks: regression -> promotion 
 	test -f data/models/base/model.safetensors || $(BIN)/ragloop base-model
 	for b in regression_to_promotion banking77; do $(BIN)/python bench/$$b.py || exit 1; done
 
-bench-peers: $(STAMP) ## head-to-head with LangChain and LlamaIndex: speed, store contents, retrieval quality
+bench-peers: $(STAMP) ## head-to-head with LangChain and LlamaIndex: speed, store contents, retrieval quality, long requests
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
-	$(BIN)/python bench/head_to_head.py && $(BIN)/python bench/retrieval_quality.py
+	$(BIN)/python bench/head_to_head.py && $(BIN)/python bench/retrieval_quality.py && $(BIN)/python bench/long_queries.py
 
 clean: stop ## remove local state (index, metrics, MLflow store, Prefect home); keeps .venv
 	rm -rf data/index data/metrics .mlflow .prefect
