@@ -122,12 +122,13 @@ RAGLOOP = {  # name -> (retrieval params, level)
     "ragloop before, 10 chunks (`ragloop query -k 10`)": ({"long_query": "truncate"}, "chunk10"),
     "ragloop doc level only (max, truncated)": ({"long_query": "truncate"}, "doc"),
     "ragloop split only (chunks)": ({"long_query": "split"}, "chunk"),
-    "ragloop sentences only (chunks)": ({"long_query": "sentences"}, "chunk"),
+    "ragloop sentences only (chunks)": ({"sentences_whole": False}, "chunk"),
     "ragloop doc max + split": ({"long_query": "split"}, "doc"),
     "ragloop doc rrf + split": ({"doc_aggregation": "rrf", "long_query": "split"}, "doc"),
-    "ragloop doc rrf + sentences": ({"doc_aggregation": "rrf", "long_query": "sentences"}, "doc"),
-    "ragloop defaults (after: doc max + sentences)": ({}, "doc"),
-    "ragloop dense (doc max + sentences)": ({"mode": "dense"}, "doc"),
+    "ragloop doc rrf + sentences + whole": ({"doc_aggregation": "rrf"}, "doc"),
+    "ragloop doc max + sentences (no whole)": ({"sentences_whole": False}, "doc"),
+    "ragloop defaults (after: doc max + sentences + whole)": ({}, "doc"),
+    "ragloop dense (doc max + sentences + whole)": ({"mode": "dense"}, "doc"),
     "BM25 (ragloop lexical, doc level)": ({"mode": "lexical"}, "doc"),
 }
 
@@ -193,8 +194,9 @@ def stored_whole_vectors(params: Any, files: dict[str, str]) -> dict[str, np.nda
     return out
 
 
-SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)", "ragloop defaults (after: doc max + sentences)",
-                 "BM25 (ragloop lexical, doc level)", "whole-document dense (MiniLM, cosine)",
+SHORT_SYSTEMS = {"ragloop before (hybrid, chunks, truncated)",
+                 "ragloop defaults (after: doc max + sentences + whole)", "BM25 (ragloop lexical, doc level)",
+                 "whole-document dense (MiniLM, cosine)",
                  "LangChain (Chroma.as_retriever)", "LlamaIndex (VectorStoreIndex.as_retriever)"}  # fmt: skip
 
 
