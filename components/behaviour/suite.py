@@ -158,6 +158,15 @@ def check_disjoint(gate: list[Case], train: list[Case]) -> None:
         raise SuiteError(f"{len(overlap)} gate question(s) also in train after normalisation: {listed}{more}")
 
 
+def check_questions_disjoint(gate: Mapping[str, str], train: list[tuple[str, str]]) -> None:
+    """Raise SuiteError when a training question (text, where: "file:line") equals a gate question after
+    normalisation; `gate` maps each gate question's normalised text to where it is. The first overlap is named."""
+    for question, where in train:
+        if (found := gate.get(normalise(question))) is not None:
+            raise SuiteError(f"{where}: field 'question': {question!r} is a gate question ({found}): a model never "
+                             "trains on what gates it")  # fmt: skip
+
+
 def _parse_case(path: Path, lineno: int, line: str, labels: set[str], docs_root: Path | None) -> Case:
     where = f"{path}:{lineno}"
     try:

@@ -16,6 +16,7 @@ from components.config import Params, Settings
 from components.knowledge.chunking import chunker_identity
 from components.knowledge.embedder import Embedder, embedder_identity
 from components.knowledge.manifest import Manifest, manifest_path
+from components.knowledge.retriever_pointer import effective_params
 from components.knowledge.store import RagloopEmbedding, Store
 
 PUBLISHED_MARKER = "published.json"  # in the index folder: {index_version, collection, embedder, chunker}
@@ -80,7 +81,9 @@ def next_generation(collection: str) -> str:
 
 @contextmanager
 def open_index(params: Params, settings: Settings | None = None, *, lock: bool = True) -> Iterator[IndexSession]:
-    """Hold the index for one run. The lock is an flock: a killed run releases it with its process."""
+    """Hold the index for one run. The lock is an flock: a killed run releases it with its process. The embedder is
+    the champion retriever's when one was promoted (retriever_pointer.py), else params.yaml's."""
+    params = effective_params(params)
     index_dir = params.paths.index
     index_dir.mkdir(parents=True, exist_ok=True)
     handle = _lock(index_dir / ".lock") if lock else None

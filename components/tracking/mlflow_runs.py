@@ -211,7 +211,7 @@ def log_base_model_run(params: Params, settings: Settings, info: dict, machine: 
 
 
 def log_training(params: Params, settings: Settings, run_id: str, losses: list[float], metrics: dict[str, float],
-                 tags: dict[str, str]) -> None:  # fmt: skip
+                 tags: dict[str, str], title: str = "LoRA fine-tune") -> None:  # fmt: skip
     """The loss curve (one point per step), the work and its cost (steps, tokens, seconds) and the machine."""
     from mlflow.entities import Metric, RunTag
 
@@ -225,7 +225,7 @@ def log_training(params: Params, settings: Settings, run_id: str, losses: list[f
     if losses:
         from components.tracking import charts
 
-        fig = charts.loss_chart(losses, f"LoRA fine-tune: {len(losses)} steps")
+        fig = charts.loss_chart(losses, f"{title}: {len(losses)} steps")
         try:
             client.log_figure(run_id, fig, "charts/loss_curve.png")
         finally:

@@ -137,13 +137,15 @@ def log_adapter(
 
 
 def describe_version(params: Params, settings: Settings, version: str, verdict: str, reasons: list[str],
-                     rates: dict[str, tuple[float | None, float]] | None = None) -> None:  # fmt: skip
+                     rates: dict[str, tuple[float | None, float]] | None = None,
+                     model: str | None = None) -> None:  # fmt: skip
     """Record the gate's verdict on a version: its description (verdict, reasons, slice rates against the
-    champion's, lineage) and tag `gate`. `verdict` is one of VERDICTS, or "pending" at registration."""
+    champion's, lineage) and tag `gate`. `verdict` is one of VERDICTS, or "pending" at registration. `model`: the
+    registered model (default: the assistant's, tracking.registered_model; the retriever's is another)."""
     if verdict not in (*VERDICTS, "pending"):
         raise ValueError(f"verdict must be one of {(*VERDICTS, 'pending')}, got {verdict!r}")
     client = client_for(params, settings)
-    name = params.tracking.registered_model
+    name = model or params.tracking.registered_model
     mv = _version(client, name, version)
     client.update_model_version(name, version, description=version_description(verdict, reasons, rates, mv.tags))
     if verdict != "pending":
@@ -170,10 +172,11 @@ def gate_verdict(params: Params, settings: Settings, version: str) -> str | None
     return mv.tags.get("gate")
 
 
-def promote(params: Params, settings: Settings, version: str) -> dict:
-    """`champion` -> version, `previous` -> the old champion (if any, and if it is another version)."""
+def promote(params: Params, settings: Settings, version: str, model: str | None = None) -> dict:
+    """`champion` -> version, `previous` -> the old champion (if any, and if it is another version). `model`: the
+    registered model (default: tracking.registered_model)."""
     client = client_for(params, settings)
-    name = params.tracking.registered_model
+    name = model or params.tracking.registered_model
     _version(client, name, version)
     old = _alias(client, name, CHAMPION)
     if old is None or str(old.version) == version:
@@ -186,10 +189,11 @@ def promote(params: Params, settings: Settings, version: str) -> dict:
     return {"champion": version, "previous": str(old.version)}
 
 
-def rollback(params: Params, settings: Settings) -> dict:
-    """Swap the aliases: `champion` := `previous`, `previous` := the old champion."""
+def rollback(params: Params, settings: Settings, model: str | None = None) -> dict:
+    """Swap the aliases: `champion` := `previous`, `previous` := the old champion. `model`: the registered model
+    (default: tracking.registered_model)."""
     client = client_for(params, settings)
-    name = params.tracking.registered_model
+    name = model or params.tracking.registered_model
     prev = _alias(client, name, PREVIOUS)
     if prev is None:
         raise RegistryError(f"registered model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
@@ -288,7 +292,9 @@ def _adapter_in(model_dir: Path) -> Path:
     return model_dir / rel
 
 
-def _ensure_registered_model(client: Any, name: str) -> None:
+def _ensure_registered_model(
+    client: Any, name: str, description: str = "ragloop assistant: LoRA adapters on the generator"
+) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -297,7 +303,7 @@ def _ensure_registered_model(client: Any, name: str) -> None:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         try:
-            client.create_registered_model(name, description="ragloop assistant: LoRA adapters on the generator")
+            client.create_registered_model(name, description=description)
         except MlflowException as race:
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

@@ -1,0 +1,55 @@
+"""The tune_retriever stage's files: whether the last evaluation asks for it, the candidate folder (the DVC out)
+and data/metrics/retriever.json, written by the flow itself (a deployment-triggered run updates them as `dvc repro`
+does). A skipped run leaves no model behind, only skipped.json saying why, as a skipped fine-tune does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from components.behaviour.dvc_metrics import EVALUATION_FILE, write_json
+from components.behaviour.routes import TUNE_RETRIEVER
+from components.config import Params
+
+RETRIEVER_FILE = "retriever.json"
+# what retriever.json keeps: the work (the same on any machine), the model, the verdict, the figures
+RESULT_KEYS = ("version", "promoted", "reasons", "evidence", "champion_before", "training_pairs", "train_steps",
+               "train_tokens", "weights_sha256", "train_seconds", "train_tokens_per_s", "rates",
+               "assistant_rates")  # fmt: skip
+
+
+def candidate_folder(params: Params) -> Path:
+    return params.paths.models / "retriever" / "candidate"
+
+
+def tuning_not_needed(params: Params) -> str | None:
+    """Why the last evaluation asks for no retriever tuning; None when it asks for one (its `actions` hold
+    tune_retriever, or, from an evaluation that lists no actions, its decision is tune_retriever), or when there is
+    no evaluation yet (a deployment with labelled queries and no gate set has none)."""
+    last = params.paths.metrics / EVALUATION_FILE
+    if not last.is_file():
+        return None
+    summary = json.loads(last.read_text())
+    actions = summary.get("actions")
+    asked = TUNE_RETRIEVER in actions if isinstance(actions, list) else summary.get("decision") == TUNE_RETRIEVER
+    if asked:
+        return None
+    listed = f"actions {actions}" if isinstance(actions, list) else f"decision {summary.get('decision')!r}"
+    return f"the last evaluation's {listed} do not include {TUNE_RETRIEVER!r}"
+
+
+def record_skip(params: Params, why: str, **extra: Any) -> dict[str, Any]:
+    """A skipped run: no candidate model (a stale one must never pass for this run's), the reason instead."""
+    folder = candidate_folder(params)
+    shutil.rmtree(folder, ignore_errors=True)
+    record = {"skipped": True, "why": why, **extra}
+    write_json(folder / "skipped.json", record)
+    write_json(params.paths.metrics / RETRIEVER_FILE, record)
+    return record
+
+
+def record_result(params: Params, result: dict[str, Any]) -> None:
+    write_json(params.paths.metrics / RETRIEVER_FILE,
+               {"skipped": False, **{k: result[k] for k in RESULT_KEYS if k in result}})  # fmt: skip
