@@ -31,7 +31,7 @@ from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from components.tracking.registry import VersionInfo
 from flows.deployments import TRAINING_LIMIT, slot
-from flows.events import BEHAVIOUR_REGRESSION, MODEL_PROMOTED, MODEL_RESOURCE
+from flows.events import BEHAVIOUR_REGRESSION, INDEX_RESOURCE, MODEL_PROMOTED, MODEL_RESOURCE, RETRIEVAL_REGRESSION
 from flows.tasks import io_task, step
 
 
@@ -98,6 +98,10 @@ def _announce(summary: dict, note: str) -> None:
     table = [{"slice": name, **s} for name, s in summary["slices"].items()]
     create_table_artifact(key="evaluation-slices", table=table, description=f"decision: {summary['decision']}")
     create_markdown_artifact(key="evaluation-decision", markdown=note, description=f"decision: {summary['decision']}")
+    if "tune_retriever" in summary.get("actions", [summary["decision"]]):  # retrieval misses the retriever can learn
+        index = f"{INDEX_RESOURCE}.v{summary['index_version']}"
+        emit_event(event=RETRIEVAL_REGRESSION, resource={"prefect.resource.id": index},
+                   payload={"routes": summary.get("routes", {})})  # fmt: skip
     if summary["decision"] == "finetune":
         emit_event(
             event=BEHAVIOUR_REGRESSION,

@@ -356,6 +356,45 @@ def rollback(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = Fa
     _emit(result, as_json, tables.dict_table)
 
 
+@app.command("tune-retriever")
+def tune_retriever_cmd(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    if_needed: Annotated[
+        bool,
+        typer.Option("--if-needed", help="Only when the last evaluation's actions hold tune_retriever, else say why."),
+    ] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option("--rollback", help="Serve the previous retriever again (its kept collection, not re-embedded)."),
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
+) -> None:
+    """Fine-tune the embedder on the training questions, gate it against the champion retriever on the gate set's
+    questions (and paths.retrieval_queries), publish its collection only if it wins (the Prefect flow
+    `tune-retriever`, which writes data/metrics/retriever.json); or roll back to the previous retriever."""
+    from components.knowledge.retriever_tuning import TuningError
+
+    params = _load(params_file)
+    try:
+        if rollback:
+            from components.config import Settings
+            from flows.retriever import rollback_retriever
+
+            result = rollback_retriever(params, Settings.from_env())
+        else:
+            from flows.retriever import tune_retriever
+
+            result = tune_retriever(params_file=str(params.source), reason=reason, if_needed=if_needed)
+    except TuningError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:  # RegistryError, EmbedderError, IndexNotReadyError among them
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _emit(result, as_json, tables.dict_table)
+
+
 @app.command()
 def run(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """The whole loop (the Prefect flow `pipeline`): reindex, evaluate, fine-tune only on a regression."""
@@ -592,6 +631,7 @@ def _emit(data: Any, as_json: bool, table: Callable[[Any], RenderableType]) -> N
 _RUNS_A_FLOW: dict[str, Callable[[dict[str, Any]], bool]] = {
     "index": lambda kw: not kw["direct"] and kw["rollback"] is None,
     "triage": lambda kw: True,
+    "tune-retriever": lambda kw: not kw["rollback"],
     **dict.fromkeys(("evaluate", "finetune", "gate", "run", "serve", "watch"), lambda kw: True),
     "api": lambda kw: kw["prefect"],
 }
@@ -623,8 +663,11 @@ for _info in app.registered_commands:
 
 
 def optional_rollback_value(args: list[str]) -> list[str]:
-    """`--rollback` with no VERSION means the previous version (click options cannot take an optional value)."""
+    """`index --rollback` with no VERSION means the previous version (click options cannot take an optional value);
+    `tune-retriever --rollback` is a plain flag."""
     out = list(args)
+    if not out or out[0] != "index":
+        return out
     for i, arg in enumerate(out):
         if arg == "--rollback" and (i + 1 == len(out) or out[i + 1].startswith("-")):
             out.insert(i + 1, "previous")

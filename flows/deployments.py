@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.config import Params
-from flows.events import BEHAVIOUR_REGRESSION, DOCS_RESOURCE, DOCUMENTS_CHANGED, MODEL_RESOURCE
+from flows.events import (
+    BEHAVIOUR_REGRESSION,
+    DOCS_RESOURCE,
+    DOCUMENTS_CHANGED,
+    INDEX_RESOURCE,
+    MODEL_RESOURCE,
+    RETRIEVAL_REGRESSION,
+)
 
 EMBEDDING_LIMIT = "ragloop-embedding"  # global concurrency limits: slots for embedding and for training,
 TRAINING_LIMIT = "ragloop-training"  # shared by every run on every worker
@@ -41,6 +48,10 @@ def specs(params: Params) -> list[Spec]:
         Spec("finetune", "flows/behaviour.py:finetune",
              "Train a LoRA candidate, gate it against the champion, promote it only if it wins.",
              None, (BEHAVIOUR_REGRESSION, f"{MODEL_RESOURCE}.*")),
+        Spec("tune-retriever", "flows/retriever.py:tune_retriever",
+             "Fine-tune the embedder on the training questions, gate it against the champion retriever, publish its "
+             "collection only if retrieval improves significantly and no assistant slice gets worse.",
+             None, (RETRIEVAL_REGRESSION, f"{INDEX_RESOURCE}.*")),
         Spec("pipeline", "flows/behaviour.py:pipeline",
              "reindex -> evaluate -> finetune only on a behaviour regression.", s.pipeline_cron),
         Spec("triage", "flows/triage.py:triage",

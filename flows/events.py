@@ -3,6 +3,7 @@
 DOCUMENTS_CHANGED = "ragloop.documents.changed"  # `ragloop watch`; triggers the reindex deployment
 INDEX_PUBLISHED = "ragloop.index.published"
 BEHAVIOUR_REGRESSION = "ragloop.behaviour.regression"  # the evaluate flow; triggers the finetune deployment
+RETRIEVAL_REGRESSION = "ragloop.retrieval.regression"  # the evaluate flow; triggers the tune-retriever deployment
 MODEL_PROMOTED = "ragloop.model.promoted"
 
 # Resource ids are "ragloop.<kind>.<name>": triggers match them by pattern, never by a Prefect id.
