@@ -1,0 +1,178 @@
+"""The retriever that learns, on a tiny real stack (a random one-layer BERT as the embedder, six documents, labelled
+queries): pairs and the gate-question refusal, seeded training, the candidate's own index, the gate, promotion
+through the registry, rollback without re-embedding, the memory of a rejected candidate, and --if-needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.config import Settings
+from components.knowledge.retrieval import Retriever
+from components.knowledge.retriever_pointer import read_pointer
+from components.knowledge.retriever_serving import build_candidate_index, candidate_params
+from components.knowledge.retriever_tuning import (
+    TuningError,
+    build_pairs,
+    check_not_gate,
+    train_retriever,
+    training_questions,
+)
+from tests.helpers_retriever import TOPICS, build_tiny_embedder, tiny_retrieval_deployment, write_jsonl
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory) -> Path:
+    return build_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_embedder):
+    dep = tiny_retrieval_deployment(tmp_path_factory.mktemp("retriever"), tiny_embedder)
+    dep.index()
+    return dep
+
+
+def test_pairs_hold_the_gold_documents_best_chunk(indexed) -> None:
+    params = indexed.params()
+    questions = training_questions(params)
+    check_not_gate(params, questions)
+    with Retriever(params) as retriever:
+        pairs = build_pairs(retriever, questions)
+    assert len(pairs) == len(questions) == 4 * len(TOPICS)
+    for pair in pairs:
+        text, word = TOPICS[pair.doc]
+        assert word in pair.question and pair.positive.split()[-1] in text  # the gold document's own chunk
+    assert pairs == sorted(pairs)
+
+
+def test_a_gate_question_among_the_training_questions_is_refused_with_file_and_line(indexed) -> None:
+    params = indexed.params()
+    gate_row = json.loads((params.paths.retrieval_queries or Path()).read_text().splitlines()[2])
+    train = params.paths.retrieval_train
+    assert train is not None
+    extra = {"id": "leak", "query": gate_row["query"].upper() + "!", "relevant": gate_row["relevant"]}
+    leaky = write_jsonl(train.with_name("leaky.jsonl"), [{"id": "ok", "query": "fine", "relevant": ["fees.md"]}, extra])
+    questions = training_questions(params.model_copy(update={"paths": params.paths.model_copy(
+        update={"retrieval_train": leaky})}))  # fmt: skip
+    with pytest.raises(TuningError, match=rf"leaky.jsonl:2: field 'question': .* is a gate question \(.*gate.jsonl:3\)"):
+        check_not_gate(params, questions)
+
+
+def test_training_is_fixed_by_steps_and_seed(indexed, tiny_embedder, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    params = indexed.params()
+    with Retriever(params) as retriever:
+        pairs = build_pairs(retriever, training_questions(params))
+    recipe = params.retriever.model_copy(update={"steps": 2})
+    logs = [train_retriever(str(tiny_embedder), pairs, recipe, tmp_path / name) for name in ("a", "b")]
+    train_retriever(str(tiny_embedder), pairs, recipe.model_copy(update={"seed": 1}), tmp_path / "c")
+    a, b, c = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b", "c"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=0, rtol=0) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # another seed, another order: other weights
+    assert logs[0].steps == 2 and len(logs[0].losses) == 2 and logs[0].losses == logs[1].losses
+    assert (tmp_path / "a" / "modules.json").is_file() and not (tmp_path / "a" / "README.md").exists()
+
+
+def test_the_candidate_is_embedded_apart_and_the_published_version_is_untouched(indexed, tiny_embedder) -> None:
+    params = indexed.params()
+    with indexed.session() as s:
+        before = (s.manifest.published(), s.manifest.version(s.manifest.published()))
+    report = build_candidate_index(params, tiny_embedder)
+    assert report["published"] and report["chunks"]["embedded"] == len(TOPICS)
+    with indexed.session() as s:
+        assert (s.manifest.published(), s.manifest.version(s.manifest.published())) == before
+    with Retriever(candidate_params(params, tiny_embedder)) as candidate:
+        assert candidate.info.embedder.startswith(str(tiny_embedder)) and candidate.version == 1
+
+
+@pytest.mark.slow
+def test_a_better_retriever_is_promoted_published_and_rolled_back_without_reembedding(
+    tmp_path, tiny_embedder, prefect_server
+) -> None:
+    from components.tracking import registry
+    from flows.retriever import rollback_retriever, tune_retriever
+
+    dep = tiny_retrieval_deployment(tmp_path, tiny_embedder)
+    dep.index()
+    params, settings = dep.params(), Settings.from_env()
+    with dep.session() as s:
+        base_identity = s.embedder_id
+    result = tune_retriever(params_file=str(dep.params_file))
+    assert result["promoted"], result["reasons"]
+    assert result["rates"]["labelled.context"][1] > result["rates"]["labelled.context"][0]
+    assert result["aliases"] == {"champion": "1", "previous": None}
+    assert result["index"]["copied_vectors"] == len(TOPICS) and result["index"]["chunks"]["embedded"] == 0
+    champion, previous = read_pointer(params)
+    assert (champion.version, champion.folder, previous and previous.version) == ("1", "retriever/v1", "base")
+    with Retriever(params) as served:  # every reader follows the published version's embedder
+        assert served.version == 2 and served.info.embedder.startswith(str(params.paths.models / "retriever/v1"))
+    assert json.loads((params.paths.metrics / "retriever.json").read_text())["promoted"] is True
+    versions = registry.client_for(params, settings).search_model_versions("name='ragloop-retriever'")
+    assert [v.tags["gate"] for v in versions] == ["promoted"]
+
+    back = rollback_retriever(params, settings)
+    assert back["champion"] == "base" and back["aliases"] == {"champion": None, "previous": "1"}
+    assert back["index"]["published"] and back["index"]["chunks"]["embedded"] == 0  # the retained collection
+    with dep.session() as s:
+        assert s.embedder_id == base_identity
+        assert s.manifest.version(s.manifest.published()).embedder == base_identity  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_a_rejected_candidate_is_not_trained_again_on_the_same_evidence(tmp_path, tiny_embedder, prefect_server):
+    from flows.retriever import tune_retriever
+
+    dep = tiny_retrieval_deployment(tmp_path, tiny_embedder, steps=2, learning_rate=1e-9)  # learns nothing
+    dep.index()
+    first = tune_retriever(params_file=str(dep.params_file))
+    assert not first["promoted"] and "no slice is significantly better" in first["reasons"][0]
+    second = tune_retriever(params_file=str(dep.params_file))
+    assert second["skipped"] and second["rejected_version"] == "1" and second["evidence"] == first["evidence"]
+    assert "version 1, which the gate rejected" in second["why"] and "more training cases" in second["why"]
+    assert read_pointer(dep.params())[0].version == "base"
+    folder = dep.params().paths.models / "retriever" / "candidate"
+    assert [p.name for p in folder.iterdir()] == ["skipped.json"]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "needed"),
+    [
+        (None, True),  # no evaluation yet (a deployment with labelled queries alone has none)
+        ({"decision": "reindex", "actions": ["reindex", "tune_retriever"]}, True),
+        ({"decision": "finetune", "actions": ["finetune"]}, False),
+        ({"decision": "none", "actions": []}, False),
+        ({"decision": "tune_retriever"}, True),  # an evaluation from before `actions`
+        ({"decision": "reindex"}, False),
+    ],
+)
+def test_if_needed_reads_the_evaluations_actions(deployment, evaluation, needed) -> None:
+    from components.behaviour.retriever_metrics import tuning_not_needed
+
+    params = deployment.params()
+    if evaluation is not None:
+        write_jsonl(params.paths.metrics / "evaluation.json", [evaluation])
+    why = tuning_not_needed(params)
+    assert (why is None) == needed
+    assert needed or "tune_retriever" in (why or "")
+
+
+@pytest.mark.slow
+def test_if_needed_skips_without_training_and_says_why(tmp_path, tiny_embedder, prefect_server) -> None:
+    from flows.retriever import tune_retriever
+
+    dep = tiny_retrieval_deployment(tmp_path, tiny_embedder)
+    params = dep.params()
+    write_jsonl(params.paths.metrics / "evaluation.json", [{"decision": "finetune", "actions": ["finetune"]}])
+    stale = params.paths.models / "retriever" / "candidate" / "model.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older run's model")
+    result = tune_retriever(params_file=str(dep.params_file), if_needed=True)
+    assert result == {"skipped": True, "why": "the last evaluation's actions ['finetune'] do not include "
+                      "'tune_retriever'"}  # fmt: skip
+    assert [p.name for p in stale.parent.iterdir()] == ["skipped.json"]
+    assert json.loads((params.paths.metrics / "retriever.json").read_text()) == result
