@@ -11,7 +11,7 @@ from tests.helpers import Deployment
 
 # document -> (its text, the made-up word questions use for its topic)
 TOPICS = {
-    "fees.md": ("# Fees\n\nATM withdrawals in the euro area cost 2 EUR each after the fifth one of the month.\n", "zorblat"),
+    "fees.md": ("# Fees\n\nATM withdrawals in the euro area cost 2 EUR each after the fifth one a month.\n", "zorblat"),
     "cards.md": ("# Lost card\n\nFreeze the card in the app at once, a replacement arrives in 5 days.\n", "quibbix"),
     "support.txt": ("Support is open from 8:00 to 20:00 on working days; call +00 100 200 300.\n", "flonder"),
     "savings.md": ("# Savings pots\n\nRound-ups move spare change into a pot with a 2 percent rate.\n", "vextrum"),

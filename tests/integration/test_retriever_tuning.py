@@ -57,7 +57,8 @@ def test_a_gate_question_among_the_training_questions_is_refused_with_file_and_l
     leaky = write_jsonl(train.with_name("leaky.jsonl"), [{"id": "ok", "query": "fine", "relevant": ["fees.md"]}, extra])
     questions = training_questions(params.model_copy(update={"paths": params.paths.model_copy(
         update={"retrieval_train": leaky})}))  # fmt: skip
-    with pytest.raises(TuningError, match=rf"leaky.jsonl:2: field 'question': .* is a gate question \(.*gate.jsonl:3\)"):
+    where = r"leaky.jsonl:2: field 'question': .* is a gate question \(.*gate.jsonl:3\)"
+    with pytest.raises(TuningError, match=where):
         check_not_gate(params, questions)
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from components.config import ParamsError, load_params
 from flows.deployments import render_prefect_yaml, specs
-from flows.events import BEHAVIOUR_REGRESSION, DOCUMENTS_CHANGED
+from flows.events import BEHAVIOUR_REGRESSION, DOCUMENTS_CHANGED, RETRIEVAL_REGRESSION
 from tests.helpers import REPO, Deployment, wait_until, watches
 from tests.service.servers import HTTP_TIMEOUT, prefect_server
 
@@ -27,10 +27,11 @@ def test_prefect_yaml_is_generated_from_params_and_current() -> None:
     assert (REPO / "prefect.yaml").read_text() == render_prefect_yaml(params), "run `ragloop deployments --write`"
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in doc["deployments"]}
-    assert set(by_name) == {"reindex", "evaluate", "finetune", "pipeline", "triage"}
+    assert set(by_name) == {"reindex", "evaluate", "finetune", "tune-retriever", "pipeline", "triage"}
     assert by_name["reindex"]["schedules"][0]["cron"] == params.service.reindex_cron
     assert by_name["reindex"]["triggers"][0]["expect"] == [DOCUMENTS_CHANGED]
     assert by_name["finetune"]["triggers"][0]["expect"] == [BEHAVIOUR_REGRESSION]
+    assert by_name["tune-retriever"]["triggers"][0]["expect"] == [RETRIEVAL_REGRESSION]
     assert by_name["triage"]["schedules"][0]["cron"] == params.service.triage_cron == "15 * * * *"
     for d in doc["deployments"]:
         assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}  # runs queue, never race
@@ -69,7 +70,7 @@ def test_prefect_deploy_all_registers_schedules_triggers_and_limits(tmp_path: Pa
         assert reindex["work_pool_name"] == "ragloop-process"
         automations = httpx.post(f"{api}/automations/filter", json={}, timeout=HTTP_TIMEOUT).json()
         expects = {e for a in automations for e in a["trigger"]["expect"]}
-        assert expects == {DOCUMENTS_CHANGED, BEHAVIOUR_REGRESSION}
+        assert expects == {DOCUMENTS_CHANGED, BEHAVIOUR_REGRESSION, RETRIEVAL_REGRESSION}
     finally:
         server.stop()
 
