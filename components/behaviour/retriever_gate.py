@@ -98,6 +98,8 @@ def judge(champion: Results, candidate: Results, groups: Groups, params: Params,
     promote = verdict.promote and not worse_assistant
     if verdict.promote and worse_assistant:
         reasons = worse_assistant + reasons
+    if not promote:  # each retrieval slice's own note: what it would take (more questions, a larger gain)
+        reasons += [f"retrieval slice {c.reason}" for c in verdict.comparisons if not c.worse]
     return RetrieverVerdict(promote, reasons, rates, verdict.correction, assistant_rates)
 
 
