@@ -25,7 +25,7 @@ from components.behaviour.gate_report import (
     gate_table,
     judge_candidate,
 )
-from components.behaviour.loop import data_lineage, evaluate_model
+from components.behaviour.loop import data_lineage, evaluate_model, finetune_evidence
 from components.behaviour.training import TruncatedTraining, machine_info
 from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
@@ -159,6 +159,8 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
     if if_needed and (why := dvc_metrics.finetune_not_needed(params)) is not None:
         return dvc_metrics.record_finetune_skip(params, why)
     champ = load_champion(params, settings)
+    if (rejected := rejected_candidate(params, settings, finetune_evidence(params, _parent(champ)))) is not None:
+        return dvc_metrics.record_finetune_skip(params, _same_evidence(rejected))
     champion_eval = _champion_evaluation(params, settings, champ, None)  # the evaluate flow's, when current
     outcome = _train_and_register(params, settings, champ, champion_eval, reason)
     create_markdown_artifact(key="finetune-run", markdown=reports.finetune_markdown(outcome, champion_eval.summary),
@@ -169,12 +171,33 @@ def finetune(params_file: str = "params.yaml", reason: str = "manual", run_gate:
     return outcome
 
 
+@io_task("look for a rejected candidate of the same evidence")
+def rejected_candidate(params: Params, settings: Settings, evidence: dict[str, str]) -> dict | None:
+    from components.tracking.registry import rejected_with
+
+    return rejected_with(params, settings, evidence)
+
+
+def _parent(champ: VersionInfo | None) -> str:
+    return champ.version if champ else "base"
+
+
+def _same_evidence(rejected: dict) -> str:
+    reasons = [line[2:] for line in rejected["description"].splitlines() if line.startswith("- ")][:1]
+    why = f" ({reasons[0]})" if reasons else ""
+    return (
+        f"the same evidence (training data, recipe, base model, contract and parent) already trained version "
+        f"{rejected['version']}, which the gate rejected{why}; more training cases (`ragloop cases accept`) or "
+        "another recipe (params.yaml `finetune`) would change the outcome"
+    )
+
+
 def _train_and_register(params: Params, settings: Settings, champ: VersionInfo | None, champion_eval: Evaluation,
                         reason: str) -> dict[str, Any]:  # fmt: skip
     from components.tracking import mlflow_runs
 
-    lineage = {**data_lineage(params), "index_version": str(champion_eval.summary["index_version"]),
-               "parent_version": champ.version if champ else "base"}  # fmt: skip
+    lineage = {**data_lineage(params), **finetune_evidence(params, _parent(champ)),
+               "index_version": str(champion_eval.summary["index_version"])}  # fmt: skip
     run_id = mlflow_runs.start_finetune_run(params, settings, lineage, reason)
     ok = False
     try:

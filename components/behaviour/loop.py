@@ -34,6 +34,20 @@ def data_lineage(params: Params) -> dict[str, str]:
     }
 
 
+def finetune_evidence(params: Params, parent_version: str) -> dict[str, str]:
+    """What a fine-tune is a function of, as registry tags: training data, recipe, base model, contract and the
+    parent it mines hard cases with. A candidate the gate rejected is found again by these (registry.rejected_with),
+    so the same evidence never starts the same training twice."""
+    import hashlib
+    import json
+
+    lineage = data_lineage(params)
+    recipe = json.dumps(params.finetune.model_dump(mode="json"), sort_keys=True)
+    return {"train_data_md5": lineage["train_data_md5"], "base_model": lineage["base_model"],
+            "contract_md5": lineage["contract_md5"], "parent_version": parent_version,
+            "recipe_md5": hashlib.md5(recipe.encode()).hexdigest()}  # fmt: skip
+
+
 def evaluate_model(params: Params, settings: Settings, adapter: Path | None, baseline: Results | None,
                    model_version: str) -> Evaluation:  # fmt: skip
     gate, _ = load_suite(params)

@@ -172,6 +172,25 @@ def gate_verdict(params: Params, settings: Settings, version: str) -> str | None
     return mv.tags.get("gate")
 
 
+def rejected_with(params: Params, settings: Settings, tags: dict[str, str], model: str | None = None) -> dict | None:
+    """The first version the gate rejected whose tags hold all of `tags` (the evidence it was trained on), as
+    {"version", "description"}; None when there is none. What keeps the loop from training the same thing twice."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(params, settings)
+    name = model or params.tracking.registered_model
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        if mv.tags.get("gate") == "rejected" and all(mv.tags.get(k) == v for k, v in tags.items()):
+            return {"version": str(mv.version), "description": mv.description or ""}
+    return None
+
+
 def promote(params: Params, settings: Settings, version: str, model: str | None = None) -> dict:
     """`champion` -> version, `previous` -> the old champion (if any, and if it is another version). `model`: the
     registered model (default: tracking.registered_model)."""

@@ -14,7 +14,7 @@ from typing import Any
 from components.config import Params, Settings
 from components.tracking.lineage import git_commit
 from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
-from components.tracking.registry import CHAMPION, PREVIOUS, _alias, _ensure_registered_model
+from components.tracking.registry import CHAMPION, PREVIOUS, _alias, _ensure_registered_model, rejected_with
 
 MODEL_ARTIFACT = "retriever"  # the run artifact folder a version's source points to
 EVIDENCE_TAG = "ragloop.evidence"  # training pairs + recipe + base embedder: what a run is a function of
@@ -59,21 +59,8 @@ def fetch_retriever(params: Params, settings: Settings, version: str, dst: Path)
 
 
 def rejected_before(params: Params, settings: Settings, evidence: str) -> dict[str, Any] | None:
-    """The version the gate already rejected for the same evidence (None: none), with its reasons."""
-    from mlflow.exceptions import MlflowException
-
-    client = client_for(params, settings)
-    name = params.tracking.retriever_model
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    for mv in sorted(versions, key=lambda v: int(v.version)):
-        if mv.tags.get(EVIDENCE_TAG) == evidence and mv.tags.get("gate") == "rejected":
-            return {"version": str(mv.version), "description": mv.description or ""}
-    return None
+    """The version the gate already rejected for the same evidence (None: none), with its description."""
+    return rejected_with(params, settings, {EVIDENCE_TAG: evidence}, model=params.tracking.retriever_model)
 
 
 def log_gate(params: Params, settings: Settings, run_id: str, verdict: str, figures: dict[str, float]) -> None:

@@ -174,6 +174,15 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     again = CliRunner().invoke(app, ["gate", "--if-needed", "--json", "--params", p])
     assert again.exit_code == 0 and "already gated" in json.loads(again.stdout)["why"]
 
+    # the same evidence (training data, recipe, base, contract, parent) never trains the same candidate again
+    _configure(loop_dep, learning_rate=1e-7, epochs=1, failing_case_repeats=2)
+    try:
+        repeated = finetune(params_file=p)
+    finally:
+        _configure(loop_dep)
+    assert repeated["skipped"] and f"version {candidate['version']}, which the gate rejected" in repeated["why"]
+    assert "another recipe" in repeated["why"]
+
     _configure(loop_dep, target_modules=["no_such_module"])
     try:
         with pytest.raises(ValueError, match="no_such_module"):
