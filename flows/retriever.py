@@ -136,12 +136,16 @@ def tune_retriever(params_file: str = "params.yaml", reason: str = "manual", if_
                                              rejected_version=rejected["version"])  # fmt: skip
     champion_before = read_pointer(params)[0].version
     run_id = _start_run(params, settings, evidence, base_identity, len(pairs), reason)
-    log = train(params, pairs, base_model)
-    version = register(params, settings, run_id, log, _lineage(params, evidence, base_identity, champion_before))
-    embed_candidate(params)
-    verdict = gate_candidate(params, settings)
-    outcome = decide(params, settings, version, verdict, run_id)
-    _end_run(params, settings, run_id)
+    ok = False
+    try:
+        log = train(params, pairs, base_model)
+        version = register(params, settings, run_id, log, _lineage(params, evidence, base_identity, champion_before))
+        embed_candidate(params)
+        verdict = gate_candidate(params, settings)
+        outcome = decide(params, settings, version, verdict, run_id)
+        ok = True
+    finally:
+        _end_run(params, settings, run_id, ok)
     result = _result(params, version, verdict, evidence, champion_before, log, outcome)
     retriever_metrics.record_result(params, result)
     label = "promoted" if verdict.promote else "rejected"
@@ -179,10 +183,10 @@ def _start_run(params: Params, settings: Settings, evidence: str, base: str, pai
                             | {"training_pairs": str(pairs)}, reason)  # fmt: skip
 
 
-def _end_run(params: Params, settings: Settings, run_id: str) -> None:
+def _end_run(params: Params, settings: Settings, run_id: str, ok: bool) -> None:
     from components.tracking.mlflow_runs import end_run
 
-    end_run(params, settings, run_id, True)
+    end_run(params, settings, run_id, ok)
 
 
 def _result(params: Params, version: str, verdict: RetrieverVerdict, evidence: str, champion_before: str,
