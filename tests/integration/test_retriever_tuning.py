@@ -177,3 +177,36 @@ def test_if_needed_skips_without_training_and_says_why(tmp_path, tiny_embedder, 
                       "'tune_retriever'"}  # fmt: skip
     assert [p.name for p in stale.parent.iterdir()] == ["skipped.json"]
     assert json.loads((params.paths.metrics / "retriever.json").read_text()) == result
+
+
+def test_a_behaviour_suite_gives_the_training_cases_and_the_gate_questions(tmp_path, tiny_embedder) -> None:
+    """With a gate set: training questions are the in-scope train.jsonl cases with gold documents, the gate
+    questions the gate set's and the labelled queries'; the labelled queries of tests/behaviour/test_loop.py repeat
+    training questions, which a retriever must never train on."""
+    from components.behaviour import retriever_gate as rg
+    from tests.behaviour.test_loop import QUESTIONS, write_suite
+    from tests.helpers import DOCS, Deployment
+
+    dep = Deployment.create(tmp_path)
+    write_suite(tmp_path / "behaviour")
+    paths = {"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
+             "behaviour": "behaviour", "models": "state/models"}  # fmt: skip
+    dep.write_params(paths=paths, embedder={"model": str(tiny_embedder)})
+    dep.index()
+    params = dep.params()
+    questions = training_questions(params)
+    in_scope = [w for _, (doc, _, wordings) in QUESTIONS.items() if doc for w in wordings]
+    assert len(questions) == 2 * len(in_scope) and all(q.where.split(":")[0].endswith("train.jsonl") for q in questions)
+    check_not_gate(params, questions)
+    gate = rg.gate_questions(params)
+    assert [q.source for q in gate] == ["retrieval"] * len(in_scope) and rg.has_suite(params)
+    with Retriever(params) as r:
+        results = rg.retrieval_results(params, r, gate)
+    assert set(results) == {"retrieval.context", f"retrieval.recall@{params.retriever.recall_k}"}
+    assert len(results["retrieval.context"]) == len(in_scope) and len(DOCS) == 3
+
+    dep.write_params(paths={**paths, "retrieval_queries": "behaviour/retrieval.jsonl"},
+                     embedder={"model": str(tiny_embedder)})  # fmt: skip
+    where = r"train.jsonl:1: field 'question'.* is a gate question \(.*retrieval.jsonl:1\)"
+    with pytest.raises(TuningError, match=where):
+        check_not_gate(dep.params(), questions)
