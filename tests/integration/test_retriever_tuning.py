@@ -163,8 +163,12 @@ def test_if_needed_reads_the_evaluations_actions(deployment, evaluation, needed)
 
 
 @pytest.mark.slow
-def test_if_needed_skips_without_training_and_says_why(tmp_path, tiny_embedder, prefect_server) -> None:
-    from flows.retriever import tune_retriever
+def test_the_command_skips_when_not_asked_and_has_no_rollback_at_first(tmp_path, tiny_embedder, prefect_server):
+    """`ragloop tune-retriever --if-needed --json` as the DVC stage runs it: no training, a stale candidate cleared,
+    the reason printed and in retriever.json; `--rollback` with no previous retriever exits 1 and says so."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
 
     dep = tiny_retrieval_deployment(tmp_path, tiny_embedder)
     params = dep.params()
@@ -172,11 +176,15 @@ def test_if_needed_skips_without_training_and_says_why(tmp_path, tiny_embedder, 
     stale = params.paths.models / "retriever" / "candidate" / "model.safetensors"
     stale.parent.mkdir(parents=True)
     stale.write_text("an older run's model")
-    result = tune_retriever(params_file=str(dep.params_file), if_needed=True)
+    done = CliRunner().invoke(app, ["tune-retriever", "--if-needed", "--json", "--params", str(dep.params_file)])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
     assert result == {"skipped": True, "why": "the last evaluation's actions ['finetune'] do not include "
                       "'tune_retriever'"}  # fmt: skip
     assert [p.name for p in stale.parent.iterdir()] == ["skipped.json"]
     assert json.loads((params.paths.metrics / "retriever.json").read_text()) == result
+    back = CliRunner().invoke(app, ["tune-retriever", "--rollback", "--params", str(dep.params_file)])
+    assert back.exit_code == 1 and "no previous retriever to roll back to (champion: base)" in back.output
 
 
 def test_a_behaviour_suite_gives_the_training_cases_and_the_gate_questions(tmp_path, tiny_embedder) -> None:
