@@ -156,6 +156,7 @@ def _tiny_loop(project: Path) -> None:
     params["generator"].update(max_new_tokens=90, context_chunks=2)
     params["regression"].update(min_cases=3, min_effect=0.2, floors={"format": 0.6})
     params["finetune"].update(r=8, alpha=16, dropout=0.0, batch_size=12, epochs=3)
+    params["retriever"].update(steps=2, batch_size=8)  # should an evaluation ask for a tuned retriever: seconds
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_suite(project / "data" / "behaviour")
     shutil.copy(REPO / "data" / "behaviour" / "contract.yaml", project / "data" / "behaviour" / "contract.yaml")
