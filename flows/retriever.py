@@ -222,6 +222,10 @@ def rollback_retriever(params: Params, settings: Settings) -> dict[str, Any]:
     champion, previous = read_pointer(params)
     if previous is None:
         raise registry.RegistryError(f"no previous retriever to roll back to (champion: {champion.version})")
+    if previous.folder is not None and not (params.paths.models / previous.folder).is_dir():
+        from components.tracking.retriever_runs import fetch_retriever
+
+        fetch_retriever(params, settings, previous.version, params.paths.models / previous.folder)  # the registry's
     if previous.version == BASE:
         aliases = retire_champion(params, settings)
     else:

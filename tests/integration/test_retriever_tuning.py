@@ -123,6 +123,13 @@ def test_a_better_retriever_is_promoted_published_and_rolled_back_without_reembe
         assert s.embedder_id == base_identity
         assert s.manifest.version(s.manifest.published()).embedder == base_identity  # type: ignore[union-attr]
 
+    import shutil
+
+    shutil.rmtree(params.paths.models / "retriever" / "v1")  # the registry holds it: fetched, same vectors reused
+    again = rollback_retriever(params, settings)
+    assert again["champion"] == "1" and again["aliases"] == {"champion": "1", "previous": None}
+    assert again["index"]["chunks"]["embedded"] == 0 and (params.paths.models / "retriever/v1/modules.json").is_file()
+
 
 @pytest.mark.slow
 def test_a_rejected_candidate_is_not_trained_again_on_the_same_evidence(tmp_path, tiny_embedder, prefect_server):
