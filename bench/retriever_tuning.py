@@ -151,13 +151,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml retriever)")
     parser.add_argument("--xquad", action="store_true", help="also the held-out XQuAD split (needs ../shared/data)")
     args = parser.parse_args()
-    out: dict[str, Any] = {}
+    previous = c.RESULTS / "retriever_tuning.json"
+    runs: dict[str, Any] = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
     with c.workdir("retriever") as work:
-        out["sample"] = sample(work / "sample", args.steps)
+        result = {"sample": sample(work / "sample", args.steps)}
         if args.xquad:
-            out["xquad"] = xquad(work / "xquad", args.steps)
+            result["xquad"] = xquad(work / "xquad", args.steps)
         shutil.rmtree(work, ignore_errors=True)
-    c.save("retriever_tuning", out)
+    runs[f"steps={result['sample']['recipe']['steps']}"] = {"machine": c.machine(), **result}
+    c.save("retriever_tuning", {"runs": runs})  # one entry per recipe length, each with its machine and date
 
 
 if __name__ == "__main__":
