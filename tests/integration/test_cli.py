@@ -11,7 +11,7 @@ from flows.cli import app, optional_rollback_value
 from tests.helpers import Deployment
 
 runner = CliRunner()
-COMMANDS = ["index", "query", "verify", "versions"]
+COMMANDS = ["index", "query", "verify", "versions", "tune-retriever"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -68,3 +68,8 @@ def test_rollback_needs_a_number(deployment: Deployment) -> None:
     result = runner.invoke(app, ["index", "--rollback", "latest", "--params", str(deployment.params_file)])
     assert result.exit_code == 1
     assert "--rollback takes a version number" in result.output
+
+
+def test_only_index_rollback_takes_an_optional_version() -> None:
+    assert optional_rollback_value(["index", "--rollback", "--json"]) == ["index", "--rollback", "previous", "--json"]
+    assert optional_rollback_value(["tune-retriever", "--rollback"]) == ["tune-retriever", "--rollback"]  # a flag
