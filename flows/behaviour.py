@@ -183,12 +183,10 @@ def _parent(champ: VersionInfo | None) -> str:
 
 
 def _same_evidence(rejected: dict) -> str:
-    reasons = [line[2:] for line in rejected["description"].splitlines() if line.startswith("- ")][:1]
-    why = f" ({reasons[0]})" if reasons else ""
     return (
         f"the same evidence (training data, recipe, base model, contract and parent) already trained version "
-        f"{rejected['version']}, which the gate rejected{why}; more training cases (`ragloop cases accept`) or "
-        "another recipe (params.yaml `finetune`) would change the outcome"
+        f"{rejected['version']}, which the gate rejected ({rejected['reason']}); more training cases "
+        "(`ragloop cases accept`) or another recipe (params.yaml `finetune`) would change the outcome"
     )
 
 

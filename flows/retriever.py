@@ -154,12 +154,11 @@ def tune_retriever(params_file: str = "params.yaml", reason: str = "manual", if_
 
 
 def _same_evidence(rejected: dict[str, Any], pairs: int) -> str:
-    reasons = [line[2:] for line in rejected["description"].splitlines() if line.startswith("- ")][:1]
-    why = f": {reasons[0]}" if reasons else ""
     return (
         f"the same evidence ({pairs} training pairs, the same recipe and base embedder) already trained retriever "
-        f"version {rejected['version']}, which the gate rejected{why}; more training cases (`ragloop cases "
-        "accept`, paths.retrieval_train) or another recipe (params.yaml `retriever`) would change the outcome"
+        f"version {rejected['version']}, which the gate rejected ({rejected['reason']}); more training cases "
+        "(`ragloop cases accept`, paths.retrieval_train) or another recipe (params.yaml `retriever`) would change "
+        "the outcome"
     )
 
 

@@ -174,7 +174,8 @@ def gate_verdict(params: Params, settings: Settings, version: str) -> str | None
 
 def rejected_with(params: Params, settings: Settings, tags: dict[str, str], model: str | None = None) -> dict | None:
     """The first version the gate rejected whose tags hold all of `tags` (the evidence it was trained on), as
-    {"version", "description"}; None when there is none. What keeps the loop from training the same thing twice."""
+    {"version", "reason"} (the verdict's first reason); None when there is none. What keeps the loop from training
+    the same thing twice."""
     from mlflow.exceptions import MlflowException
 
     client = client_for(params, settings)
@@ -187,7 +188,8 @@ def rejected_with(params: Params, settings: Settings, tags: dict[str, str], mode
         raise
     for mv in sorted(versions, key=lambda v: int(v.version)):
         if mv.tags.get("gate") == "rejected" and all(mv.tags.get(k) == v for k, v in tags.items()):
-            return {"version": str(mv.version), "description": mv.description or ""}
+            reasons = [line[2:] for line in (mv.description or "").splitlines() if line.startswith("- ")]
+            return {"version": str(mv.version), "reason": reasons[0] if reasons else "no reason recorded"}
     return None
 
 
