@@ -163,8 +163,7 @@ def train_retriever(base_model: str, pairs: list[Pair], recipe: RetrieverParams,
     model = SentenceTransformer(resolve_model(base_model), device=device)
     if recipe.max_seq_length is not None:
         model.max_seq_length = recipe.max_seq_length
-    model.model_card_data.generate_widget_examples = False  # no model card is written (save_model)
-    model.model_card_data.local_files_only = True
+    model.model_card_data.local_files_only = True  # the model card's metadata never asks the hub
     log = TrainingLog(pairs=len(pairs))
     data = Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.positive for p in pairs]})
     with tempfile.TemporaryDirectory(prefix="ragloop-retriever-") as scratch:
