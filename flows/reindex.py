@@ -18,6 +18,7 @@ from components.config import EmbedderParams, Params, Settings, load_params
 from components.knowledge import indexer
 from components.knowledge.embedder import Embedder
 from components.knowledge.report import contract, to_markdown
+from components.knowledge.retriever_pointer import effective_params
 from components.knowledge.session import IndexSession, open_index
 from components.tracking.lineage import write_plot
 from components.tracking.mlflow_runs import log_index_run
@@ -77,7 +78,7 @@ def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[d
         return {}, 0.0
     with slot(EMBEDDING_LIMIT):
         if params.service.task_runner == "dask":
-            done = _embed_on_dask(session.params, session.embedder_id, [plan.texts[h] for h in plan.to_embed])
+            done = _embed_on_dask(params, session.embedder_id, [plan.texts[h] for h in plan.to_embed])
             vectors = dict(zip(plan.to_embed, done, strict=True))
         else:
             vectors = embed(session, plan)
@@ -118,7 +119,7 @@ def write_metrics(params: Params, report: dict) -> None:
 def reindex(params_file: str = "params.yaml", reason: str = "manual") -> dict:
     """Bring the index in line with the documents. Returns the `ragloop index --json` report."""
     t0 = time.perf_counter()
-    params, settings = load_params(params_file), Settings.from_env()
+    params, settings = effective_params(load_params(params_file)), Settings.from_env()  # the champion retriever's
     with open_index(params, settings) as session:
         changes = detect_changes(session)
         plan = chunk(session, changes)
