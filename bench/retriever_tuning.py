@@ -25,6 +25,7 @@ from typing import Any
 import _common as c  # sets the offline environment before the project imports
 
 from components.behaviour import retriever_gate as rg
+from components.behaviour.assistant import resolve_generator
 from components.config import Params, load_params
 from components.knowledge.indexer import run_index
 from components.knowledge.retrieval import Retriever
@@ -41,7 +42,7 @@ def sample_params(work: Path, steps: int | None) -> Params:
     raw = {
         "paths": {"docs": str(repo.paths.docs), "behaviour": str(repo.paths.behaviour), "index": "index",
                   "metrics": "metrics", "mlflow": "mlflow", "models": "models"},
-        "generator": {"context_chunks": repo.generator.context_chunks},
+        "generator": {**repo.generator.model_dump(exclude={"model"}), "model": resolve_generator(repo)},
     }  # fmt: skip
     if steps is not None:
         raw["retriever"] = {"steps": steps}
@@ -102,11 +103,26 @@ def sample(work: Path, steps: int | None) -> dict[str, Any]:
                          "after": measure(with_mode(candidate, mode), questions)}  # fmt: skip
         c.log(f"{mode}: {figures[mode]}")
     with Retriever(params) as a, Retriever(candidate) as b:
-        verdict = rg.judge(rg.retrieval_results(params, a, questions), rg.retrieval_results(params, b, questions),
-                           rg.groups_of(questions), params)  # fmt: skip
+        retrieval = rg.retrieval_results(params, a, questions), rg.retrieval_results(params, b, questions)
+    assistant = assistant_slices(params, candidate)
+    verdict = rg.judge(*retrieval, rg.groups_of(questions), params, assistant)
     return {"recipe": params.retriever.model_dump(), "training": training, "gate_questions": len(questions),
             "metrics": figures, "gate": {"promote": verdict.promote, "reasons": verdict.reasons,
-                                         "rates": verdict.rates}}  # fmt: skip
+                                         "rates": verdict.rates, "assistant_rates": verdict.assistant}}  # fmt: skip
+
+
+def assistant_slices(params: Params, candidate: Params) -> tuple[Any, Any] | None:
+    """The generator (the base model `make run` builds, no adapter) answering from each side's context; None when
+    it has not been built."""
+    from components.behaviour.loop import evaluate_model
+    from components.config import Settings
+
+    if not Path(params.generator.model).is_dir():
+        c.log(f"no generator at {params.generator.model} (`make run` builds it): assistant slices not measured")
+        return None
+    before = evaluate_model(params, Settings.from_env(), None, None, "retriever champion")
+    after = evaluate_model(candidate, Settings.from_env(), None, None, "retriever candidate")
+    return before.results, after.results
 
 
 def xquad(work: Path, steps: int | None) -> dict[str, Any]:
