@@ -166,16 +166,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml retriever)")
     parser.add_argument("--xquad", action="store_true", help="also the held-out XQuAD split (needs ../shared/data)")
+    parser.add_argument("--no-sample", action="store_true", help="skip the sample deployment (with --xquad)")
     args = parser.parse_args()
     previous = c.RESULTS / "retriever_tuning.json"
     runs: dict[str, Any] = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
+    steps = args.steps or load_params(c.ROOT / "params.yaml").retriever.steps
+    result: dict[str, Any] = {"machine": c.machine()}
     with c.workdir("retriever") as work:
-        result = {"sample": sample(work / "sample", args.steps)}
+        if not args.no_sample:
+            result["sample"] = sample(work / "sample", args.steps)
         if args.xquad:
             result["xquad"] = xquad(work / "xquad", args.steps)
         shutil.rmtree(work, ignore_errors=True)
-    runs[f"steps={result['sample']['recipe']['steps']}"] = {"machine": c.machine(), **result}
-    c.save("retriever_tuning", {"runs": runs})  # one entry per recipe length, each with its machine and date
+    runs[f"steps={steps}"] = {**runs.get(f"steps={steps}", {}), **result}  # one entry per recipe length
+    c.save("retriever_tuning", {"runs": runs})
 
 
 if __name__ == "__main__":
