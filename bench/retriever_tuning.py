@@ -7,9 +7,9 @@ into its own index; on the gate set's in-scope questions, for `retrieval.mode` d
 the context (a gold document among the k best chunks, as the assistant's context sees them) and recall@5/10 at the
 document level; then the gate's own verdict (retrieval slices, paired group-level test, Holm).
 
-XQuAD (--xquad, needs ../shared/data): one document per article; the articles split in two by index: the even ones
-give half of their questions to training (the other half is held out), the odd ones none (documents it never trained
-on). Reported for MiniLM, the tuned model and BM25 (ragloop's lexical mode).
+XQuAD (--xquad, needs ../shared/data): one document per paragraph (240, of 48 articles); the articles split in two by
+index: the even ones give every other question to training (the rest is held out), the odd ones none (documents it
+never trained on). Reported for MiniLM, the tuned model and BM25 (ragloop's lexical mode).
 
     .venv/bin/python bench/retriever_tuning.py [--steps N] [--xquad]   -> bench/results/retriever_tuning.json
 """
@@ -132,13 +132,14 @@ def xquad(work: Path, steps: int | None) -> dict[str, Any]:
     articles = json.loads(path.read_text(encoding="utf-8"))["data"]
     docs, train, held, unseen = {}, [], [], []
     for i, art in enumerate(articles):
-        name = f"article-{i:03d}.md"
-        body = "\n\n".join(p["context"].strip() for p in art["paragraphs"])
-        docs[name] = f"# {art.get('title') or f'Article {i}'}\n\n{body}\n"
-        qas = [qa for p in art["paragraphs"] for qa in p["qas"]]
-        for j, qa in enumerate(qas):
-            row = {"id": qa["id"], "query": qa["question"].strip(), "relevant": [name]}
-            (unseen if i % 2 else train if j % 2 == 0 else held).append(row)
+        j = 0
+        for p, para in enumerate(art["paragraphs"]):
+            name = f"a{i:02d}-p{p:02d}.txt"  # one document a paragraph: the one holding the answer is relevant
+            docs[name] = para["context"].strip() + "\n"
+            for qa in para["qas"]:
+                row = {"id": qa["id"], "query": qa["question"].strip(), "relevant": [name]}
+                (unseen if i % 2 else train if j % 2 == 0 else held).append(row)
+                j += 1
     c.write_docs(work / "docs", docs)
     for name, rows in (("train", train), ("held", held), ("unseen", unseen)):
         (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -151,14 +152,14 @@ def xquad(work: Path, steps: int | None) -> dict[str, Any]:
         run_index(s)
     with Retriever(params) as r:
         pairs = build_pairs(r, training_questions(params))
-    c.log(f"xquad: {len(docs)} articles, {len(pairs)} pairs, {len(held)} held-out, {len(unseen)} unseen")
+    c.log(f"xquad: {len(docs)} paragraphs, {len(pairs)} pairs, {len(held)} held-out, {len(unseen)} unseen")
     training = tune(params, pairs)
     candidate = candidate_params(params, params.paths.models / "retriever" / "candidate")
     sets = {name: [rg.Question(r["id"], r["query"], tuple(r["relevant"]), r["id"], "labelled") for r in rows]
             for name, rows in (("held_out", held), ("unseen_documents", unseen))}  # fmt: skip
     systems = {"minilm": with_mode(params, "dense"), "tuned": with_mode(candidate, "dense"),
                "bm25": with_mode(params, "lexical")}  # fmt: skip
-    return {"training": training, "articles": len(docs),
+    return {"training": training, "documents": len(docs),
             "metrics": {s: {n: measure(p, qs) for n, qs in sets.items()} for s, p in systems.items()}}  # fmt: skip
 
 
