@@ -231,6 +231,7 @@ class RegressionParams(_Section):
     floors: dict[str, float] = Field(default_factory=dict)  # slice -> minimum acceptable pass rate
     unit: Literal["group", "case"] = "group"  # what is paired and tested: groups of cases (a seed's wordings) or cases
     correction: Literal["holm", "none"] = "holm"  # family-wise error control over the slices of one decision
+    recall_k: int = Field(10, ge=1)  # the retrieval test's depth: every indexed gold document among the top k
 
     @field_validator("floors")
     @classmethod

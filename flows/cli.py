@@ -254,7 +254,8 @@ def evaluate(
     as_json: JsonOpt = False,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Evaluate the champion on the gate set; decide none, reindex or finetune (the Prefect flow `evaluate`)."""
+    """Evaluate the champion on the gate set; route each failure (stale, missing, retrieval, behaviour) and decide
+    the actions: reindex, write_documents, tune_retriever, finetune (the Prefect flow `evaluate`)."""
     from flows.behaviour import evaluate as evaluate_flow
 
     params = _load(params_file)

@@ -67,12 +67,15 @@ def status_view(s: dict) -> Table:
         t.add_row("last evaluation", "-")
     else:
         regressed = f" (regressed: {', '.join(ev['regressed_slices'])})" if ev["regressed_slices"] else ""
+        routes = ", ".join(f"{k} {v}" for k, v in ev["routes"].items())
         t.add_row("last evaluation", f"{ev['model_version']} on index v{ev['index_version']} at {ev['at']}: "
-                  f"decision [bold]{ev['decision']}[/]{regressed}")  # fmt: skip
+                  f"decision [bold]{ev['decision']}[/]{regressed}\nroutes: {routes}")  # fmt: skip
     p = s["pending"]
     flag = {True: "[yellow]pending[/]", False: "[green]no[/]"}
     t.add_row("re-index", f"{flag[p['reindex']]}: {p['reindex_reason']}")
     t.add_row("evaluation", f"{flag[p['evaluation']]}: {p['evaluation_reason']}")
+    t.add_row("write documents", f"{flag[p['write_documents']]}: {p['write_documents_reason']}")
+    t.add_row("tune retriever", f"{flag[p['tune_retriever']]}: {p['tune_retriever_reason']}")
     t.add_row("fine-tune", f"{flag[p['finetune']]}: {p['finetune_reason']}")
     t.add_row("gate", f"{flag[bool(p['gate'])]}" + (f": versions {', '.join(p['gate'])}" if p["gate"] else ""))
     if "production" in s:
@@ -97,7 +100,8 @@ def live_line(live: dict) -> str:
 
 def advice_view(a: dict) -> Table:
     t = Table("", "", title=f"ragloop advise: {a['headline']}", show_lines=True, title_justify="left")
-    parts = (("knowledge", "knowledge → retrieval"), ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))
+    parts = (("knowledge", "knowledge → the retrieval pipeline"),
+             ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))  # fmt: skip
     for part, label in parts:
         d = a[part]
         t.add_row(f"[bold]{label}[/]", "\n".join(d["advice"]))
@@ -129,7 +133,11 @@ def evaluation_table(s: dict) -> Table:
     t = Table("slice", "pass rate", "95% interval", "n", title=f"{s['model_version']}: decision {s['decision']}")
     for name, v in s["slices"].items():
         t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
-    t.add_row("retrieval", f"hit@k {s['retrieval']['hit_at_k']:.3f}", f"mrr {s['retrieval']['mrr']:.3f}", "")
+    r = s["retrieval"]
+    recall = next((f"{k.replace('_at_', '@')} {v:.3f}" for k, v in r.items() if k.startswith("recall_at_")), "")
+    t.add_row("retrieval", f"hit@k {r['hit_at_k']:.3f}", f"mrr {r['mrr']:.3f} {recall}", "")
+    t.add_row("routes", ", ".join(f"{k} {v}" for k, v in s["routes"].items()), "actions: "
+              + (", ".join(s["actions"]) or "none"), str(sum(s["routes"].values())))  # fmt: skip
     labelled = s.get("labelled_retrieval")
     if labelled:  # paths.retrieval_queries
         m = labelled["metrics"]

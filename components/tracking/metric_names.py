@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # an evaluation run: per slice `{slice}_{stat}` (stat: pass_rate, ci_low, ci_high, n), the champion's recorded
-# rate beside it, the retrieval metrics and the diagnosis mix
+# rate beside it, the retrieval metrics and the route mix (components/behaviour/routes.py)
 PASS_RATE = "pass_rate"
 BASELINE_SUFFIX = "_baseline_pass_rate"
 VS_BASELINE_SUFFIX = "_vs_baseline"
 RETRIEVAL_PREFIX = "retrieval_"
-DIAGNOSIS_PREFIX = "diagnosis_"
+ROUTE_PREFIX = "route_"
 LABELLED_PREFIX = "labelled_retrieval_"  # the labelled queries' metrics (paths.retrieval_queries), 'recall_at_5'
 # a fine-tune run: its candidate's gate-set pass rates, and what the gate measured it bought per slice
 GATE_PREFIX = "gate_"
@@ -43,8 +43,8 @@ def retrieval(name: str) -> str:
     return RETRIEVAL_PREFIX + name
 
 
-def diagnosis(kind: str) -> str:
-    return DIAGNOSIS_PREFIX + kind
+def route(name: str) -> str:
+    return ROUTE_PREFIX + name
 
 
 def labelled_retrieval(name: str) -> str:
@@ -84,8 +84,8 @@ def retrieval_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return _strip(metrics, RETRIEVAL_PREFIX)
 
 
-def diagnosis_counts(metrics: Mapping[str, float], kinds: tuple[str, ...]) -> dict[str, int]:
-    return {k: int(metrics.get(diagnosis(k), 0)) for k in kinds}
+def route_counts(metrics: Mapping[str, float], names: tuple[str, ...]) -> dict[str, int]:
+    return {k: int(metrics.get(route(k), 0)) for k in names}
 
 
 def gate_pass_rates(metrics: Mapping[str, float]) -> dict[str, float]:
