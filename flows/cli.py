@@ -454,9 +454,10 @@ def triage(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): knowledge
-    (re-index, then check the question retrieves it), gap (a report of the topics to write up), behaviour
-    (candidate training cases for `ragloop cases accept`)."""
+    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): stale
+    (re-index, then check the question retrieves it), missing (a report of the topics to write up), retrieval (the
+    answering document ranked below the context: tune the retriever), behaviour (candidate training cases for
+    `ragloop cases accept`)."""
     from components.tracking.triage_runs import parse_since
 
     params = _load(params_file)

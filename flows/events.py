@@ -3,6 +3,7 @@
 DOCUMENTS_CHANGED = "ragloop.documents.changed"  # `ragloop watch`; triggers the reindex deployment
 INDEX_PUBLISHED = "ragloop.index.published"
 BEHAVIOUR_REGRESSION = "ragloop.behaviour.regression"  # the evaluate flow; triggers the finetune deployment
+RETRIEVAL_REGRESSION = "ragloop.retrieval.regression"  # triage: live retrieval misses; triggers the retriever's tuning
 MODEL_PROMOTED = "ragloop.model.promoted"
 RETRIEVAL_REGRESSION = "ragloop.retrieval.regression"  # evaluate / triage; triggers the tune-retriever deployment
 

@@ -23,6 +23,8 @@ def triage_view(r: dict) -> Table:
     reg = r["regression"]
     tests = "\n".join(s["reason"] for s in reg["slices"]) or "-"
     table.add_row("regression", "event emitted" if reg["fired"] else "none", tests)
+    ret = r["retrieval_regression"]
+    table.add_row("retrieval misses", "event emitted" if ret["fired"] else "none", ret["reason"])
     return table
 
 
@@ -92,9 +94,9 @@ def live_line(live: dict) -> str:
         return live.get("note", "no live traffic")
     r, fb = live["routes"], live["feedback"]
     slices = ", ".join(f"{k} {v['fail_rate']:.2f}" for k, v in live["slices"].items())
-    head = (f"{live['traces']} answers, {live['failing']} failing (knowledge {r['knowledge']}, gap {r['gap']}, "
-            f"behaviour {r['behaviour']}, not triaged {live['untriaged_failing']}); feedback on "
-            f"{fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
+    routed = ", ".join(f"{route} {n}" for route, n in r.items())
+    head = (f"{live['traces']} answers, {live['failing']} failing ({routed}, not triaged "
+            f"{live['untriaged_failing']}); feedback on {fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
     return head + (f"\ncontract failure rates: {slices}" if slices else "")
 
 

@@ -31,14 +31,19 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+LIVE_ACTIONS = {STALE: "re-index", MISSING: "write the document", RETRIEVAL: "tune the retriever",
+                BEHAVIOUR: "candidate cases for a fine-tune"}  # fmt: skip
+
+
 def live_shares(ev: dict) -> tuple[float | None, float | None]:
-    """(knowledge + gap, behaviour) shares of the live answers triage routed; None without enough live traffic."""
+    """(stale + missing + retrieval, behaviour) shares of the live answers triage routed: the retrieval pipeline's
+    failures and the weights'; None without enough live traffic."""
     live = ev.get("production") or {}
     n = live.get("traces", 0)
     if n < MIN_LIVE:
         return None, None
     routes = live["routes"]
-    return (routes["knowledge"] + routes["gap"]) / n, routes["behaviour"] / n
+    return sum(routes.get(r, 0) for r in KNOWLEDGE_ROUTES) / n, routes.get(BEHAVIOUR, 0) / n
 
 
 def production_lines(ev: dict) -> list[str]:
@@ -48,9 +53,9 @@ def production_lines(ev: dict) -> list[str]:
         return [f"no live traffic in the last {days} days" + (f" ({live['note']})" if live.get("note") else "")
                 + ": `ragloop api` serves and traces answers, `ragloop triage` routes their failures"]  # fmt: skip
     r, fb, n = live["routes"], live["feedback"], live["traces"]
-    lines = [f"live: {n} answers in {days} days, {live['failing']} failing: {r['knowledge']} knowledge (re-index), "
-             f"{r['gap']} gap (missing documents), {r['behaviour']} behaviour (candidate cases), "
-             f"{live['untriaged_failing']} not triaged yet",
+    routed = ", ".join(f"{r.get(route, 0)} {route} ({LIVE_ACTIONS[route]})" for route in (*KNOWLEDGE_ROUTES, BEHAVIOUR))
+    lines = [f"live: {n} answers in {days} days, {live['failing']} failing: {routed}, {live['untriaged_failing']} "
+             "not triaged yet",
              f"live feedback on {_pct(fb['rate'])} of answers ({fb['negative']} negative, {fb['corrections']} "
              "corrections)"]  # fmt: skip
     if live["slices"]:
@@ -130,8 +135,10 @@ def _knowledge(ev: dict) -> dict:
     ]
     live_knowledge, _ = live_shares(ev)
     if live_knowledge is not None and live_knowledge >= KNOWLEDGE_SHARE:
-        advice.append(f"{_pct(live_knowledge)} of live answers failed on knowledge: see `ragloop triage` for the "
-                      "route of each (re-index, write the document, tune the retriever)")  # fmt: skip
+        r = ev["production"]["routes"]
+        fixes = [f"{LIVE_ACTIONS[route]} ({r.get(route, 0)} {route})" for route in KNOWLEDGE_ROUTES if r.get(route)]
+        advice.append(f"{_pct(live_knowledge)} of live answers failed on the retrieval side, not the weights: "
+                      + "; ".join(fixes))  # fmt: skip
     evidence += production_lines(ev)[:1]  # the traffic and its failure mix; feedback and slices are behaviour's
     active = (k["published_versions"] > 0 or bool(actions) or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
               or (live_knowledge or 0) >= KNOWLEDGE_SHARE)  # fmt: skip

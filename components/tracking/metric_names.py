@@ -25,6 +25,12 @@ DOCUMENTS_PREFIX = "documents_"
 CHUNKS_PREFIX = "chunks_"
 PUBLISHED = "published"
 DURATION_S = "duration_s"
+# a triage run: `routed_{route}` failing live answers per route (behaviour, retrieval, stale, missing, outage), and
+# the run tags of what it did
+ROUTED_PREFIX = "routed_"
+TAG_REINDEXED = "ragloop.reindexed"
+TAG_REGRESSION_EVENT = "ragloop.regression_event"  # the live behaviour regression event was emitted
+TAG_RETRIEVAL_EVENT = "ragloop.retrieval_event"  # the live retrieval regression event was emitted
 
 
 def slice_stat(slice_name: str, stat: str) -> str:
@@ -66,6 +72,15 @@ def documents(kind: str) -> str:
 
 def chunks(kind: str) -> str:
     return CHUNKS_PREFIX + kind
+
+
+def routed(route: str) -> str:
+    return ROUTED_PREFIX + route
+
+
+def routed_counts(metrics: Mapping[str, float], routes: tuple[str, ...]) -> dict[str, int]:
+    """{route: failing live answers a triage run routed there}, 0 for a route it has no metric of."""
+    return {r: int(metrics.get(routed(r), 0)) for r in routes}
 
 
 def _strip(metrics: Mapping[str, float], prefix: str, suffix: str = "") -> dict[str, float]:
