@@ -15,13 +15,14 @@ assistant ranks them). Then, in this order:
 - **missing**: nothing relevant at any depth (best relevance < `triage.relevance_min`): no document answers it.
   Similar questions are grouped and named for a person to write up (the gap report); a correction is kept as the
   suggested content, never trained into the weights.
-- **stale**: the answering chunk was not in the answer's context but is within the context's depth now: the
-  documents changed since the index version that answered (a new or edited document, re-indexed by triage), so
-  the re-index is the fix and it has been done.
+- **stale**: the answering chunk was not in the answer's context but is within the context's depth now, and the
+  published index version is not the one that answered: the documents changed since (a new or edited document,
+  re-indexed by triage), so the re-index is the fix and it has been done.
 - **behaviour**: the answering chunk's document was in the context: the right context was given and the answer
   broke the contract. A candidate training case.
-- **retrieval**: the answering chunk is indexed and current but ranks below the context's cut-off: the retriever
-  is the fix (tune it), not the weights; reported with the document found deeper and its rank.
+- **retrieval**: the answering chunk is indexed and current but ranks below the context's cut-off (or ranks
+  within it now on the very index version that answered: the retriever, not the documents, changed): the
+  retriever is the fix (tune it), not the weights; reported with the document found deeper and its rank.
 
 Measured on the sample deployment's gate set, where the truth is known (bench/triage_rules.py; the figures and
 the machine in bench/README.md, "Routing live failures"): the judge's choice routes retrieval misses and
@@ -78,11 +79,13 @@ class Chunk:
 @dataclass(frozen=True)
 class Evidence:
     """The context the answer was given (`given`), the current index's deep search for the same question
-    (`deep`, best first: `triage.search_depth` chunks) and the context's depth `k` (chunks the answer was given)."""
+    (`deep`, best first: `triage.search_depth` chunks), the context's depth `k` (chunks the answer was given) and
+    whether the index changed since the answer."""
 
     given: tuple[Chunk, ...]
     deep: tuple[Chunk, ...]
     k: int
+    changed: bool = True  # the published index version is not the one that answered (or that one is unknown)
 
     def best_relevance(self) -> float:
         return max((c.relevance for c in (*self.given, *self.deep)), default=-1.0)
@@ -115,7 +118,7 @@ def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
                       f"the context and the {len(ev.deep)} best chunks now)", ())  # fmt: skip
     chunk, rank = ev.answering()
     context = tuple(dict.fromkeys(c.doc for c in ev.given))
-    if rank and (chunk.doc, chunk.text) not in {(c.doc, c.text) for c in ev.given} and rank <= ev.k:
+    if ev.changed and rank and (chunk.doc, chunk.text) not in {(c.doc, c.text) for c in ev.given} and rank <= ev.k:
         how = "updated" if chunk.doc in context else "now retrieved"
         return Routed(tid, STALE, f"{why}; the same question now retrieves what the answer lacked: {chunk.doc} "
                       f"({how}, rank {rank} within the context's {ev.k}; {chunk.basis()})", (chunk.doc,),
@@ -123,9 +126,10 @@ def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
     if chunk.doc in context:
         return Routed(tid, BEHAVIOUR, f"{why} with the answering document in its context ({chunk.doc}; "
                       f"{chunk.basis()})", (chunk.doc,))  # fmt: skip
+    where = f"rank {rank} below the context's {ev.k}" if rank > ev.k else (
+        f"rank {rank} now, on the index version that answered: the retriever ranked it lower then")  # fmt: skip
     return Routed(tid, RETRIEVAL, f"{why}; the context ({', '.join(context) or 'empty'}) lacked {chunk.doc}, "
-                  f"found at rank {rank} below the context's {ev.k} ({chunk.basis()})", (chunk.doc,),
-                  rank)  # fmt: skip
+                  f"found at {where} ({chunk.basis()})", (chunk.doc,), rank)  # fmt: skip
 
 
 def route_all(failing: Sequence[LiveTrace], evidence: Mapping[str, Evidence], indexed_chunks: int | None,

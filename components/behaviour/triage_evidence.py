@@ -81,8 +81,9 @@ def retrieve_again(params: Params, settings: Settings, traces: list[LiveTrace]) 
             return Chunk(doc, text, judge(t.question, text), overlap(said.get(t.trace_id, set()), text, stemmer))
 
         given = tuple(chunk(d.doc, d.text) for d in t.retrieved)
+        changed = t.index_version is None or t.index_version != version
         evidence[t.trace_id] = Evidence(given, tuple(chunk(h["doc"], h["text"]) for h in deep[t.trace_id]),
-                                        _k(t, params))  # fmt: skip
+                                        _k(t, params), changed)  # fmt: skip
     return IndexView(evidence, {t.question: vectors[t.question] for t in traces}, df, n, version)
 
 

@@ -87,6 +87,16 @@ def test_classify_routes_by_the_answering_chunk_and_where_it_ranks(given, deep, 
     assert "failed format" in routed.reason
 
 
+def test_within_the_context_depth_now_is_stale_only_when_the_index_changed_since_the_answer() -> None:
+    """The same index version ranks the answering chunk within the context now (a tuned retriever, another k): the
+    documents did not change, so a re-index is not what fixed it."""
+    given, now = (c("atm.md", 0.5),), (c("fees.md", 0.7), c("atm.md", 0.5))
+    assert classify(trace(feedback=False), Evidence(given, now, 1, changed=True), P).route == STALE
+    same = classify(trace(feedback=False), Evidence(given, now, 1, changed=False), P)
+    assert (same.route, same.docs, same.rank) == (RETRIEVAL, ("fees.md",), 1)
+    assert "rank 1 now, on the index version that answered" in same.reason
+
+
 def test_a_correction_names_the_answering_chunk_over_the_question_alone() -> None:
     """The question alone prefers the context (0.6 > 0.55); the user's correction is in the deeper chunk."""
     given, deeper = c("atm.md", 0.6, overlap=0.2), c("fees.md", 0.55, overlap=0.9)
