@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.behaviour.triage import STOPWORDS, Chunk, Evidence, document_frequency
+from components.behaviour.triage import Chunk, Evidence, document_frequency
 from components.config import Params, Settings
 from components.knowledge.retrieval import IndexNotReadyError, Retriever, tokenize
 from components.tracking.production import LiveTrace
@@ -39,9 +39,9 @@ def sentences(text: str) -> list[str]:
 
 
 def terms(text: str, stemmer: str | None) -> set[str]:
-    """The stemmed words and numbers of a text that can name a fact: stopwords and words of under 3 letters left
-    out, every number kept ('2', '00' of 'EUR 2.00')."""
-    return {w for w in tokenize(text, stemmer) if w not in STOPWORDS and (len(w) >= 3 or w.isdigit())}
+    """Every stemmed word and number of a text ('2' and '00' of 'EUR 2.00'), as BM25 tokenizes it: on the gate set,
+    leaving stopwords or short words out lost more right routes than it saved (bench/triage_rules.py)."""
+    return set(tokenize(text, stemmer))
 
 
 def overlap(said: set[str], chunk_text: str, stemmer: str | None) -> float | None:

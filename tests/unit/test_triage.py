@@ -312,9 +312,9 @@ def test_sentences_split_prose_lists_and_tables_and_drop_fragments() -> None:
 def test_overlap_is_the_share_of_the_corrections_terms_a_chunk_holds() -> None:
     from components.behaviour.triage_evidence import overlap, terms
 
-    said = terms("EUR 2.00 each after 2 free withdrawals per month, as of June", "english")
-    assert said == {"eur", "2", "00", "free", "withdraw", "per", "month", "june"}  # stopwords, 'as' and 'of' out
-    assert overlap(said, "Withdrawals: 2 free per month, from June EUR 2.00 each.", "english") == 1.0
+    said = terms("No: EUR 2.00 each after 2 free withdrawals", "english")
+    assert said == {"no", "eur", "2", "00", "each", "after", "free", "withdraw"}  # stemmed, numbers kept
+    assert overlap(said, "No. After 2 free withdrawals, each costs EUR 2.00.", "english") == 1.0
     assert overlap(said, "Card payments abroad are free.", "english") == 1 / 8
     assert overlap(set(), "anything", "english") is None
 
