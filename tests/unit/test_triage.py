@@ -367,3 +367,25 @@ def test_ragloop_triage_refuses_a_bad_since_before_any_flow_runs(tmp_path) -> No
     out = CliRunner().invoke(app, ["triage", "--since", "last tuesday", "--params", str(tmp_path / "params.yaml")])
     assert out.exit_code == 2 and "--since: expected an ISO time" in out.output
     assert not (tmp_path / ".mlflow").exists()  # nothing was read or recorded
+
+
+def test_the_triage_report_lists_every_route_with_its_action_and_the_metrics_read_back() -> None:
+    from components.tracking import metric_names as mn
+    from components.tracking.triage_runs import SHOWN, triage_markdown
+
+    miss = {"trace_id": "tr-1", "question": "why no contactless?", "route": "retrieval", "docs": ["activation.md"],
+            "rank": 2, "reason": "the context (contactless.md) lacked activation.md, found at rank 2"}  # fmt: skip
+    routed = {r: [] for r in SHOWN} | {RETRIEVAL: [miss]}
+    report = {"traffic": summarise_traffic([]), "routed": routed, "since_ms": 0, "late_traces": 0, "gaps": [],
+              "reindex": {"ran": False, "why": "not needed"}, "candidates": {"added": [], "file": "c.jsonl"},
+              "regression": {"fired": False, "slices": []},
+              "retrieval_regression": {"fired": True, "reason": "3 retrieval misses in 4 live answers"}}  # fmt: skip
+    md = triage_markdown(report)
+    assert SHOWN == ("behaviour", "retrieval", "stale", "missing", "outage")
+    assert "| retrieval | 1 | tune the retriever: the answering document ranked below the context" in md
+    assert "| stale | 0 | re-index, now retrieved |" in md and "| missing | 0 | write the missing document" in md
+    assert "| behaviour | 0 | fine-tune: candidate training cases in `c.jsonl` |" in md
+    assert "## Retrieval\n\n- 'why no contactless?': the context (contactless.md) lacked activation.md" in md
+    assert "## Live retrieval misses: event emitted\n\n- 3 retrieval misses in 4 live answers" in md
+    logged = {mn.routed(r): float(n) for r, n in {"retrieval": 3, "behaviour": 1}.items()}
+    assert mn.routed_counts(logged, SHOWN) == {"behaviour": 1, "retrieval": 3, "stale": 0, "missing": 0, "outage": 0}
