@@ -201,5 +201,5 @@ def _artifacts(report: dict) -> None:
                              description=f"routed: {routed}")  # fmt: skip
     rows = [{"topic": g["topic"], "questions": g["count"], "examples": "; ".join(g["questions"][:3])}
             for g in report["gaps"]]  # fmt: skip
-    create_table_artifact(key="triage-gaps", description="knowledge gaps: topics to write up",
+    create_table_artifact(key="triage-gaps", description="missing documents: topics to write up",
                           table=rows or [{"topic": "none", "questions": 0, "examples": ""}])  # fmt: skip
