@@ -106,7 +106,8 @@ def test_a_knowledge_slice_routes_its_failure_to_the_retrieval_pipeline(tmp_path
     indexed = {"fees.md"}
     route, docs, why = route_case(case.gold_docs, ("fees.md",), checks, indexed, (), contract.knowledge_slices)
     assert (route, docs) == ("retrieval", ("fees.md",)) and "knowledge signal facts" in why
-    assert route_case(case.gold_docs, ("fees.md",), checks, indexed, {"fees.md"}, contract.knowledge_slices)[0] == "stale"
+    stale = route_case(case.gold_docs, ("fees.md",), checks, indexed, {"fees.md"}, contract.knowledge_slices)
+    assert stale[0] == "stale"
     assert contract.check(case, '{"text": "2 EUR after the fifth  Withdrawal"}', ())[0]["facts"]
     assert "facts" not in contract.check(FEES, '{"text": "x"}', ())[0]  # a case without facts is not in the slice
 

@@ -40,7 +40,7 @@ def _history(*, published: int = 4, behaviour: int = 40, knowledge: int = 5, pas
             "reason": "2 document(s) modified since version 7"
             if reindex_pending
             else "the documents match the published version",
-        },  # fmt: skip
+        },
         "behaviour": {
             "evaluations": 3,
             "cases": routes,
@@ -134,8 +134,8 @@ def test_each_knowledge_route_advises_its_own_fix_only_when_it_can_change_someth
 
 def test_no_evaluation_is_no_verdict_on_behaviour() -> None:
     h = _history()
-    h["behaviour"] = {"evaluations": 0, "cases": dict.fromkeys(("pass", "behaviour", "retrieval", "stale", "missing"), 0),
-                      "latest": None,
+    none = dict.fromkeys(("pass", "behaviour", "retrieval", "stale", "missing"), 0)
+    h["behaviour"] = {"evaluations": 0, "cases": none, "latest": None,
                       "regressions": 0, "behaviour_share": None, "knowledge_share": None}  # fmt: skip
     a = advise(h)
     assert a["behaviour"]["verdict"] == "unknown" and a["recommendation"] == "retrieval"
