@@ -250,6 +250,7 @@ class RegressionParams(_Section):
     floors: dict[str, float] = Field(default_factory=dict)  # slice -> minimum acceptable pass rate
     unit: Literal["group", "case"] = "group"  # what is paired and tested: groups of cases (a seed's wordings) or cases
     correction: Literal["holm", "none"] = "holm"  # family-wise error control over the slices of one decision
+    recall_k: int = Field(10, ge=1)  # the retrieval test's depth: every indexed gold document among the top k
 
     @field_validator("floors")
     @classmethod
@@ -322,11 +323,15 @@ class ApiParams(_Section):
 
 
 class TriageParams(_Section):
-    """`ragloop triage`: how a failing live answer is routed to its fix. Relevance is the cosine similarity of the
-    question and a retrieved chunk under the index's own embedder (absolute, unlike a fused hybrid score)."""
+    """`ragloop triage`: how a failing live answer is routed to its fix (components/behaviour/triage.py). Relevance
+    is the mean of cosine(question, chunk) and cosine(question, the chunk's best sentence) under the index's own
+    embedder (absolute, unlike a fused hybrid score)."""
 
     experiment: str = "ragloop-triage"  # one MLflow run per triage: counts, gap report, routed actions
-    relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this similar to the question is relevant context
+    relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this relevant to the question is relevant context
+    search_depth: int = Field(20, ge=1, le=200)  # chunks of the current index searched for the answering content
+    retrieval_miss_rate: float = Field(0.05, ge=0, le=1)  # share of live answers routed `retrieval` tolerated before
+    # the retriever is tuned (a significant excess emits ragloop.retrieval.regression)
     group_similarity: float = Field(0.5, ge=-1, le=1)  # unanswered questions this similar share a gap group
     topic_terms: int = Field(3, ge=1, le=10)  # distinctive terms that name a gap group's topic
     feedback_grace_hours: float = Field(24.0, ge=0)  # traces this much older than the watermark are read again,

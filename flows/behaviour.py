@@ -26,12 +26,19 @@ from components.behaviour.gate_report import (
     judge_candidate,
 )
 from components.behaviour.loop import data_lineage, evaluate_model, finetune_evidence
+from components.behaviour.routes import FINETUNE, TUNE_RETRIEVER
 from components.behaviour.training import TruncatedTraining, machine_info
 from components.config import Params, Settings, load_params
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from components.tracking.registry import VersionInfo
 from flows.deployments import TRAINING_LIMIT, slot
-from flows.events import BEHAVIOUR_REGRESSION, INDEX_RESOURCE, MODEL_PROMOTED, MODEL_RESOURCE, RETRIEVAL_REGRESSION
+from flows.events import (
+    BEHAVIOUR_REGRESSION,
+    MODEL_PROMOTED,
+    MODEL_RESOURCE,
+    RETRIEVAL_REGRESSION,
+    RETRIEVER_RESOURCE,
+)
 from flows.tasks import io_task, step
 
 
@@ -48,8 +55,9 @@ def _label(champ: VersionInfo | None) -> str:
 
 @step("evaluate on the gate set")
 def evaluate_gate(params: Params, settings: Settings, champ: VersionInfo | None) -> Evaluation:
-    baseline = (champ.results or {}).get("behaviour") if champ else None
-    return evaluate_model(params, settings, champ.adapter_dir if champ else None, baseline, _label(champ))
+    recorded = (champ.results or {}) if champ else {}
+    return evaluate_model(params, settings, champ.adapter_dir if champ else None, recorded.get("behaviour"),
+                          _label(champ), recorded.get("retrieval"))  # fmt: skip
 
 
 @io_task("record evaluation in mlflow")
@@ -71,7 +79,8 @@ def write_metrics(params: Params, ev: Evaluation) -> None:
 
 @flow(name="evaluate", flow_run_name="evaluate-{reason}")
 def evaluate(params_file: str = "params.yaml", reason: str = "manual") -> dict:
-    """Evaluate the champion (or the base model) on the gate set and decide: none, reindex or finetune."""
+    """Evaluate the champion (or the base model) on the gate set, route every failing case and decide the actions:
+    reindex, write_documents, tune_retriever, finetune (the decision is the first; none when there is none)."""
     params, settings = load_params(params_file), Settings.from_env()
     champ = load_champion(params, settings)
     ev = evaluate_gate(params, settings, champ)
@@ -98,15 +107,22 @@ def _announce(summary: dict, note: str) -> None:
     table = [{"slice": name, **s} for name, s in summary["slices"].items()]
     create_table_artifact(key="evaluation-slices", table=table, description=f"decision: {summary['decision']}")
     create_markdown_artifact(key="evaluation-decision", markdown=note, description=f"decision: {summary['decision']}")
-    if "tune_retriever" in summary.get("actions", [summary["decision"]]):  # retrieval misses the retriever can learn
-        index = f"{INDEX_RESOURCE}.v{summary['index_version']}"
-        emit_event(event=RETRIEVAL_REGRESSION, resource={"prefect.resource.id": index},
-                   payload={"routes": summary.get("routes", {})})  # fmt: skip
-    if summary["decision"] == "finetune":
+    if FINETUNE in summary["actions"]:
         emit_event(
             event=BEHAVIOUR_REGRESSION,
             resource={"prefect.resource.id": f"{MODEL_RESOURCE}.{summary['model_version']}"},
             payload={"regressed_slices": summary["regressed_slices"], "reasons": summary["reasons"]},
+        )
+    if TUNE_RETRIEVER in summary["actions"]:
+        test = summary["retrieval_test"]
+        emit_event(
+            event=RETRIEVAL_REGRESSION,
+            resource={"prefect.resource.id": f"{RETRIEVER_RESOURCE}.index-v{summary['index_version']}"},
+            payload={
+                "regressed": test["regressed"],
+                "reasons": test["reasons"],
+                "misses": summary["routes"]["retrieval"],
+            },
         )
 
 
@@ -144,7 +160,7 @@ def register_candidate(params: Params, settings: Settings, run_id: str, adapter:
     from components.behaviour.assistant import resolve_generator
     from components.tracking import registry
 
-    results = {"behaviour": ev.results, "summary": ev.summary}
+    results = {"behaviour": ev.results, "retrieval": ev.retrieval, "summary": ev.summary}
     return registry.log_adapter(params, settings, run_id, adapter, resolve_generator(params), lineage, results)
 
 
@@ -333,11 +349,12 @@ def _champion_evaluation(params: Params, settings: Settings, champ: VersionInfo 
 
 @flow(name="pipeline", flow_run_name="pipeline-{reason}")
 def pipeline(params_file: str = "params.yaml", reason: str = "manual") -> dict:
-    """reindex -> evaluate -> finetune (a subflow) only when the evaluation found a behaviour regression."""
+    """reindex -> evaluate -> finetune (a subflow) only when the evaluation found a behaviour regression (a
+    retrieval regression emits its event from the evaluation: the tune-retriever deployment answers it)."""
     from flows.reindex import reindex
 
     index_report = reindex(params_file=params_file, reason=reason)
     summary = evaluate(params_file=params_file, reason=reason)
     tuned = finetune(params_file=params_file, reason=f"regression: {', '.join(summary['regressed_slices'])}") if (
-        summary["decision"] == "finetune") else None  # fmt: skip
+        FINETUNE in summary["actions"]) else None  # fmt: skip
     return {"index": index_report, "evaluation": summary, "finetune": tuned}

@@ -254,7 +254,8 @@ def evaluate(
     as_json: JsonOpt = False,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Evaluate the champion on the gate set; decide none, reindex or finetune (the Prefect flow `evaluate`)."""
+    """Evaluate the champion on the gate set; route each failure (stale, missing, retrieval, behaviour) and decide
+    the actions: reindex, write_documents, tune_retriever, finetune (the Prefect flow `evaluate`)."""
     from flows.behaviour import evaluate as evaluate_flow
 
     params = _load(params_file)
@@ -492,9 +493,10 @@ def triage(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why this run happened; recorded in MLflow.")] = "manual",
 ) -> None:
-    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): knowledge
-    (re-index, then check the question retrieves it), gap (a report of the topics to write up), behaviour
-    (candidate training cases for `ragloop cases accept`)."""
+    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): stale
+    (re-index, then check the question retrieves it), missing (a report of the topics to write up), retrieval (the
+    answering document ranked below the context: tune the retriever), behaviour (candidate training cases for
+    `ragloop cases accept`)."""
     from components.tracking.triage_runs import parse_since
 
     params = _load(params_file)

@@ -17,7 +17,6 @@ from flows.events import (
     BEHAVIOUR_REGRESSION,
     DOCS_RESOURCE,
     DOCUMENTS_CHANGED,
-    INDEX_RESOURCE,
     MODEL_RESOURCE,
     RETRIEVAL_REGRESSION,
 )
@@ -51,7 +50,7 @@ def specs(params: Params) -> list[Spec]:
         Spec("tune-retriever", "flows/retriever.py:tune_retriever",
              "Fine-tune the embedder on the training questions, gate it against the champion retriever, publish its "
              "collection only if retrieval improves significantly and no assistant slice gets worse.",
-             None, (RETRIEVAL_REGRESSION, f"{INDEX_RESOURCE}.*")),
+             None, (RETRIEVAL_REGRESSION, "ragloop.*")),  # evaluate names the retriever, triage the index
         Spec("pipeline", "flows/behaviour.py:pipeline",
              "reindex -> evaluate -> finetune only on a behaviour regression.", s.pipeline_cron),
         Spec("triage", "flows/triage.py:triage",

@@ -3,10 +3,11 @@
 DOCUMENTS_CHANGED = "ragloop.documents.changed"  # `ragloop watch`; triggers the reindex deployment
 INDEX_PUBLISHED = "ragloop.index.published"
 BEHAVIOUR_REGRESSION = "ragloop.behaviour.regression"  # the evaluate flow; triggers the finetune deployment
-RETRIEVAL_REGRESSION = "ragloop.retrieval.regression"  # the evaluate flow; triggers the tune-retriever deployment
 MODEL_PROMOTED = "ragloop.model.promoted"
+RETRIEVAL_REGRESSION = "ragloop.retrieval.regression"  # evaluate / triage; triggers the tune-retriever deployment
 
 # Resource ids are "ragloop.<kind>.<name>": triggers match them by pattern, never by a Prefect id.
 DOCS_RESOURCE = "ragloop.docs"
 MODEL_RESOURCE = "ragloop.model"
 INDEX_RESOURCE = "ragloop.index"
+RETRIEVER_RESOURCE = "ragloop.retriever"

@@ -23,6 +23,8 @@ def triage_view(r: dict) -> Table:
     reg = r["regression"]
     tests = "\n".join(s["reason"] for s in reg["slices"]) or "-"
     table.add_row("regression", "event emitted" if reg["fired"] else "none", tests)
+    ret = r["retrieval_regression"]
+    table.add_row("retrieval misses", "event emitted" if ret["fired"] else "none", ret["reason"])
     return table
 
 
@@ -67,12 +69,15 @@ def status_view(s: dict) -> Table:
         t.add_row("last evaluation", "-")
     else:
         regressed = f" (regressed: {', '.join(ev['regressed_slices'])})" if ev["regressed_slices"] else ""
+        routes = ", ".join(f"{k} {v}" for k, v in ev["routes"].items())
         t.add_row("last evaluation", f"{ev['model_version']} on index v{ev['index_version']} at {ev['at']}: "
-                  f"decision [bold]{ev['decision']}[/]{regressed}")  # fmt: skip
+                  f"decision [bold]{ev['decision']}[/]{regressed}\nroutes: {routes}")  # fmt: skip
     p = s["pending"]
     flag = {True: "[yellow]pending[/]", False: "[green]no[/]"}
     t.add_row("re-index", f"{flag[p['reindex']]}: {p['reindex_reason']}")
     t.add_row("evaluation", f"{flag[p['evaluation']]}: {p['evaluation_reason']}")
+    t.add_row("write documents", f"{flag[p['write_documents']]}: {p['write_documents_reason']}")
+    t.add_row("tune retriever", f"{flag[p['tune_retriever']]}: {p['tune_retriever_reason']}")
     t.add_row("fine-tune", f"{flag[p['finetune']]}: {p['finetune_reason']}")
     t.add_row("gate", f"{flag[bool(p['gate'])]}" + (f": versions {', '.join(p['gate'])}" if p["gate"] else ""))
     if "production" in s:
@@ -89,15 +94,16 @@ def live_line(live: dict) -> str:
         return live.get("note", "no live traffic")
     r, fb = live["routes"], live["feedback"]
     slices = ", ".join(f"{k} {v['fail_rate']:.2f}" for k, v in live["slices"].items())
-    head = (f"{live['traces']} answers, {live['failing']} failing (knowledge {r['knowledge']}, gap {r['gap']}, "
-            f"behaviour {r['behaviour']}, not triaged {live['untriaged_failing']}); feedback on "
-            f"{fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
+    routed = ", ".join(f"{route} {n}" for route, n in r.items())
+    head = (f"{live['traces']} answers, {live['failing']} failing ({routed}, not triaged "
+            f"{live['untriaged_failing']}); feedback on {fb['rate']:.0%} ({fb['negative']} negative)")  # fmt: skip
     return head + (f"\ncontract failure rates: {slices}" if slices else "")
 
 
 def advice_view(a: dict) -> Table:
     t = Table("", "", title=f"ragloop advise: {a['headline']}", show_lines=True, title_justify="left")
-    parts = (("knowledge", "knowledge → retrieval"), ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))
+    parts = (("knowledge", "knowledge → the retrieval pipeline"),
+             ("behaviour", f"behaviour → {a['behaviour']['verdict']}"))  # fmt: skip
     for part, label in parts:
         d = a[part]
         t.add_row(f"[bold]{label}[/]", "\n".join(d["advice"]))
@@ -129,7 +135,11 @@ def evaluation_table(s: dict) -> Table:
     t = Table("slice", "pass rate", "95% interval", "n", title=f"{s['model_version']}: decision {s['decision']}")
     for name, v in s["slices"].items():
         t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
-    t.add_row("retrieval", f"hit@k {s['retrieval']['hit_at_k']:.3f}", f"mrr {s['retrieval']['mrr']:.3f}", "")
+    r = s["retrieval"]
+    recall = next((f"{k.replace('_at_', '@')} {v:.3f}" for k, v in r.items() if k.startswith("recall_at_")), "")
+    t.add_row("retrieval", f"hit@k {r['hit_at_k']:.3f}", f"mrr {r['mrr']:.3f} {recall}", "")
+    t.add_row("routes", ", ".join(f"{k} {v}" for k, v in s["routes"].items()), "actions: "
+              + (", ".join(s["actions"]) or "none"), str(sum(s["routes"].values())))  # fmt: skip
     labelled = s.get("labelled_retrieval")
     if labelled:  # paths.retrieval_queries
         m = labelled["metrics"]

@@ -1,7 +1,8 @@
 """Triage as a Prefect flow: read the live traces since the last triage, re-index when the documents changed, route
-each failing answer (knowledge, gap, behaviour), write the gap report and the candidate cases, emit the behaviour
-regression event only when live behaviour failures are significantly above the champion's own rate, tag the
-routed traces, and record it all in MLflow and as Prefect artifacts."""
+each failing answer (behaviour, retrieval, stale, missing; outage apart), write the gap report and the candidate
+cases (behaviour only), emit the behaviour regression event only when live behaviour failures are significantly
+above the champion's own rate and the retrieval regression event only when live retrieval misses are significantly
+above the tolerated share, tag the routed traces, and record it all in MLflow and as Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from components.behaviour import triage as rules
+from components.behaviour.routes import BEHAVIOUR, MISSING
 from components.behaviour.triage_evidence import IndexView
 from components.config import Params, Settings, load_params
 from components.tracking.production import LiveTrace
-from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE
+from flows.events import BEHAVIOUR_REGRESSION, INDEX_RESOURCE, MODEL_RESOURCE, RETRIEVAL_REGRESSION
 from flows.tasks import io_task
 
 HOUR_MS = 3_600_000
@@ -114,20 +116,21 @@ def triage(params_file: str = "params.yaml", since: str | None = None, reason: s
                              params.triage)  # fmt: skip
     routes = {t: r.route for t, r in routed.items()}
     gaps = _gaps(failing, routed, view, params)
-    added = write_candidates(params, [(t, routed[t.trace_id]) for t in failing if routes[t.trace_id] == "behaviour"])
+    added = write_candidates(params, [(t, routed[t.trace_id]) for t in failing if routes[t.trace_id] == BEHAVIOUR])
     model, rates = champion_rates(params, settings)
     tests = rules.live_regression(new, routes, rates, params.regression)
     fired = _announce_regression(model, tests)
+    misses = rules.retrieval_misses(new, routed, params.triage, params.regression)
+    retrieval_fired = _announce_retrieval(params, view.index_version, misses)
     tag(params, settings, {t: r for t, r in routes.items() if r != rules.OUTAGE})
-    by_route = {r: [{"trace_id": t.trace_id, "question": t.question, "reason": routed[t.trace_id].reason,
-                     "docs": list(routed[t.trace_id].docs)} for t in failing if routes[t.trace_id] == r]
-                for r in rules.ROUTES_ORDER}  # fmt: skip
     report = {
         "since_ms": start, "until_ms": max([start, *(t.timestamp_ms + 1 for t in new)]),
-        "late_traces": len(traces) - len(new), "traffic": summarise_traffic(new, routes), "routed": by_route,
-        "reindex": reindex, "index_version": view.index_version, "gaps": gaps,
+        "late_traces": len(traces) - len(new), "traffic": summarise_traffic(new, routes),
+        "routes": {r: sum(1 for x in routes.values() if x == r) for r in rules.ROUTES_ORDER},
+        "routed": _by_route(failing, routed), "reindex": reindex, "index_version": view.index_version, "gaps": gaps,
         "candidates": {"added": added, "file": str(params.paths.behaviour / "candidates.jsonl")},
         "regression": {"fired": fired, "model_version": model, "slices": [asdict(s) for s in tests]},
+        "retrieval_regression": {"fired": retrieval_fired, **asdict(misses)},
     }  # fmt: skip
     report["mlflow_run_id"] = record(params, settings, report, reason)
     _artifacts(report)
@@ -152,11 +155,33 @@ def refresh_index(params_file: str, params: Params, failing: list[LiveTrace]) ->
 def _gaps(failing: list[LiveTrace], routed: dict[str, rules.Routed], view: IndexView, params: Params) -> list[dict]:
     import numpy as np
 
-    gap = [t for t in failing if routed[t.trace_id].route == "gap"]
+    gap = [t for t in failing if routed[t.trace_id].route == MISSING]
     if not gap:
         return []
     vectors = np.stack([view.vectors[t.question] for t in gap])
     return rules.gap_report(gap, vectors, view.df, view.n_texts, params.triage)
+
+
+def _by_route(failing: list[LiveTrace], routed: dict[str, rules.Routed]) -> dict[str, list[dict]]:
+    """Each route's traces with the evidence that chose it: the reason, the answering document (retrieval: found
+    deeper, at `rank` of the current index's search; stale: now retrieved; behaviour: the one given)."""
+    out: dict[str, list[dict]] = {r: [] for r in rules.ROUTES_ORDER}
+    for t in failing:
+        r = routed[t.trace_id]
+        out[r.route].append({"trace_id": t.trace_id, "question": t.question, "route": r.route, "reason": r.reason,
+                             "docs": list(r.docs), "rank": r.rank})  # fmt: skip
+    return out
+
+
+def _announce_retrieval(params: Params, index_version: int | None, misses: rules.RetrievalMisses) -> bool:
+    if misses.significant:
+        payload = {"retrieval_misses": misses.misses, "live_answers": misses.n, "share": round(misses.share, 4),
+                   "tolerated": misses.expected, "p_value": misses.p_value, "documents": misses.documents,
+                   "index_version": index_version, "reason": misses.reason,
+                   "source": "live traffic (triage)"}  # fmt: skip
+        emit_event(event=RETRIEVAL_REGRESSION, payload=payload,
+                   resource={"prefect.resource.id": f"{INDEX_RESOURCE}.{params.index.collection}"})  # fmt: skip
+    return misses.significant
 
 
 def _announce_regression(model: str, tests: list[rules.LiveSliceTest]) -> bool:
@@ -176,5 +201,5 @@ def _artifacts(report: dict) -> None:
                              description=f"routed: {routed}")  # fmt: skip
     rows = [{"topic": g["topic"], "questions": g["count"], "examples": "; ".join(g["questions"][:3])}
             for g in report["gaps"]]  # fmt: skip
-    create_table_artifact(key="triage-gaps", description="knowledge gaps: topics to write up",
+    create_table_artifact(key="triage-gaps", description="missing documents: topics to write up",
                           table=rows or [{"topic": "none", "questions": 0, "examples": ""}])  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.reuse import save_results
+from components.behaviour.routes import FINETUNE
 from components.config import Params
 from components.tracking.lineage import write_plot
 
@@ -37,11 +38,23 @@ def write_evaluation(params: Params, ev: Evaluation) -> None:
     save_results(params, ev)
 
 
+def action_not_needed(params: Params, action: str) -> str | None:
+    """Why the last evaluation does not ask for `action` (finetune, tune_retriever); None when it does (or when
+    there is no evaluation yet: a command run by hand does what it is told)."""
+    last = params.paths.metrics / EVALUATION_FILE
+    if not last.is_file():
+        return None
+    summary = json.loads(last.read_text())
+    actions = summary.get("actions", [summary.get("decision")])
+    if action in actions:
+        return None
+    asked = ", ".join(actions) or "nothing"
+    return f"the last evaluation asked for {asked} (decision {summary.get('decision')!r}), not {action!r}"
+
+
 def finetune_not_needed(params: Params) -> str | None:
     """Why the last evaluation asks for no fine-tune; None when it asks for one (or there is none yet)."""
-    last = params.paths.metrics / EVALUATION_FILE
-    decision = json.loads(last.read_text())["decision"] if last.is_file() else "finetune"
-    return None if decision == "finetune" else f"the last evaluation decided {decision!r}, not 'finetune'"
+    return action_not_needed(params, FINETUNE)
 
 
 def record_finetune_skip(params: Params, why: str) -> dict[str, Any]:

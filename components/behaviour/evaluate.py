@@ -1,8 +1,15 @@
-"""Evaluate the assistant on the gate set: per-case checks and diagnosis, per-slice rates with intervals,
-retrieval metrics, the regression test against the champion's baseline, and the decision.
+"""Evaluate the assistant on the gate set: per-case checks and route (components/behaviour/checks.py), per-slice
+rates with intervals, retrieval metrics, the regression tests against the champion's baseline, and the actions.
 
-The decision: a behaviour regression (measured on cases whose right context was retrieved, so knowledge can
-never move it) asks for a fine-tune; knowledge failures ask for a re-index and name the documents; else none.
+The actions, each only where it can change something (in the order the loop runs them):
+- `reindex` when a case failed on a stale document (changed on disk since the published version);
+- `write_documents` when a case failed because no document in the index answers it;
+- `tune_retriever` when retrieval is significantly worse than the champion's, or surely below its floor, on the
+  cases retrieval could answer (the context's hit and recall@k: the same paired, group-level, corrected test
+  and floors as the slices);
+- `finetune` when a behaviour slice regressed (measured on the cases whose context was right only, so no
+  knowledge failure can ever move it).
+The decision is the first of them, or none.
 """
 
 from __future__ import annotations
@@ -13,8 +20,26 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from components.behaviour.assistant import build_prompt, context_docs
-from components.behaviour.checks import CaseOutcome, diagnose, retrieval_metrics, slice_results
+from components.behaviour.checks import (
+    CaseOutcome,
+    retrieval_metrics,
+    retrieval_results,
+    route_case,
+    slice_results,
+)
 from components.behaviour.contract import Contract
+from components.behaviour.routes import (
+    FINETUNE,
+    MISSING,
+    PASS,
+    REINDEX,
+    ROUTES,
+    STALE,
+    TUNE_RETRIEVER,
+    WRITE_DOCUMENTS,
+    decision_of,
+    ordered_actions,
+)
 from components.behaviour.stats import Results, detect_regression, slice_summary
 from components.behaviour.suite import Case
 from components.config import GeneratorParams, RegressionParams
@@ -22,7 +47,9 @@ from components.config import GeneratorParams, RegressionParams
 
 class _Retriever(Protocol):
     def search(self, texts: list[str], k: int) -> list[list[dict]]: ...
+    def search_docs(self, texts: list[str], k: int) -> list[list[dict]]: ...
     def stale_docs(self) -> set[str]: ...
+    def indexed_docs(self) -> set[str]: ...
 
 
 class _Generator(Protocol):
@@ -35,49 +62,83 @@ class Evaluation:
     outcomes: list[CaseOutcome]
     results: Results  # behaviour-only slice results: the baseline a later evaluation is paired against
     seconds: tuple[float, float] = (0.0, 0.0)  # wall time of retrieval and of generation over the gate set
+    retrieval: Results | None = None  # the retrieval test's per-case results (checks.retrieval_results)
 
 
 def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
-              k: int, contract: Contract, seconds: dict[str, float] | None = None) -> list[CaseOutcome]:  # fmt: skip
-    """Each case retrieved, answered and checked against the contract. `seconds`, when given, receives the wall
-    time of retrieval and of generation ("retrieve", "generate") for the whole batch."""
+              k: int, contract: Contract, seconds: dict[str, float] | None = None, changed: set[str] | None = None,
+              recall_k: int = 10) -> list[CaseOutcome]:  # fmt: skip
+    """Each case retrieved, answered, checked against the contract and routed. `changed`: documents edited,
+    added or removed on disk since the published version (stale, with those whose last parse failed);
+    `recall_k`: how deep the document-level ranking is read for the retrieval evidence. `seconds`, when given,
+    receives the wall time of retrieval and of generation ("retrieve", "generate") for the whole batch."""
     t0 = time.perf_counter()
-    hits = retriever.search([c.question for c in cases], k)
+    questions = [c.question for c in cases]
+    hits = retriever.search(questions, k)
+    ranked = [[d["doc"] for d in docs] for docs in retriever.search_docs(questions, recall_k)]
     t1 = time.perf_counter()
     prompts = [build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)]
     outputs = generator.generate(prompts, [context_docs(params, h) for h in hits])
     if seconds is not None:
         seconds.update(retrieve=t1 - t0, generate=time.perf_counter() - t1)
-    stale = retriever.stale_docs()
+    stale = retriever.stale_docs() | (changed or set())
+    indexed = retriever.indexed_docs()
     outcomes = []
-    for case, found, prompt, output in zip(cases, hits, prompts, outputs, strict=True):
+    for case, found, docs, prompt, output in zip(cases, hits, ranked, prompts, outputs, strict=True):
         retrieved = tuple(dict.fromkeys(h["doc"] for h in found))
         checks, errors = contract.check(case, output, retrieved)
-        diagnosis, lacking = diagnose(case.gold_docs, retrieved, checks, stale, contract.knowledge_slices)
+        rank = next((i + 1 for i, d in enumerate(docs) if d in case.gold_docs), None)
+        route, named, reason = route_case(case.gold_docs, retrieved, checks, indexed, stale,
+                                          contract.knowledge_slices, rank)  # fmt: skip
+        current = tuple(d for d in case.gold_docs if d in indexed and d not in stale)
         outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, output,
-                                    checks, diagnosis, lacking, prompt, tuple(found), errors,
-                                    case.group))  # fmt: skip
+                                    checks, route, named, prompt, tuple(found), errors, case.group, rank, reason,
+                                    current, tuple(d for d in current if d in docs)))  # fmt: skip
     return outcomes
 
 
 def summarise(outcomes: list[CaseOutcome], baseline: Results | None, params: RegressionParams,
-              model_version: str, index_version: int, contract: Contract) -> Evaluation:  # fmt: skip
+              model_version: str, index_version: int, contract: Contract,
+              retrieval_baseline: Results | None = None) -> Evaluation:  # fmt: skip
+    """The `ragloop evaluate --json` summary: slices, routes, both regression tests, the actions and the decision.
+    `baseline` / `retrieval_baseline`: the champion's behaviour-only and retrieval results (None: floors only)."""
     behaviour = slice_results(outcomes, contract.slice_names, behaviour_only=True)
     every = slice_summary(slice_results(outcomes, contract.slice_names), params.confidence)
-    verdict = detect_regression(baseline, behaviour, params, {o.id: o.group or o.id for o in outcomes})
-    reindex = sorted({d for o in outcomes if o.diagnosis == "knowledge" for d in o.knowledge_docs})
-    decision = "finetune" if verdict.regressed else ("reindex" if reindex else "none")
-    counts = Counter(o.diagnosis for o in outcomes)
+    groups = {o.id: o.group or o.id for o in outcomes}
+    verdict = detect_regression(baseline, behaviour, params, groups)
+    retrieval = retrieval_results(outcomes, params.recall_k)
+    retrieval_verdict = detect_regression(retrieval_baseline, retrieval, params, groups)
+    reindex = sorted({d for o in outcomes if o.route == STALE for d in o.route_docs})
+    missing = sorted({d for o in outcomes if o.route == MISSING for d in o.route_docs})
+    actions = set()
+    if reindex:
+        actions.add(REINDEX)
+    if any(o.route == MISSING for o in outcomes):
+        actions.add(WRITE_DOCUMENTS)
+    if retrieval_verdict.regressed:
+        actions.add(TUNE_RETRIEVER)
+    if verdict.regressed:
+        actions.add(FINETUNE)
+    ordered = ordered_actions(actions)
+    counts = Counter(o.route for o in outcomes)
     summary = {
         "model_version": model_version,
         "index_version": index_version,
         "contract": {"name": contract.name, "md5": contract.digest},
         "slices": {k: dict(v) for k, v in every.items()},
-        "retrieval": retrieval_metrics(outcomes),
-        "diagnosis": {d: counts.get(d, 0) for d in ("knowledge", "behaviour", "pass")},
-        "decision": decision,
+        "retrieval": retrieval_metrics(outcomes, params.recall_k),
+        "routes": {r: counts.get(r, 0) for r in (PASS, *ROUTES)},
+        "decision": decision_of(ordered),
+        "actions": ordered,
         "regressed_slices": verdict.regressed_slices,
-        "reindex_documents": reindex,
         "reasons": [c.reason for c in verdict.comparisons if c.slice in verdict.regressed_slices],
+        "retrieval_test": {
+            "slices": {k: dict(v) for k, v in slice_summary(retrieval, params.confidence).items()},
+            "regressed": retrieval_verdict.regressed_slices,
+            "reasons": [c.reason for c in retrieval_verdict.comparisons],
+            "correction": retrieval_verdict.correction,
+        },
+        "reindex_documents": reindex,
+        "missing_documents": missing,
     }
-    return Evaluation(summary, outcomes, behaviour)
+    return Evaluation(summary, outcomes, behaviour, retrieval=retrieval)

@@ -48,16 +48,29 @@ def finetune_evidence(params: Params, parent_version: str) -> dict[str, str]:
             "recipe_md5": hashlib.md5(recipe.encode()).hexdigest()}  # fmt: skip
 
 
+def changed_documents(params: Params, settings: Settings) -> set[str]:
+    """Documents changed on disk since the published index version (a case failing on one is `stale`)."""
+    from components.knowledge.indexer import changed_since_published
+    from components.knowledge.session import open_index
+
+    with open_index(params, settings, lock=False) as s:
+        return changed_since_published(s)
+
+
 def evaluate_model(params: Params, settings: Settings, adapter: Path | None, baseline: Results | None,
-                   model_version: str) -> Evaluation:  # fmt: skip
+                   model_version: str, retrieval_baseline: Results | None = None) -> Evaluation:  # fmt: skip
+    """The gate set answered by the generator (with `adapter`) on the published index, routed and summarised;
+    the baselines are the champion's recorded behaviour and retrieval results (None: floors only)."""
     gate, _ = load_suite(params)
     contract = contract_for(params)
     generator = Generator(params, adapter)
     seconds: dict[str, float] = {}
+    changed = changed_documents(params, settings)
     with Retriever(params, settings) as retriever:
-        k = params.generator.context_chunks
-        outcomes = run_cases(gate, retriever, generator, params.generator, k, contract, seconds)
-        ev = summarise(outcomes, baseline, params.regression, model_version, retriever.version, contract)
+        k, reg = params.generator.context_chunks, params.regression
+        outcomes = run_cases(gate, retriever, generator, params.generator, k, contract, seconds, changed,
+                             reg.recall_k)  # fmt: skip
+        ev = summarise(outcomes, baseline, reg, model_version, retriever.version, contract, retrieval_baseline)
     return dataclasses.replace(ev, seconds=(seconds["retrieve"], seconds["generate"]))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from components.behaviour.checks import CaseOutcome
 from components.behaviour.contract import Contract, contract_for
 from components.behaviour.finetune import training_pairs
+from components.behaviour.routes import BEHAVIOUR
 from components.behaviour.suite import Case
 from components.config import GeneratorParams, Params, Settings
 
@@ -16,8 +17,9 @@ Pairs = list[tuple[str, str]]
 
 def behaviour_failures(outcomes: list[CaseOutcome]) -> list[int]:
     """Indexes of the cases whose right context was retrieved yet the output was wrong: what weights can fix (a
-    knowledge failure is the index's to fix, and a case that passes needs no more weight)."""
-    return [i for i, o in enumerate(outcomes) if o.diagnosis == "behaviour"]
+    stale, missing or retrieval failure is the retrieval pipeline's to fix; a case that passes needs no more
+    weight)."""
+    return [i for i, o in enumerate(outcomes) if o.route == BEHAVIOUR]
 
 
 def with_hard_cases(train: list[Case], hits: list[list[dict]], outcomes: list[CaseOutcome] | None,

@@ -17,7 +17,8 @@ def case_rows(outcomes: list[CaseOutcome]) -> list[dict[str, Any]]:
     the case (that slice then failed for this case only)."""
     return [
         {"id": o.id, "question": o.question, "intent": o.intent, "slices": ", ".join(sorted(o.checks)),
-         "failed_slices": ", ".join(sorted(k for k, ok in o.checks.items() if not ok)), "diagnosis": o.diagnosis,
+         "failed_slices": ", ".join(sorted(k for k, ok in o.checks.items() if not ok)), "route": o.route,
+         "route_reason": o.reason, "gold_rank": o.gold_rank,
          "passed": all(o.checks.values()), "output": o.output, "retrieved_sources": ", ".join(o.retrieved),
          "gold_sources": ", ".join(o.gold_docs), "group": o.group,
          "errors": "; ".join(f"{k}: {e}" for k, e in sorted(o.errors.items()))}

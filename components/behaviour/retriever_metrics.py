@@ -4,12 +4,11 @@ does). A skipped run leaves no model behind, only skipped.json saying why, as a 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from components.behaviour.dvc_metrics import EVALUATION_FILE, write_json
+from components.behaviour.dvc_metrics import action_not_needed, write_json
 from components.behaviour.routes import TUNE_RETRIEVER
 from components.config import Params
 
@@ -25,19 +24,10 @@ def candidate_folder(params: Params) -> Path:
 
 
 def tuning_not_needed(params: Params) -> str | None:
-    """Why the last evaluation asks for no retriever tuning; None when it asks for one (its `actions` hold
-    tune_retriever, or, from an evaluation that lists no actions, its decision is tune_retriever), or when there is
-    no evaluation yet (a deployment with labelled queries and no gate set has none)."""
-    last = params.paths.metrics / EVALUATION_FILE
-    if not last.is_file():
-        return None
-    summary = json.loads(last.read_text())
-    actions = summary.get("actions")
-    asked = TUNE_RETRIEVER in actions if isinstance(actions, list) else summary.get("decision") == TUNE_RETRIEVER
-    if asked:
-        return None
-    listed = f"actions {actions}" if isinstance(actions, list) else f"decision {summary.get('decision')!r}"
-    return f"the last evaluation's {listed} do not include {TUNE_RETRIEVER!r}"
+    """Why the last evaluation asks for no retriever tuning; None when its `actions` hold tune_retriever (or,
+    from an evaluation that lists none, its decision is tune_retriever), or when there is no evaluation yet (a
+    deployment with labelled queries and no gate set has none)."""
+    return action_not_needed(params, TUNE_RETRIEVER)
 
 
 def record_skip(params: Params, why: str, **extra: Any) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def results_path(params: Params) -> Path:
 def save_results(params: Params, ev: Evaluation) -> None:
     """The evaluation's per-case results and summary, fingerprinted, for a later fine-tune or gate to reuse."""
     params.paths.metrics.mkdir(parents=True, exist_ok=True)
-    data = {"behaviour": ev.results, "summary": ev.summary, "fingerprint": fingerprint(params)}
+    data = {"behaviour": ev.results, "retrieval": ev.retrieval, "summary": ev.summary,
+            "fingerprint": fingerprint(params)}  # fmt: skip
     results_path(params).write_text(json.dumps(data) + "\n")
 
 
@@ -62,7 +63,7 @@ def reusable_evaluation(params: Params, model_label: str, index_version: int | N
         return None  # unreadable or of an older layout: evaluate afresh rather than pair against it
     if same != (model_label, index_version, fingerprint(params)):
         return None
-    return Evaluation(summary, [], data["behaviour"])
+    return Evaluation(summary, [], data["behaviour"], retrieval=data.get("retrieval"))
 
 
 def check_same_index(expected: int | None, ev: Evaluation) -> None:

@@ -1,20 +1,38 @@
-"""Route each failing live answer to its fix. Pure logic: retrieval and embedding happen in the triage flow, which
-hands in what retrieval showed the answer then and what it returns now (after a re-index when the documents
-changed), with each chunk's relevance to the question (cosine under the index's embedder).
+"""Route each failing live answer to its fix, with the evidence that chose it: one of the four routes of
+components/behaviour/routes.py, or `outage`. Pure logic: retrieval and embedding happen in triage_evidence.py,
+which hands in the context the answer was given and a deeper search of the current index (after a re-index when
+the documents changed), every chunk scored for how well it answers the question.
 
-- **knowledge**: retrieval now returns a relevant chunk the answer was not given (a new or edited document, or
-  one that ranked too low then): the fix was re-indexing, and this shows it worked; the documents are reported.
-- **gap**: nothing relevant then nor now: no document answers it. Similar questions are grouped and each group's
-  topic is named, for a person to write up. A correction on such a question is kept as the suggested content,
-  never trained into the weights (facts belong in the documents).
-- **behaviour**: the answer had relevant context and still broke the contract, or the user corrected it: a
-  candidate training case.
-- **outage** (not a route): nothing was retrieved then and nothing now (an empty or unreachable index), so no
-  judgement is made; the trace is left untagged for a later triage.
+The judge. Each chunk's `relevance` is the mean of two cosines under the index's embedder: question x whole chunk
+and question x the chunk's best sentence (a chunk of 1,000 characters dilutes the one sentence that answers).
+With a user's correction, the chunk holding most of the correction's terms is the answering one (relevance breaks
+ties): the person said what the answer is, so the words to look for are known. The answering chunk is the
+judge's best among the context and the deep search (`triage.search_depth` chunks, hybrid-ranked as the
+assistant ranks them). Then, in this order:
 
-Counting for the live regression test: only behaviour-routed failures count, on the traces that were not
-knowledge, gap or outage failures, against the champion's own failure rate on that slice (the behaviour-only
-results of its gate evaluation): a burst of knowledge failures can never start a fine-tune.
+- **outage** (not a route): nothing was retrieved then and nothing now: no judgement is made, the trace is left
+  untagged for a later triage.
+- **missing**: nothing relevant at any depth (best relevance < `triage.relevance_min`): no document answers it.
+  Similar questions are grouped and named for a person to write up (the gap report); a correction is kept as the
+  suggested content, never trained into the weights.
+- **stale**: the answering chunk was not in the answer's context but is within the context's depth now, and the
+  published index version is not the one that answered: the documents changed since (a new or edited document,
+  re-indexed by triage), so the re-index is the fix and it has been done.
+- **behaviour**: the answering chunk's document was in the context: the right context was given and the answer
+  broke the contract. A candidate training case.
+- **retrieval**: the answering chunk is indexed and current but ranks below the context's cut-off (or ranks
+  within it now on the very index version that answered: the retriever, not the documents, changed): the
+  retriever is the fix (tune it), not the weights; reported with the document found deeper and its rank.
+
+Measured on the sample deployment's gate set, where the truth is known (bench/triage_rules.py, bench/README.md
+"Routing live failures"; AMD EPYC family 25 model 17): from the question alone, behaviour precision 0.79 recall
+0.92, retrieval 0.37 / 0.57, missing 0.95 / 0.25 (in scope: retrieval 0.69 / 0.57); with the user's correction,
+behaviour 0.97 / 0.98 and retrieval 0.92 / 0.88. Asked again at the same depth (the rule before), every retrieval
+miss went to behaviour or missing.
+
+Counting for the live regression test: only behaviour-routed failures count, on the traces whose context was right
+(not routed stale, missing, retrieval or outage), against the champion's own failure rate on that slice (the
+behaviour-only results of its gate evaluation): a burst of knowledge failures can never start a fine-tune.
 """
 
 from __future__ import annotations
@@ -27,12 +45,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.behaviour.stats import binomial_greater
 from components.config import RegressionParams, TriageParams
 from components.tracking.production import LiveTrace
 
 OUTAGE = "outage"
-ROUTES_ORDER = ("knowledge", "gap", "behaviour", OUTAGE)  # the routes, and outage (no judgement made)
+ROUTES_ORDER = (*ROUTES, OUTAGE)  # the four routes, then outage (no judgement made), as reports list them
+LEFT_OUT = (RETRIEVAL, STALE, MISSING, OUTAGE)  # failures the live regression test never counts: the context was wrong
 _WORD = re.compile(r"[^\W\d_]{3,}")  # words of 3+ letters: digits and short function words never name a topic
 _STOP = """the and for are but not you your yours can could would should will with what when where which who whom why
 how does did doing done have has had having was were been being this that these those there here from into onto about
@@ -46,57 +66,72 @@ STOPWORDS = frozenset(_STOP.split())
 class Chunk:
     doc: str
     text: str
-    relevance: float  # cosine(question, chunk) under the index's embedder
+    relevance: float  # to the question: mean of cosine(question, chunk) and cosine(question, its best sentence)
+    overlap: float | None = None  # share of the user's correction's terms the chunk holds (None: no correction)
+
+    def judged(self) -> tuple[float, float]:
+        """The judge's key: the correction's terms first when the user gave one, then relevance."""
+        return (self.overlap or 0.0, self.relevance)
+
+    def basis(self) -> str:
+        told = f"{self.overlap:.2f} of the correction's terms, " if self.overlap is not None else ""
+        return f"{told}relevance {self.relevance:.2f}"
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """What retrieval gave the answer (`before`) and what it returns for the same question now (`after`)."""
+    """The context the answer was given (`given`), the current index's deep search for the same question
+    (`deep`, best first: `triage.search_depth` chunks), the context's depth `k` (chunks the answer was given) and
+    whether the index changed since the answer."""
 
-    before: tuple[Chunk, ...]
-    after: tuple[Chunk, ...]
+    given: tuple[Chunk, ...]
+    deep: tuple[Chunk, ...]
+    k: int
+    changed: bool = True  # the published index version is not the one that answered (or that one is unknown)
 
-    def best(self, side: str) -> float:
-        chunks = self.before if side == "before" else self.after
-        return max((c.relevance for c in chunks), default=-1.0)
+    def best_relevance(self) -> float:
+        return max((c.relevance for c in (*self.given, *self.deep)), default=-1.0)
 
-    def newly_relevant(self, threshold: float) -> tuple[Chunk, ...]:
-        """Relevant chunks now that the answer was not given (a new document, or new text of an edited one)."""
-        seen = {(c.doc, c.text) for c in self.before}
-        return tuple(c for c in self.after if c.relevance >= threshold and (c.doc, c.text) not in seen)
+    def answering(self) -> tuple[Chunk, int]:
+        """The judge's answering chunk and its rank in the deep search (0: it is one the answer was given; ties go
+        to the context, so a failure is never sent away from the weights on a coin toss). Needs some chunk."""
+        ranked = [(c, 0) for c in self.given] + [(c, r) for r, c in enumerate(self.deep, start=1)]
+        return max(ranked, key=lambda cr: cr[0].judged())
 
 
 @dataclass(frozen=True)
 class Routed:
     trace_id: str
-    route: str  # knowledge | gap | behaviour | outage
-    reason: str
-    docs: tuple[str, ...]  # knowledge: now retrieved; behaviour: the relevant context it had
+    route: str  # behaviour | retrieval | stale | missing | outage
+    reason: str  # the evidence that chose it
+    docs: tuple[str, ...]  # the answering document (stale: now retrieved; retrieval: found deeper; behaviour: given)
+    rank: int | None = None  # retrieval and stale: the answering chunk's rank in the search of the current index
 
 
 def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
     """The route of one failing trace (see the module docstring for the rules, in this order)."""
-    thr = params.relevance_min
-    # new relevant text counts only when it beats what the answer had: an unrelated edit elsewhere in the corpus
-    # must not turn a broken format with the right context into a knowledge failure
-    fresh = tuple(c for c in ev.newly_relevant(thr) if c.relevance > ev.best("before"))
-    why = _symptom(trace)
-    if fresh:
-        docs = tuple(dict.fromkeys(c.doc for c in fresh))
-        seen = {c.doc for c in ev.before}
-        how = ", ".join(f"{d} ({'updated' if d in seen else 'now retrieved'})" for d in docs)
-        best = max(c.relevance for c in fresh)
-        return Routed(trace.trace_id, "knowledge", f"{why}; the same question now retrieves relevant context the "
-                      f"answer lacked: {how} (relevance {best:.2f} >= {thr})", docs)  # fmt: skip
-    if not ev.before and not ev.after:
-        return Routed(trace.trace_id, OUTAGE, f"{why}; nothing retrieved then or now: an empty or unreachable "
-                      "index, not a gap", ())  # fmt: skip
-    if max(ev.best("before"), ev.best("after")) < thr:  # (now: the same question on the current index)
-        return Routed(trace.trace_id, "gap", f"{why}; no relevant document then or now (best relevance "
-                      f"{max(ev.best('before'), ev.best('after')):.2f} < {thr})", ())  # fmt: skip
-    context = tuple(dict.fromkeys(c.doc for c in ev.before if c.relevance >= thr))
-    return Routed(trace.trace_id, "behaviour", f"{why} with relevant context ({', '.join(context)}, relevance "
-                  f"{ev.best('before'):.2f} >= {thr})", context)  # fmt: skip
+    thr, why, tid = params.relevance_min, _symptom(trace), trace.trace_id
+    if not ev.given and not ev.deep:
+        return Routed(tid, OUTAGE, f"{why}; nothing retrieved then or now: an empty or unreachable index, not a "
+                      "missing document", ())  # fmt: skip
+    best = ev.best_relevance()
+    if best < thr:
+        return Routed(tid, MISSING, f"{why}; nothing relevant at any depth (best relevance {best:.2f} < {thr} in "
+                      f"the context and the {len(ev.deep)} best chunks now)", ())  # fmt: skip
+    chunk, rank = ev.answering()
+    context = tuple(dict.fromkeys(c.doc for c in ev.given))
+    if ev.changed and rank and (chunk.doc, chunk.text) not in {(c.doc, c.text) for c in ev.given} and rank <= ev.k:
+        how = "updated" if chunk.doc in context else "now retrieved"
+        return Routed(tid, STALE, f"{why}; the same question now retrieves what the answer lacked: {chunk.doc} "
+                      f"({how}, rank {rank} within the context's {ev.k}; {chunk.basis()})", (chunk.doc,),
+                      rank)  # fmt: skip
+    if chunk.doc in context:
+        return Routed(tid, BEHAVIOUR, f"{why} with the answering document in its context ({chunk.doc}; "
+                      f"{chunk.basis()})", (chunk.doc,))  # fmt: skip
+    where = f"rank {rank} below the context's {ev.k}" if rank > ev.k else (
+        f"rank {rank} now, on the index version that answered: the retriever ranked it lower then")  # fmt: skip
+    return Routed(tid, RETRIEVAL, f"{why}; the context ({', '.join(context) or 'empty'}) lacked {chunk.doc}, "
+                  f"found at {where} ({chunk.basis()})", (chunk.doc,), rank)  # fmt: skip
 
 
 def route_all(failing: Sequence[LiveTrace], evidence: Mapping[str, Evidence], indexed_chunks: int | None,
@@ -166,7 +201,7 @@ def topic_terms(questions: Sequence[str], df: Mapping[str, int], n_texts: int, n
 
 def gap_report(traces: Sequence[LiveTrace], vectors: np.ndarray, df: Mapping[str, int], n_texts: int,
                params: TriageParams) -> list[dict]:  # fmt: skip
-    """Gap-routed traces grouped by similarity, each group named by its topic terms, largest group first."""
+    """Missing-routed traces grouped by similarity, each group named by its topic terms, largest group first."""
     groups = group_questions(vectors, params.group_similarity)
     report = []
     for members in groups:
@@ -184,7 +219,7 @@ def gap_report(traces: Sequence[LiveTrace], vectors: np.ndarray, df: Mapping[str
 @dataclass(frozen=True)
 class LiveSliceTest:
     slice: str
-    n: int  # live traces checked on this slice, knowledge / gap / outage failures left out
+    n: int  # live traces checked on this slice, retrieval / stale / missing / outage failures left out
     failures: int  # behaviour-routed failures of this check among them
     live_rate: float
     champion_rate: float | None  # the champion's failure rate on this slice at its gate evaluation
@@ -202,11 +237,11 @@ def live_regression(traces: Sequence[LiveTrace], routes: Mapping[str, str], cham
     failed: Counter = Counter()
     for t in traces:
         route = routes.get(t.trace_id)
-        if route in ("knowledge", "gap", OUTAGE):
+        if route in LEFT_OUT:
             continue
         for name, ok in t.checks.items():
             n[name] += 1
-            failed[name] += int(not ok and route == "behaviour")
+            failed[name] += int(not ok and route == BEHAVIOUR)
     return [_slice_test(name, n[name], failed[name], champion_fail_rates.get(name), params) for name in sorted(n)]
 
 
@@ -225,6 +260,39 @@ def _slice_test(name: str, n: int, k: int, p0: float | None, params: RegressionP
         return LiveSliceTest(name, n, k, rate, p0, p, False,
                              f"{head} but excess {rate - p0:.2f} < min_effect {params.min_effect}")  # fmt: skip
     return LiveSliceTest(name, n, k, rate, p0, p, True, f"{head} < {params.alpha}, excess {rate - p0:.2f}")
+
+
+@dataclass(frozen=True)
+class RetrievalMisses:
+    n: int  # live answers triaged in the window (outages left out)
+    misses: int  # routed retrieval: the answering document ranked below the context
+    share: float
+    expected: float  # triage.retrieval_miss_rate: the share a retriever may miss before it is tuned
+    p_value: float
+    significant: bool
+    reason: str
+    documents: dict[str, int]  # the documents found deeper -> how many misses they would have answered
+
+
+def retrieval_misses(traces: Sequence[LiveTrace], routed: Mapping[str, Routed], params: TriageParams,
+                     regression: RegressionParams) -> RetrievalMisses:  # fmt: skip
+    """Are the live retrieval misses significant? A one-sided exact binomial test of the retrieval-routed share of
+    the live answers against `triage.retrieval_miss_rate`, with the gate's `min_cases`, `alpha` and `min_effect`:
+    then the retriever, not the weights, is what to tune (the `ragloop.retrieval.regression` event)."""
+    judged = [t for t in traces if t.trace_id not in routed or routed[t.trace_id].route != OUTAGE]
+    found = [routed[t.trace_id] for t in judged if t.trace_id in routed and routed[t.trace_id].route == RETRIEVAL]
+    n, k, p0 = len(judged), len(found), params.retrieval_miss_rate
+    docs = dict(Counter(d for r in found for d in r.docs).most_common())
+    rate = k / n if n else 0.0
+    p = binomial_greater(k, n, p0) if n else 1.0
+    head = (f"{k} retrieval misses in {n} live answers ({rate:.2f}) vs the tolerated {p0:.2f}, one-sided binomial "
+            f"p={p:.2g}")  # fmt: skip
+    if k < regression.min_cases:
+        return RetrievalMisses(n, k, rate, p0, p, False, f"{head}; fewer than min_cases {regression.min_cases}", docs)
+    if p >= regression.alpha or rate - p0 < regression.min_effect:
+        return RetrievalMisses(n, k, rate, p0, p, False, f"{head}; not significant (alpha {regression.alpha}, "
+                               f"min_effect {regression.min_effect})", docs)  # fmt: skip
+    return RetrievalMisses(n, k, rate, p0, p, True, f"{head} < {regression.alpha}: tune the retriever", docs)
 
 
 def champion_fail_rates(behaviour_results: Mapping[str, Mapping[str, bool]] | None) -> dict[str, float]:

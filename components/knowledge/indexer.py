@@ -127,6 +127,15 @@ def detect_changes(s: IndexSession) -> Changes:
     return ch
 
 
+def changed_since_published(s: IndexSession) -> set[str]:
+    """Documents added, edited, removed or renamed (either name) on disk since the published version: what a
+    re-index would change. Read-only; empty before anything is published."""
+    if not s.manifest.published():
+        return set()
+    ch = detect_changes(s)
+    return {*ch.added, *ch.modified, *ch.deleted, *ch.renamed, *ch.renamed.values()}
+
+
 def _pair_renames(ch: Changes, added: list[str], deleted: list[str], alive: dict[str, DocRow]) -> None:
     """A new path with the bytes of a deleted one is a rename (its chunks move, nothing is parsed), provided the
     parser of the new path is the one that read the old (a .md renamed .html is read anew)."""

@@ -267,6 +267,10 @@ class Retriever:
         """Documents of the published version whose last parse failed (their chunks are an old text)."""
         return {path for path, row in self.manifest.docs_at(self.version).items() if row.stale}
 
+    def indexed_docs(self) -> set[str]:
+        """The documents of the published version."""
+        return set(self.manifest.docs_at(self.version))
+
     def close(self) -> None:
         self.store.close()
         self.manifest.close()

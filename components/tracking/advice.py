@@ -9,6 +9,17 @@ input, so the rule can be checked on any history.
 
 from __future__ import annotations
 
+from components.behaviour.routes import (
+    BEHAVIOUR,
+    FINETUNE,
+    KNOWLEDGE_ROUTES,
+    MISSING,
+    RETRIEVAL,
+    STALE,
+    TUNE_RETRIEVER,
+    WRITE_DOCUMENTS,
+)
+
 BEHAVIOUR_SHARE = 0.10  # of evaluated cases failing on behaviour (right context, wrong answer): worth the weights
 KNOWLEDGE_SHARE = 0.10  # of evaluated cases failing on knowledge: retrieval needs work, not a fine-tune
 MIN_EXAMPLES = 100  # labelled training examples below which a LoRA fine-tune has too little to learn from
@@ -20,14 +31,19 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+LIVE_ACTIONS = {STALE: "re-index", MISSING: "write the document", RETRIEVAL: "tune the retriever",
+                BEHAVIOUR: "candidate cases for a fine-tune"}  # fmt: skip
+
+
 def live_shares(ev: dict) -> tuple[float | None, float | None]:
-    """(knowledge + gap, behaviour) shares of the live answers triage routed; None without enough live traffic."""
+    """(stale + missing + retrieval, behaviour) shares of the live answers triage routed: the retrieval pipeline's
+    failures and the weights'; None without enough live traffic."""
     live = ev.get("production") or {}
     n = live.get("traces", 0)
     if n < MIN_LIVE:
         return None, None
     routes = live["routes"]
-    return (routes["knowledge"] + routes["gap"]) / n, routes["behaviour"] / n
+    return sum(routes.get(r, 0) for r in KNOWLEDGE_ROUTES) / n, routes.get(BEHAVIOUR, 0) / n
 
 
 def production_lines(ev: dict) -> list[str]:
@@ -37,9 +53,9 @@ def production_lines(ev: dict) -> list[str]:
         return [f"no live traffic in the last {days} days" + (f" ({live['note']})" if live.get("note") else "")
                 + ": `ragloop api` serves and traces answers, `ragloop triage` routes their failures"]  # fmt: skip
     r, fb, n = live["routes"], live["feedback"], live["traces"]
-    lines = [f"live: {n} answers in {days} days, {live['failing']} failing: {r['knowledge']} knowledge (re-index), "
-             f"{r['gap']} gap (missing documents), {r['behaviour']} behaviour (candidate cases), "
-             f"{live['untriaged_failing']} not triaged yet",
+    routed = ", ".join(f"{r.get(route, 0)} {route} ({LIVE_ACTIONS[route]})" for route in (*KNOWLEDGE_ROUTES, BEHAVIOUR))
+    lines = [f"live: {n} answers in {days} days, {live['failing']} failing: {routed}, {live['untriaged_failing']} "
+             "not triaged yet",
              f"live feedback on {_pct(fb['rate'])} of answers ({fb['negative']} negative, {fb['corrections']} "
              "corrections)"]  # fmt: skip
     if live["slices"]:
@@ -48,8 +64,38 @@ def production_lines(ev: dict) -> list[str]:
     return lines
 
 
+def _routes_line(latest: dict) -> str:
+    r = latest["routes"]
+    n = sum(r.values())
+    return (f"latest evaluation ({latest['model_version']}, index v{latest['index_version']}): of {n} gate cases, "
+            f"{r[RETRIEVAL]} retrieval misses (the document indexed and current, not in the context), {r[STALE]} "
+            f"stale (a document changed since the index), {r[MISSING]} missing (no document answers them); "
+            f"actions {', '.join(latest['actions']) or 'none'}")  # fmt: skip
+
+
+def _knowledge_actions(latest: dict | None, index: dict) -> list[str]:
+    """The retrieval pipeline's fixes that can change something now: a re-index only while the documents differ
+    from the published version, the others only when the latest evaluation asked for them."""
+    advice = []
+    if index.get("reindex_pending"):
+        advice.append(f"re-index: {index['reason']} (the reindex deployment does it on a schedule and on "
+                      "`ragloop.documents.changed`)")  # fmt: skip
+    if latest is None:
+        return advice
+    r, actions = latest["routes"], latest["actions"]
+    if WRITE_DOCUMENTS in actions:
+        advice.append(f"write the missing documents: {r[MISSING]} gate case(s) have no document in the index "
+                      "that answers them (`ragloop evaluate --json`: missing_documents; live: `ragloop triage`'s "
+                      "gap report)")  # fmt: skip
+    if TUNE_RETRIEVER in actions:
+        advice.append(f"tune the retriever: {r[RETRIEVAL]} retrieval misses are significant (`ragloop "
+                      "tune-retriever`; the loop starts it on `ragloop.retrieval.regression`)")  # fmt: skip
+    return advice
+
+
 def _knowledge(ev: dict) -> dict:
     k, b, days = ev["knowledge"], ev["behaviour"], ev["days"]
+    index = ev.get("index") or {}
     docs = k["documents"]
     evidence = []
     if k["index_runs"]:
@@ -64,31 +110,37 @@ def _knowledge(ev: dict) -> dict:
             evidence.append("the window includes the first build of the index (every document counted as added)")
     else:
         evidence.append(f"no index run recorded in the last {days} days")
+    if index.get("version") is not None:
+        evidence.append(f"the index now: version {index['version']}, {index['reason']}")
     latest = b["latest"]
     if b["knowledge_share"] is not None:
-        evidence.append(f"{b['cases']['knowledge']} of {sum(b['cases'].values())} evaluated cases "
-                        f"({_pct(b['knowledge_share'])}) failed on knowledge (the right document not retrieved, "
-                        "or stale)")  # fmt: skip
-    if latest and latest["retrieval"]:
-        evidence.append("latest retrieval on the gate set: "
-                        + ", ".join(f"{m} {v:.2f}" for m, v in sorted(latest["retrieval"].items())))  # fmt: skip
-    advice = ["keep facts in retrieval: re-index when documents change (the reindex deployment does, on a schedule "
-              "and on `ragloop.documents.changed`); never retrain for a changed fact"]  # fmt: skip
-    if (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE:
-        share = f"{_pct(b['knowledge_share'])} of cases (>= {_pct(KNOWLEDGE_SHARE)})"
-        advice.append(f"knowledge failures are {share}: fix the documents or retrieval (chunking, `retrieval` "
-                      "params); a fine-tune cannot fix them")  # fmt: skip
+        evidence.append(f"{sum(b['cases'][r] for r in KNOWLEDGE_ROUTES)} of {sum(b['cases'].values())} evaluated "
+                        f"cases ({_pct(b['knowledge_share'])}) failed on knowledge (stale, missing or not "
+                        "retrieved)")  # fmt: skip
+    if latest:
+        evidence.append(_routes_line(latest))
+        if latest["retrieval"]:
+            evidence.append("latest retrieval on the gate set: "
+                            + ", ".join(f"{m} {v:.2f}" for m, v in sorted(latest["retrieval"].items())))  # fmt: skip
+    advice = ["keep facts in retrieval: re-index when documents change, write what no document answers, tune the "
+              "retriever when it misses documents it holds; never retrain the generator for a fact"]  # fmt: skip
+    actions = _knowledge_actions(latest, index)
+    advice += actions
     would_change = [
         f"putting these facts into the weights would take a fine-tune after each of the {k['published_versions']} "
         f"changes in {days} days; retrieval would only become optional if the documents stopped changing and "
         f"knowledge failures stayed under {_pct(KNOWLEDGE_SHARE)}",
+        "retrieval misses significantly worse than the champion's, or below the floors of `regression.floors` "
+        "(context_hit, recall_at_k), start a retriever fine-tune",
     ]
     live_knowledge, _ = live_shares(ev)
     if live_knowledge is not None and live_knowledge >= KNOWLEDGE_SHARE:
-        advice.append(f"{_pct(live_knowledge)} of live answers failed on knowledge or a gap: re-index, and write the "
-                      "topics of the gap report up as documents")  # fmt: skip
+        r = ev["production"]["routes"]
+        fixes = [f"{LIVE_ACTIONS[route]} ({r.get(route, 0)} {route})" for route in KNOWLEDGE_ROUTES if r.get(route)]
+        advice.append(f"{_pct(live_knowledge)} of live answers failed on the retrieval side, not the weights: "
+                      + "; ".join(fixes))  # fmt: skip
     evidence += production_lines(ev)[:1]  # the traffic and its failure mix; feedback and slices are behaviour's
-    active = (k["published_versions"] > 0 or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
+    active = (k["published_versions"] > 0 or bool(actions) or (b["knowledge_share"] or 0) >= KNOWLEDGE_SHARE
               or (live_knowledge or 0) >= KNOWLEDGE_SHARE)  # fmt: skip
     return {"verdict": "retrieval", "active": active, "advice": advice, "evidence": evidence,
             "would_change": would_change}  # fmt: skip
@@ -101,9 +153,9 @@ def _behaviour(ev: dict) -> dict:
         return {"verdict": "unknown", "advice": [f"no evaluation recorded in the last {days} days: run "
                 "`ragloop evaluate` (or schedule the evaluate deployment) before deciding"],
                 "evidence": [], "would_change": ["one evaluation of the serving model"]}  # fmt: skip
-    cases = latest["diagnosis"]
+    cases = latest["routes"]
     n = sum(cases.values())
-    share = cases["behaviour"] / n if n else 0.0
+    share = cases[BEHAVIOUR] / n if n else 0.0
     evidence = [
         f"latest evaluation ({latest['model_version']}, index v{latest['index_version']}, {latest['at']}): "
         f"{cases['behaviour']} of {n} cases ({_pct(share)}) failed on behaviour with the right context retrieved; "
@@ -126,7 +178,7 @@ def _behaviour(ev: dict) -> dict:
     evidence += production_lines(ev)[1:]  # the traffic line is the knowledge part's
 
     _, live_behaviour = live_shares(ev)
-    wanted = share >= BEHAVIOUR_SHARE or latest["decision"] == "finetune" or (live_behaviour or 0) >= BEHAVIOUR_SHARE
+    wanted = share >= BEHAVIOUR_SHARE or FINETUNE in latest["actions"] or (live_behaviour or 0) >= BEHAVIOUR_SHARE
     if not wanted:
         verdict = "no fine-tune"
         advice = [f"keep the weights: behaviour failures are {_pct(share)} of cases (< {_pct(BEHAVIOUR_SHARE)}) "

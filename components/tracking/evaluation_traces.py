@@ -25,7 +25,8 @@ from components.config import Params, Settings
 from components.tracking.trace_schema import ORIGIN_EVALUATION
 
 TAG_TIMING = "ragloop.timing"
-TAG_DIAGNOSIS = "ragloop.diagnosis"
+TAG_ROUTE = "ragloop.route"  # pass, behaviour, retrieval, stale or missing
+TAG_ROUTE_REASON = "ragloop.route_reason"
 TAG_RUN = "ragloop.evaluation_run"
 _LINK_BATCH = 100  # MLflow links at most 100 traces to a run per call
 
@@ -71,7 +72,8 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
         expectations: dict[str, Any] = {"intent": o.intent, "gold_docs": list(o.gold_docs)}
         written = write_trace(
             params, settings, answered, origin=ORIGIN_EVALUATION, case_id=o.id,
-            tags={TAG_DIAGNOSIS: o.diagnosis, TAG_RUN: run_id, TAG_TIMING: f"mean of a batch of {n} cases"},
+            tags={TAG_ROUTE: o.route, TAG_ROUTE_REASON: o.reason, TAG_RUN: run_id,
+                  TAG_TIMING: f"mean of a batch of {n} cases"},
             experiment=params.tracking.evaluation_experiment, expectations=expectations,
         )  # fmt: skip
         ids.append(written.trace_id)

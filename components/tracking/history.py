@@ -13,6 +13,18 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from components.behaviour.routes import (
+    BEHAVIOUR,
+    FINETUNE,
+    KNOWLEDGE_ROUTES,
+    MISSING,
+    PASS,
+    RETRIEVAL,
+    ROUTES,
+    STALE,
+    TUNE_RETRIEVER,
+    WRITE_DOCUMENTS,
+)
 from components.config import Params, Settings
 from components.tracking import metric_names
 from components.tracking.mlflow_runs import client_for, tracking_uri
@@ -119,7 +131,8 @@ def _evaluation_row(run: Any) -> dict:
         "decision": tags.get("ragloop.decision"),
         "regressed_slices": [s for s in tags.get("ragloop.regressed_slices", "none").split(",") if s != "none"],
         "pass_rates": dict(sorted(metric_names.slice_pass_rates(m).items())),
-        "diagnosis": metric_names.diagnosis_counts(m, ("pass", "behaviour", "knowledge")),
+        "routes": metric_names.route_counts(m, (PASS, *ROUTES)),
+        "actions": [a for a in tags.get("ragloop.actions", "none").split(",") if a != "none"],
         "retrieval": metric_names.retrieval_metrics(m),
         "reason": tags.get("ragloop.reason"),
     }
@@ -150,8 +163,9 @@ def status(params: Params, settings: Settings) -> dict:
     pending_finetune, why_finetune = False, "no evaluation yet: run `ragloop evaluate`"
     if last is not None:
         started_after = [r for r in finetunes if r.info.start_time >= last["start_ms"]]
-        if last["decision"] != "finetune":
-            why_finetune = f"the last evaluation decided {last['decision']!r}"
+        if FINETUNE not in last["actions"]:
+            why_finetune = (f"the last evaluation found no behaviour regression ({last['routes']['behaviour']} "
+                            "behaviour failures with the right context)")  # fmt: skip
         elif started_after:
             why_finetune = f"the regression was answered by fine-tune run {started_after[-1].info.run_id}"
         else:
@@ -159,6 +173,7 @@ def status(params: Params, settings: Settings) -> dict:
             why_finetune = f"the last evaluation found a behaviour regression in {', '.join(last['regressed_slices'])}"
     evaluation_current = last is not None and (last["model_version"], str(last["index_version"])) == (
         champion_label, str(index["version"]))  # fmt: skip
+    knowledge = knowledge_pending(last if evaluation_current else None, index)
     return {
         "index": index,
         "champion": models["champion"],
@@ -169,6 +184,7 @@ def status(params: Params, settings: Settings) -> dict:
             "reindex_reason": index["reason"],
             "finetune": pending_finetune,
             "finetune_reason": why_finetune,
+            **knowledge,
             "gate": ungated,
             "evaluation": not evaluation_current,
             "evaluation_reason": "the last evaluation is of the current champion on the published index"
@@ -178,6 +194,33 @@ def status(params: Params, settings: Settings) -> dict:
         "production": production(params, settings, int(time.time() * 1000) - DAY_MS),
         "tracking_uri": tracking_uri(params, settings),
     }
+
+
+def knowledge_pending(last: dict | None, index: dict) -> dict[str, Any]:
+    """What the last evaluation (None: none of the champion on the published index) asks of the retrieval pipeline
+    beyond a re-index (which the index's own state decides): documents to write and a retriever to tune. Each is
+    pending only when it can change something: an evaluation of another index version asks nothing."""
+    if last is None:
+        why = "no evaluation of the champion on the published index yet"
+        return {"write_documents": False, "write_documents_reason": why, "tune_retriever": False,
+                "tune_retriever_reason": why}  # fmt: skip
+    routes, actions = last["routes"], last["actions"]
+    missing = routes.get(MISSING, 0)
+    write = WRITE_DOCUMENTS in actions
+    tune = TUNE_RETRIEVER in actions
+    return {
+        "write_documents": write,
+        "write_documents_reason": (f"{missing} gate case(s) fail because no document in the index answers them: "
+                                   "write them (`ragloop evaluate --json`: missing_documents)") if write
+        else "every gate case's gold document is in the index",
+        "tune_retriever": tune,
+        "tune_retriever_reason": (f"retrieval misses are significant ({routes.get(RETRIEVAL, 0)} cases whose "
+                                  "document is indexed and current but not in the context): `ragloop tune-retriever`")
+        if tune else f"{routes.get(RETRIEVAL, 0)} retrieval misses, not significantly worse than the champion's "
+        "nor below the floors",
+        "reindex_note": f"{routes.get(STALE, 0)} gate case(s) failed on a stale document"
+        + ("" if index.get("reindex_pending") else "; the index now matches the documents"),
+    }  # fmt: skip
 
 
 # -- the evidence for `advise` ---------------------------------------------------------------------------------
@@ -229,16 +272,17 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
     }
 
     evaluations = _champion_evaluations(client, params, since)
-    cases = {k: sum(e["diagnosis"][k] for e in evaluations) for k in ("pass", "behaviour", "knowledge")}
+    cases = {k: sum(e["routes"][k] for e in evaluations) for k in (PASS, *ROUTES)}
     n_cases = sum(cases.values())
     latest = evaluations[0] if evaluations else None
+    knowledge_cases = sum(cases[r] for r in KNOWLEDGE_ROUTES)
     behaviour = {
         "evaluations": len(evaluations),
         "cases": cases,
-        "behaviour_share": round(cases["behaviour"] / n_cases, 4) if n_cases else None,
-        "knowledge_share": round(cases["knowledge"] / n_cases, 4) if n_cases else None,
+        "behaviour_share": round(cases[BEHAVIOUR] / n_cases, 4) if n_cases else None,
+        "knowledge_share": round(knowledge_cases / n_cases, 4) if n_cases else None,
         "latest": latest,
-        "regressions": sum(1 for e in evaluations if e["decision"] == "finetune"),
+        "regressions": sum(1 for e in evaluations if FINETUNE in e["actions"]),
     }
 
     try:
@@ -262,7 +306,8 @@ def evidence(params: Params, settings: Settings, days: int = 30) -> dict:
             "train_tokens_per_s": m.get("train_tokens_per_s"), "training_pairs": m.get("training_pairs"),
             "gains": {k: round(v, 4) for k, v in sorted(metric_names.gate_gains(m).items())},
         })  # fmt: skip
-    return {"days": days, "knowledge": knowledge, "behaviour": behaviour, "examples": examples, "finetunes": tunes,
+    return {"days": days, "knowledge": knowledge, "index": index_state(params), "behaviour": behaviour,
+            "examples": examples, "finetunes": tunes,
             "production": production_evidence(params, settings, since)}  # fmt: skip
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # an evaluation run: per slice `{slice}_{stat}` (stat: pass_rate, ci_low, ci_high, n), the champion's recorded
-# rate beside it, the retrieval metrics and the diagnosis mix
+# rate beside it, the retrieval metrics and the route mix (components/behaviour/routes.py)
 PASS_RATE = "pass_rate"
 BASELINE_SUFFIX = "_baseline_pass_rate"
 VS_BASELINE_SUFFIX = "_vs_baseline"
 RETRIEVAL_PREFIX = "retrieval_"
-DIAGNOSIS_PREFIX = "diagnosis_"
+ROUTE_PREFIX = "route_"
 LABELLED_PREFIX = "labelled_retrieval_"  # the labelled queries' metrics (paths.retrieval_queries), 'recall_at_5'
 # a fine-tune run: its candidate's gate-set pass rates, and what the gate measured it bought per slice
 GATE_PREFIX = "gate_"
@@ -25,6 +25,12 @@ DOCUMENTS_PREFIX = "documents_"
 CHUNKS_PREFIX = "chunks_"
 PUBLISHED = "published"
 DURATION_S = "duration_s"
+# a triage run: `routed_{route}` failing live answers per route (behaviour, retrieval, stale, missing, outage), and
+# the run tags of what it did
+ROUTED_PREFIX = "routed_"
+TAG_REINDEXED = "ragloop.reindexed"
+TAG_REGRESSION_EVENT = "ragloop.regression_event"  # the live behaviour regression event was emitted
+TAG_RETRIEVAL_EVENT = "ragloop.retrieval_event"  # the live retrieval regression event was emitted
 
 
 def slice_stat(slice_name: str, stat: str) -> str:
@@ -43,8 +49,8 @@ def retrieval(name: str) -> str:
     return RETRIEVAL_PREFIX + name
 
 
-def diagnosis(kind: str) -> str:
-    return DIAGNOSIS_PREFIX + kind
+def route(name: str) -> str:
+    return ROUTE_PREFIX + name
 
 
 def labelled_retrieval(name: str) -> str:
@@ -68,6 +74,15 @@ def chunks(kind: str) -> str:
     return CHUNKS_PREFIX + kind
 
 
+def routed(route: str) -> str:
+    return ROUTED_PREFIX + route
+
+
+def routed_counts(metrics: Mapping[str, float], routes: tuple[str, ...]) -> dict[str, int]:
+    """{route: failing live answers a triage run routed there}, 0 for a route it has no metric of."""
+    return {r: int(metrics.get(routed(r), 0)) for r in routes}
+
+
 def _strip(metrics: Mapping[str, float], prefix: str, suffix: str = "") -> dict[str, float]:
     end = len(suffix)
     return {k[len(prefix) : len(k) - end]: v for k, v in metrics.items()
@@ -84,8 +99,8 @@ def retrieval_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return _strip(metrics, RETRIEVAL_PREFIX)
 
 
-def diagnosis_counts(metrics: Mapping[str, float], kinds: tuple[str, ...]) -> dict[str, int]:
-    return {k: int(metrics.get(diagnosis(k), 0)) for k in kinds}
+def route_counts(metrics: Mapping[str, float], names: tuple[str, ...]) -> dict[str, int]:
+    return {k: int(metrics.get(route(k), 0)) for k in names}
 
 
 def gate_pass_rates(metrics: Mapping[str, float]) -> dict[str, float]:

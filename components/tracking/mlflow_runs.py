@@ -100,9 +100,9 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
                        lineage: dict[str, str], reason: str,
                        baseline: dict[str, dict] | None = None) -> str:  # fmt: skip
     """One MLflow run per evaluation: per-slice rates with bounds (and their change against `baseline`, the
-    champion's recorded slice rates), retrieval metrics, the diagnosis mix, the decision, lineage tags, a chart
-    of the slice pass rates against the baseline, and the per-case table (question, slices, diagnosis, passed,
-    output, retrieved sources)."""
+    champion's recorded slice rates), retrieval metrics, the route mix, the decision and actions, lineage tags, a
+    chart of the slice pass rates against the baseline, and the per-case table (question, slices, route and the
+    evidence that chose it, passed, output, retrieved sources)."""
     from mlflow.entities import Metric, RunTag
 
     from components.tracking import charts
@@ -115,6 +115,8 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
         "ragloop.stage": "evaluate",
         "ragloop.reason": reason,
         "ragloop.decision": summary["decision"],
+        "ragloop.actions": ",".join(summary["actions"]) or "none",
+        "ragloop.retrieval_regressed": ",".join(summary["retrieval_test"]["regressed"]) or "none",
         "ragloop.regressed_slices": ",".join(summary["regressed_slices"]) or "none",
         "model_version": summary["model_version"],
         "index_version": str(summary["index_version"]),
@@ -132,7 +134,7 @@ def log_evaluation_run(params: Params, settings: Settings, summary: dict, outcom
             metrics += [Metric(names.baseline_pass_rate(name), base, now, 0),
                         Metric(names.vs_baseline(name), float(s["pass_rate"]) - base, now, 0)]  # fmt: skip
     metrics += [Metric(names.retrieval(k), float(v), now, 0) for k, v in summary["retrieval"].items()]
-    metrics += [Metric(names.diagnosis(k), float(v), now, 0) for k, v in summary["diagnosis"].items()]
+    metrics += [Metric(names.route(k), float(v), now, 0) for k, v in summary["routes"].items()]
     labelled = summary.get("labelled_retrieval")
     if labelled:
         metrics += [Metric(names.labelled_retrieval(k), float(v), now, 0) for k, v in labelled["metrics"].items()]
@@ -162,12 +164,16 @@ def evaluation_note(summary: dict, baseline: dict[str, dict] | None, reason: str
     for name, s in sorted(summary["slices"].items()):
         base = f"{baseline[name]['pass_rate']:.2f}" if baseline and name in baseline else "-"
         lines.append(f"| {name} | {s['pass_rate']:.2f} | {s['ci_low']:.2f}-{s['ci_high']:.2f} | {s['n']} | {base} |")
-    d = summary["diagnosis"]
-    lines += ["", f"Cases: {d.get('pass', 0)} pass, {d.get('behaviour', 0)} behaviour failures, "
-              f"{d.get('knowledge', 0)} knowledge failures."]  # fmt: skip
+    r = summary["routes"]
+    lines += ["", f"Cases: {r['pass']} pass; failures: {r['behaviour']} behaviour (fine-tune), {r['retrieval']} "
+              f"retrieval (tune the retriever), {r['stale']} stale (re-index), {r['missing']} missing (write the "
+              f"document). Actions: {', '.join(summary['actions']) or 'none'}."]  # fmt: skip
     lines += [f"- {r}" for r in summary.get("reasons", [])]
+    lines += [f"- retrieval: {r}" for r in summary["retrieval_test"]["reasons"]]
     if summary.get("reindex_documents"):
-        lines.append(f"Knowledge failures point at: {', '.join(summary['reindex_documents'][:10])}")
+        lines.append(f"Stale documents (re-index): {', '.join(summary['reindex_documents'][:10])}")
+    if summary.get("missing_documents"):
+        lines.append(f"Not in the index (write them): {', '.join(summary['missing_documents'][:10])}")
     labelled = summary.get("labelled_retrieval")
     if labelled:
         figures = ", ".join(f"{k} {v:.3f}" for k, v in labelled["metrics"].items())

@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.behaviour.routes import MISSING, ROUTES, STALE
 from components.config import Params, Settings
 from components.tracking import trace_schema as ts
 from components.tracking.mlflow_runs import client_for
 
-ROUTES = ("knowledge", "gap", "behaviour")  # the values of ts.TAG_TRIAGED
+# the values of ts.TAG_TRIAGED: the four routes (components/behaviour/routes.py); traces a triage tagged before the
+# routes had these names are read under the new ones (a `knowledge` failure was retrieved again at the same depth
+# after a re-index: stale; a `gap` had nothing relevant: missing)
+LEGACY_ROUTES = {"knowledge": STALE, "gap": MISSING}
 PAGE = 500  # traces per search_traces page
 
 
@@ -119,8 +123,12 @@ def to_live_trace(trace: Any) -> LiveTrace:
         index_version=int(version) if version and version.isdigit() else next(
             (d.index_version for d in docs if d.index_version is not None), None),
         model_version=tags.get(ts.TAG_MODEL_VERSION), checks=checks, feedback=feedback, comment=comment,
-        correction=correction, triaged=tags.get(ts.TAG_TRIAGED),
+        correction=correction, triaged=_route_tag(tags.get(ts.TAG_TRIAGED)),
     )  # fmt: skip
+
+
+def _route_tag(value: str | None) -> str | None:
+    return LEGACY_ROUTES.get(value, value) if value else None
 
 
 def _doc(d: dict) -> RetrievedDoc:

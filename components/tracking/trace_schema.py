@@ -28,7 +28,7 @@ TAG_MODEL_VERSION = "ragloop.model_version"  # "v<N>" of the champion that answe
 TAG_PARAMS_HASH = "ragloop.params_hash"
 TAG_QUESTION_HASH = "ragloop.question_hash"  # components.behaviour.suite.text_hash of the question
 TAG_CASE_ID = "ragloop.case_id"  # evaluation traces only
-TAG_TRIAGED = "ragloop.triage"  # set by triage on a trace it routed: knowledge | gap | behaviour
+TAG_TRIAGED = "ragloop.triage"  # set by triage on a trace it routed: behaviour | retrieval | stale | missing
 
 # LLM span attributes
 LLM_ATTRIBUTES = ("model_version", "adapter_version", "base_model", "tokens_in", "tokens_out", "latency_ms")

@@ -1,6 +1,7 @@
-"""Triage runs in MLflow (experiment `triage.experiment`, one run per triage): the counts, the gap report and the
-routed actions, and the watermark the next triage starts from (the run tag TAG_UNTIL: one past the newest trace
-it read, so it never depends on the clock of the machine that ran it)."""
+"""Triage runs in MLflow (experiment `triage.experiment`, one run per triage): the counts per route (metric and tag
+names in metric_names.py), the gap report and the routed actions, and the watermark the next triage starts from
+(the run tag TAG_UNTIL: one past the newest trace it read, so it never depends on the clock of the machine that
+ran it)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.config import Params, Settings
+from components.tracking import metric_names as mn
 from components.tracking.mlflow_runs import client_for, experiment_id
 
 TAG_UNTIL = "ragloop.until_ms"
+OUTAGE = "outage"  # not a route: nothing to judge against (components/behaviour/triage.py)
+SHOWN = (*ROUTES, OUTAGE)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -56,14 +61,15 @@ def log_triage_run(params: Params, settings: Settings, report: dict, markdown: s
     t = report["traffic"]
     tags = {"mlflow.runName": f"triage-{reason}"[:250], "mlflow.note.content": markdown, "ragloop.stage": "triage",
             "ragloop.reason": reason, TAG_UNTIL: str(report["until_ms"]),
-            "ragloop.reindexed": str(report["reindex"]["ran"]).lower(),
-            "ragloop.regression_event": str(report["regression"]["fired"]).lower()}  # fmt: skip
+            mn.TAG_REINDEXED: str(report["reindex"]["ran"]).lower(),
+            mn.TAG_REGRESSION_EVENT: str(report["regression"]["fired"]).lower(),
+            mn.TAG_RETRIEVAL_EVENT: str(report["retrieval_regression"]["fired"]).lower()}  # fmt: skip
     run_id = str(client.create_run(exp, tags=tags).info.run_id)
     figures = {"traces": t["traces"], "failing": t["failing"], "late_traces": report["late_traces"],
                "feedback_given": t["feedback"]["given"], "feedback_negative": t["feedback"]["negative"],
                "feedback_rate": t["feedback"]["rate"] or 0.0, "gap_groups": len(report["gaps"]),
                "candidates_added": len(report["candidates"]["added"])}  # fmt: skip
-    figures.update({f"routed_{r}": len(v) for r, v in report["routed"].items()})
+    figures.update({mn.routed(r): n for r, n in report["routes"].items()})
     figures.update({f"live_{s}_fail_rate": v["fail_rate"] for s, v in t["slices"].items()})
     now = int(report["until_ms"])
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()],
@@ -88,9 +94,9 @@ def last_triage(params: Params, settings: Settings) -> dict | None:
     m, tags = runs[0].data.metrics, runs[0].data.tags
     return {"run_id": runs[0].info.run_id, "at": iso(runs[0].info.start_time),
             "until": iso(int(tags[TAG_UNTIL])) if tags.get(TAG_UNTIL, "").isdigit() else None,
-            "routed": {r: int(m.get(f"routed_{r}", 0)) for r in ("knowledge", "gap", "behaviour", "outage")},
-            "reindexed": tags.get("ragloop.reindexed") == "true",
-            "regression_event": tags.get("ragloop.regression_event") == "true"}  # fmt: skip
+            "routed": mn.routed_counts(m, SHOWN), "reindexed": tags.get(mn.TAG_REINDEXED) == "true",
+            "regression_event": tags.get(mn.TAG_REGRESSION_EVENT) == "true",
+            "retrieval_event": tags.get(mn.TAG_RETRIEVAL_EVENT) == "true"}  # fmt: skip
 
 
 def triage_markdown(report: dict) -> str:
@@ -101,21 +107,23 @@ def triage_markdown(report: dict) -> str:
              f"{t['failing']} failing; feedback on {t['feedback']['given']} ({t['feedback']['negative']} negative, "
              f"{t['feedback']['corrections']} corrections); {report['late_traces']} older answers re-read for late "
              "feedback.", "", "| route | answers | action |", "|---|---|---|"]  # fmt: skip
-    actions = {"knowledge": "re-index" + (" (ran)" if report["reindex"]["ran"] else "") + ", now retrieved",
-               "gap": "write the missing document (gap report below)",
-               "behaviour": f"candidate training cases in `{report['candidates']['file']}`",
-               "outage": "none: nothing retrieved then or now (index empty or down), left for later"}  # fmt: skip
-    lines += [f"| {r} | {len(routed[r])} | {actions[r]} |" for r in ("knowledge", "gap", "behaviour", "outage")]
+    actions = {BEHAVIOUR: f"fine-tune: candidate training cases in `{report['candidates']['file']}`",
+               RETRIEVAL: "tune the retriever: the answering document ranked below the context (listed below)",
+               STALE: "re-index" + (" (ran)" if report["reindex"]["ran"] else "") + ", now retrieved",
+               MISSING: "write the missing document (gap report below)",
+               OUTAGE: "none: nothing retrieved then or now (index empty or down), left for later"}  # fmt: skip
+    lines += [f"| {r} | {len(routed[r])} | {actions[r]} |" for r in SHOWN]
     lines += ["", f"Re-index: {report['reindex']['why']}"]
-    for r in ("knowledge", "behaviour"):
+    for r in (STALE, RETRIEVAL, BEHAVIOUR):
         if routed[r]:
             lines += ["", f"## {r.capitalize()}", ""] + [f"- {x['question']!r}: {x['reason']}" for x in routed[r]]
     if report["gaps"]:
-        lines += ["", "## Knowledge gaps (write these up)", ""]
+        lines += ["", "## Missing documents (write these up)", ""]
         for g in report["gaps"]:
             asked = "; ".join(repr(q) for q in g["questions"][:5])
             lines.append(f"- **{g['topic']}** ({g['count']} question{'s' if g['count'] != 1 else ''}): {asked}")
-    reg = report["regression"]
+    reg, ret = report["regression"], report["retrieval_regression"]
     lines += ["", f"## Live behaviour regression: {'event emitted' if reg['fired'] else 'none'}", ""]
     lines += [f"- {s['reason']}" for s in reg["slices"]] or ["- no live answers with contract checks"]
+    lines += ["", f"## Live retrieval misses: {'event emitted' if ret['fired'] else 'none'}", "", f"- {ret['reason']}"]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """The fintech line contract (data/behaviour/contract.yaml) as tables, kept from when its four checks were code:
-the declared file must give the same result on every row; and the per-case diagnosis."""
+the declared file must give the same result on every row; and the per-case route."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from collections.abc import Collection, Iterable
 
 import pytest
 
-from components.behaviour.checks import CaseOutcome, diagnose, retrieval_metrics, slice_results
+from components.behaviour.checks import (
+    CaseOutcome,
+    retrieval_metrics,
+    retrieval_results,
+    route_case,
+    slice_results,
+)
 from components.behaviour.contract import load_contract
 from components.behaviour.suite import Case
 from tests.helpers import REPO
@@ -74,19 +80,31 @@ def test_refusal_check_for_an_unanswerable_case(output: str, refused: bool) -> N
     assert checks["refusal"] is refused
 
 
+INDEXED = {"fees/atm.md", "cards/lost.md", "faq/general.md"}
+BROKEN = {"format": True, "citation": False}
+
+
 @pytest.mark.parametrize(
-    ("retrieved", "checks", "stale", "expected"),
+    ("gold", "context", "checks", "indexed", "stale", "expected"),
     [
-        (RETRIEVED, {"format": True, "citation": True}, (), ("pass", ())),
-        (RETRIEVED, {"format": False, "citation": False}, (), ("behaviour", ())),
-        (("cards/lost.md",), {"format": True, "citation": False}, (), ("knowledge", GOLD)),
-        (RETRIEVED, {"format": True, "citation": False}, GOLD, ("knowledge", GOLD)),  # retrieved but stale
-        ((), {"format": True, "refusal": False}, (), ("behaviour", ())),  # no gold doc: never knowledge
+        (GOLD, RETRIEVED, {"format": True, "citation": True}, INDEXED, (), ("pass", ())),
+        (GOLD, RETRIEVED, {"format": False, "citation": False}, INDEXED, (), ("behaviour", ())),
+        (GOLD, ("cards/lost.md",), BROKEN, INDEXED, (), ("retrieval", GOLD)),  # indexed, current, not given
+        (GOLD, RETRIEVED, BROKEN, INDEXED, GOLD, ("stale", GOLD)),  # given, but the document changed since
+        (GOLD, ("cards/lost.md",), BROKEN, INDEXED, GOLD, ("stale", GOLD)),  # changed and not given: re-index first
+        (GOLD, ("cards/lost.md",), BROKEN, INDEXED - set(GOLD), (), ("missing", GOLD)),  # not in the index at all
+        (GOLD, ("cards/lost.md",), BROKEN, set(), GOLD, ("stale", GOLD)),  # removed from disk, still indexed
+        ((), ("cards/lost.md",), {"format": True, "refusal": False}, INDEXED, (), ("behaviour", ())),  # no gold doc
+        (("a.md", "fees/atm.md"), ("fees/atm.md",), BROKEN, INDEXED, (), ("behaviour", ())),  # one of two given
+        (("a.md", "fees/atm.md"), ("x.md",), BROKEN, INDEXED, (), ("retrieval", GOLD)),  # names the indexed one
     ],
-)
-def test_diagnosis(retrieved, checks, stale, expected) -> None:
-    gold = GOLD if "citation" in checks else ()
-    assert diagnose(gold, retrieved, checks, stale) == expected
+)  # fmt: skip
+def test_every_failing_case_gets_exactly_one_route(gold, context, checks, indexed, stale, expected) -> None:
+    route, docs, reason = route_case(gold, context, checks, indexed, stale, (), gold_rank=4)
+    assert (route, docs) == expected
+    assert reason  # the evidence that chose it is always there
+    if route == "retrieval":
+        assert "ranked 4" in reason and "indexed and current" in reason
 
 
 def test_format_and_parse_round_trip() -> None:
@@ -97,19 +115,27 @@ def test_format_and_parse_round_trip() -> None:
     assert (parsed.intent, parsed.answer, parsed.sources) == ("fees", "It / costs 2 EUR", ("fees/atm.md", "faq/x.md"))
 
 
-def _outcome(cid: str, retrieved: tuple[str, ...], diagnosis: str, passed: bool) -> CaseOutcome:
-    return CaseOutcome(cid, "q", "fees", GOLD, retrieved, "", {"format": passed, "citation": passed}, diagnosis)
+def _outcome(cid: str, retrieved: tuple[str, ...], route: str, passed: bool, found: tuple[str, ...] = GOLD,
+             current: tuple[str, ...] = GOLD) -> CaseOutcome:  # fmt: skip
+    checks = {"format": passed, "citation": passed}
+    return CaseOutcome(cid, "q", "fees", GOLD, retrieved, "", checks, route, gold_current=current, gold_found=found)
 
 
 def test_retrieval_metrics_and_behaviour_only_slices() -> None:
     outcomes = [
         _outcome("a", ("fees/atm.md",), "pass", True),
         _outcome("b", ("x.md", "fees/atm.md"), "behaviour", False),
-        _outcome("c", ("x.md",), "knowledge", False),
+        _outcome("c", ("x.md",), "retrieval", False, found=()),
+        _outcome("d", ("x.md",), "stale", False, current=()),
+        _outcome("e", ("x.md",), "missing", False, found=(), current=()),
     ]
-    assert retrieval_metrics(outcomes) == {"hit_at_k": round(2 / 3, 4), "mrr": round((1 + 0.5) / 3, 4)}
-    assert slice_results(outcomes)["citation"] == {"a": True, "b": False, "c": False}
+    assert retrieval_metrics(outcomes, 10) == {"hit_at_k": round(2 / 5, 4), "mrr": round((1 + 0.5) / 5, 4),
+                                               "recall_at_10": round(2 / 3, 4)}  # fmt: skip
+    assert slice_results(outcomes)["citation"] == {"a": True, "b": False, "c": False, "d": False, "e": False}
     assert slice_results(outcomes, behaviour_only=True)["citation"] == {"a": True, "b": False}
+    # the retrieval test counts only the cases retrieval could answer: a stale or missing document is not its own
+    assert retrieval_results(outcomes, 10) == {"context_hit": {"a": True, "b": True, "c": False},
+                                               "recall_at_10": {"a": True, "b": True, "c": False}}  # fmt: skip
     assert slice_results(outcomes, ("format", "citation", "refusal"))["refusal"] == {}  # declared, no cases
 
 

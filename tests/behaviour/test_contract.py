@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.behaviour.assertions import ContractError, build_assertion
-from components.behaviour.checks import diagnose
+from components.behaviour.checks import route_case
 from components.behaviour.contract import Contract, load_contract
 from components.behaviour.suite import Case
 from tests.helpers import REPO
@@ -95,7 +95,7 @@ def test_the_json_contract(output: str, failed: set[str]) -> None:
     assert errors == {}
 
 
-def test_a_knowledge_slice_routes_its_failure_to_knowledge(tmp_path: Path) -> None:
+def test_a_knowledge_slice_routes_its_failure_to_the_retrieval_pipeline(tmp_path: Path) -> None:
     body = minimal(slices=[{"name": "parses", "assert": "parses"},
                            {"name": "facts", "cases": {"has": "facts"}, "signal": "knowledge",
                             "assert": {"type": "contains_facts", "field": "text"}}])  # fmt: skip
@@ -103,7 +103,11 @@ def test_a_knowledge_slice_routes_its_failure_to_knowledge(tmp_path: Path) -> No
     case = Case("c", "q", "fees", "2 EUR", ("fees.md",), extra={"facts": ["2 EUR", "fifth withdrawal"]})
     checks, _ = contract.check(case, '{"text": "It costs 2 eur."}', ("fees.md",))
     assert checks == {"parses": True, "facts": False}
-    assert diagnose(case.gold_docs, ("fees.md",), checks, (), contract.knowledge_slices) == ("knowledge", ("fees.md",))
+    indexed = {"fees.md"}
+    route, docs, why = route_case(case.gold_docs, ("fees.md",), checks, indexed, (), contract.knowledge_slices)
+    assert (route, docs) == ("retrieval", ("fees.md",)) and "knowledge signal facts" in why
+    stale = route_case(case.gold_docs, ("fees.md",), checks, indexed, {"fees.md"}, contract.knowledge_slices)
+    assert stale[0] == "stale"
     assert contract.check(case, '{"text": "2 EUR after the fifth  Withdrawal"}', ())[0]["facts"]
     assert "facts" not in contract.check(FEES, '{"text": "x"}', ())[0]  # a case without facts is not in the slice
 

@@ -217,7 +217,8 @@ def test_dashboards_status_and_advice_show_the_loop(loop_dep: Deployment) -> Non
     }
     assert {"cases.json", "charts/slice_pass_rates.png"} <= paths
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "cases.json")).read_text())
-    assert {"question", "slices", "diagnosis", "passed", "output", "retrieved_sources"} <= set(table["columns"])
+    columns = {"question", "slices", "route", "route_reason", "passed", "output", "retrieved_sources"}
+    assert columns <= set(table["columns"])
     assert len(table["data"]) == 18  # one row per gate case
     m = run.data.metrics
     assert m["format_ci_low"] <= m["format_pass_rate"] <= m["format_ci_high"]

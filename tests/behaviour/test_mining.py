@@ -23,13 +23,13 @@ HITS = [[{"doc": "fees.md", "chunk_id": "f1", "score": 0.9, "text": "An ATM with
         [{"doc": "support.txt", "chunk_id": "s1", "score": 0.3, "text": "Support answers by chat."}]]  # fmt: skip
 
 
-def _outcome(case: Case, diagnosis: str) -> CaseOutcome:
-    ok = diagnosis == "pass"
-    return CaseOutcome(case.id, case.question, case.intent, case.gold_docs, (), "out", {"format": ok}, diagnosis)
+def _outcome(case: Case, route: str) -> CaseOutcome:
+    ok = route == "pass"
+    return CaseOutcome(case.id, case.question, case.intent, case.gold_docs, (), "out", {"format": ok}, route)
 
 
 def test_only_behaviour_failures_are_mined_and_repeated() -> None:
-    outcomes = [_outcome(CASES[0], "behaviour"), _outcome(CASES[1], "knowledge"), _outcome(CASES[2], "pass")]
+    outcomes = [_outcome(CASES[0], "behaviour"), _outcome(CASES[1], "retrieval"), _outcome(CASES[2], "pass")]
     assert behaviour_failures(outcomes) == [0]
     plain, none = with_hard_cases(CASES, HITS, None, GEN, 3, CONTRACT)
     assert none == 0 and len(plain) == 3

@@ -21,11 +21,13 @@ def _params(dep: Deployment, **sections: dict):  # type: ignore[no-untyped-def]
     return dep.params()
 
 
-def _evaluation(model_version: str = "v2", index_version: int = 5, decision: str = "none") -> Evaluation:
+def _evaluation(model_version: str = "v2", index_version: int = 5, decision: str = "none",
+                actions: list[str] | None = None) -> Evaluation:  # fmt: skip
+    actions = actions if actions is not None else ([] if decision == "none" else [decision])
     summary = {"model_version": model_version, "index_version": index_version, "decision": decision,
-               "slices": {"format": {"pass_rate": 0.5, "ci_low": 0.2, "ci_high": 0.8, "n": 4}},
+               "actions": actions, "slices": {"format": {"pass_rate": 0.5, "ci_low": 0.2, "ci_high": 0.8, "n": 4}},
                "retrieval": {"mrr": 0.7, "hit_at_k": 1.0}, "regressed_slices": []}  # fmt: skip
-    return Evaluation(summary, [], {"format": {"a": True, "b": False}})
+    return Evaluation(summary, [], {"format": {"a": True, "b": False}}, retrieval={"context_hit": {"a": False}})
 
 
 def _publish(params, version: int) -> None:  # type: ignore[no-untyped-def]
@@ -74,8 +76,14 @@ def test_the_evaluation_metrics_files_are_what_dvc_and_the_reuse_read(deployment
     assert json.loads((metrics / "plots" / "slices.json").read_text())[0]["slice"] == "format"
     assert reuse.reusable_evaluation(params, "v2", 5) is not None
     assert dvc_metrics.finetune_not_needed(params) is None
+    assert reuse.reusable_evaluation(params, "v2", 5).retrieval == {"context_hit": {"a": False}}
     dvc_metrics.write_evaluation(params, _evaluation(decision="reindex"))
-    assert dvc_metrics.finetune_not_needed(params) == "the last evaluation decided 'reindex', not 'finetune'"
+    assert dvc_metrics.finetune_not_needed(params) == (
+        "the last evaluation asked for reindex (decision 'reindex'), not 'finetune'")  # fmt: skip
+    # the decision is the first action; a fine-tune asked for after a re-index still runs
+    dvc_metrics.write_evaluation(params, _evaluation(decision="reindex", actions=["reindex", "finetune"]))
+    assert dvc_metrics.finetune_not_needed(params) is None
+    assert dvc_metrics.action_not_needed(params, "tune_retriever") is not None
 
 
 def test_a_skipped_fine_tune_clears_the_old_adapter_and_leaves_no_candidate_to_gate(deployment: Deployment) -> None:

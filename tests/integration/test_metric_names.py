@@ -14,7 +14,8 @@ SUMMARY = {
     "slices": {"format": {"pass_rate": 0.5, "ci_low": 0.3, "ci_high": 0.7, "n": 20},
                "intent": {"pass_rate": 0.8, "ci_low": 0.6, "ci_high": 0.9, "n": 20}},
     "retrieval": {"hit_at_k": 0.95, "mrr": 0.81},
-    "diagnosis": {"knowledge": 2, "behaviour": 7, "pass": 11}, "reasons": [],
+    "routes": {"pass": 11, "behaviour": 7, "retrieval": 1, "stale": 1, "missing": 0}, "reasons": [],
+    "actions": ["reindex", "finetune"], "retrieval_test": {"regressed": [], "reasons": []},
 }  # fmt: skip
 REPORT = {"index_version": 3, "published": True, "collection": "c", "embedder": "e", "duration_s": 2.5,
           "freshness_lag_s": 0.1, "errors": [],
@@ -35,7 +36,8 @@ def test_evaluation_index_and_fine_tune_metrics_read_back_as_written(deployment:
     row = history._evaluation_row(run)
     assert row["pass_rates"] == {"format": 0.5, "intent": 0.8}
     assert row["retrieval"] == SUMMARY["retrieval"]
-    assert row["diagnosis"] == {"pass": 11, "behaviour": 7, "knowledge": 2}
+    assert row["routes"] == {"pass": 11, "behaviour": 7, "retrieval": 1, "stale": 1, "missing": 0}
+    assert row["actions"] == ["reindex", "finetune"]
 
     mlflow_runs.log_index_run(params, settings, REPORT, "# report", "test")
     knowledge = history.evidence(params, settings, days=1)["knowledge"]

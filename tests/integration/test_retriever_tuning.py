@@ -186,7 +186,7 @@ def test_the_command_skips_when_not_asked_and_has_no_rollback_at_first(tmp_path,
     done = CliRunner().invoke(app, ["tune-retriever", "--if-needed", "--json", "--params", str(dep.params_file)])
     assert done.exit_code == 0, done.output
     result = json.loads(done.stdout)
-    assert result == {"skipped": True, "why": "the last evaluation's actions ['finetune'] do not include "
+    assert result == {"skipped": True, "why": "the last evaluation asked for finetune (decision 'finetune'), not "
                       "'tune_retriever'"}  # fmt: skip
     assert [p.name for p in stale.parent.iterdir()] == ["skipped.json"]
     assert json.loads((params.paths.metrics / "retriever.json").read_text()) == result

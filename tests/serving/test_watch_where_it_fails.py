@@ -1,7 +1,7 @@
 """Ship, watch where it fails, route each failure to its fix, end to end on the tiny real stack: `ragloop api` as a
 process, questions through the official `openai` client, feedback over HTTP, `ragloop triage`, and each route's
 action checked (the re-index ran and fixed retrieval, the gap report names the absent topic, the candidate file
-holds the behaviour case, no fine-tune was asked for by the knowledge failures)."""
+holds the behaviour case, no fine-tune was asked for by the stale and missing failures)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
 
     dep = build_deployment(tmp_path, adapters=0, regression={"min_cases": 3, "alpha": 0.05, "min_effect": 0.05})
     dep.index()
-    flawless_base_results(tmp_path / "state" / "metrics")  # counted as behaviour, the knowledge failures would fire
+    flawless_base_results(tmp_path / "state" / "metrics")  # counted as behaviour, the stale failures would fire
     started = datetime.now(UTC).isoformat()
     server = ApiServer(dep).start()
     try:
@@ -46,7 +46,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
                                                                "comment": comment}, timeout=120)  # fmt: skip
             assert r.status_code == 200, r.text
 
-        # knowledge: the guide was edited after indexing; users ask about what the edit added, and dislike answers
+        # stale: the guide was edited after indexing; users ask about what the edit added, and dislike answers
         dep.write("support.txt", "Support is open from 8:00 to 20:00 on working days.\n\nCall +00 100 200 300 for "
                   "urgent help.\n\n## Weekend support\n\nAt the weekend, support is available by chat in the app "
                   "from 10:00 to 16:00.\n")  # fmt: skip
@@ -54,7 +54,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
             answer = ask(q)
             assert answer["index_version"] == 1
             feedback(answer["trace_id"], False, "you do have weekend chat")
-        # a gap: no document covers crypto
+        # missing: no document covers crypto
         for q in CRYPTO:
             feedback(ask(q)["trace_id"], False, "I want to buy crypto")
         # behaviour: the right context is retrieved, the untrained model breaks the answer format
@@ -65,9 +65,11 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         assert out.exit_code == 0, out.output
         report = json.loads(out.stdout)
 
-        # knowledge: the triage re-indexed, and the same question now retrieves the new section, through the server
+        # stale: the triage re-indexed, and the same question now retrieves the new section, through the server
         assert report["reindex"]["ran"] and report["reindex"]["index_version"] == 2
-        assert sorted(x["question"] for x in report["routed"]["knowledge"]) == sorted(WEEKEND)
+        assert report["routes"] == {"behaviour": 1, "retrieval": 0, "stale": 3, "missing": 2, "outage": 0}
+        assert sorted(x["question"] for x in report["routed"]["stale"]) == sorted(WEEKEND)
+        assert all(x["docs"] == ["support.txt"] for x in report["routed"]["stale"])
         again = ask(WEEKEND[0])
         assert again["index_version"] == 2
         from components.config import Settings
@@ -87,8 +89,8 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         rows = [json.loads(line) for line in candidates.read_text().splitlines()]
         assert [r["question"] for r in rows] == [ATM]
         assert ATM not in (dep.root / "behaviour" / "gate.jsonl").read_text()
-        # the knowledge burst asked for no fine-tune: not counted, so the format slice was not significant
-        assert not report["regression"]["fired"]
+        # the stale and missing burst asked for no fine-tune: not counted, so the format slice was not significant
+        assert not report["regression"]["fired"] and not report["retrieval_regression"]["fired"]
         assert not _regression_events(started)
     finally:
         server.stop()

@@ -10,11 +10,16 @@ from components.tracking.advice import BEHAVIOUR_SHARE, FUTILE_TRIES, MIN_EXAMPL
 
 
 def _history(*, published: int = 4, behaviour: int = 40, knowledge: int = 5, passed: int = 55, decision: str = "none",
-             train: int = 400, tunes: list[dict] | None = None) -> dict:  # fmt: skip
+             train: int = 400, tunes: list[dict] | None = None, stale: int = 0, missing: int = 0,
+             actions: list[str] | None = None, reindex_pending: bool = False) -> dict:  # fmt: skip
+    """`knowledge`: retrieval misses (the document indexed and current, not in the context)."""
+    routes = {"pass": passed, "behaviour": behaviour, "retrieval": knowledge, "stale": stale, "missing": missing}
     latest = {"model_version": "v2", "index_version": 7, "at": "2026-11-30T02:00:00+00:00", "decision": decision,
+              "actions": actions if actions is not None else ([] if decision == "none" else [decision]),
               "regressed_slices": ["format"] if decision == "finetune" else [],
               "pass_rates": {"format": 0.9, "intent": 0.6}, "retrieval": {"hit_at_k": 0.9, "mrr": 0.8},
-              "diagnosis": {"pass": passed, "behaviour": behaviour, "knowledge": knowledge}}  # fmt: skip
+              "routes": routes}  # fmt: skip
+    n = sum(routes.values())
     return {
         "days": 30,
         "knowledge": {
@@ -29,13 +34,20 @@ def _history(*, published: int = 4, behaviour: int = 40, knowledge: int = 5, pas
             "index_seconds": 12.5,
             "first_index_in_window": False,
         },
+        "index": {
+            "version": 7,
+            "reindex_pending": reindex_pending,
+            "reason": "2 document(s) modified since version 7"
+            if reindex_pending
+            else "the documents match the published version",
+        },
         "behaviour": {
             "evaluations": 3,
-            "cases": latest["diagnosis"],
+            "cases": routes,
             "latest": latest,
             "regressions": 0,
-            "behaviour_share": behaviour / (behaviour + knowledge + passed),
-            "knowledge_share": knowledge / (behaviour + knowledge + passed),
+            "behaviour_share": behaviour / n,
+            "knowledge_share": (knowledge + stale + missing) / n,
         },
         "examples": {"train": train, "gate": 100, "train_by_intent": {"fees": train}},
         "finetunes": tunes or [],
@@ -88,15 +100,42 @@ def test_too_few_examples_or_futile_tries_do_not_fine_tune() -> None:
     assert one_win["behaviour"]["verdict"] == "fine-tune"
 
 
-def test_knowledge_failures_point_at_retrieval_not_weights() -> None:
-    a = advise(_history(knowledge=30, behaviour=5, passed=65))
-    assert any("a fine-tune cannot fix them" in x for x in a["knowledge"]["advice"])
-    assert a["recommendation"] == "retrieval"
+def test_retrieval_misses_on_a_fresh_index_never_ask_for_a_reindex() -> None:
+    """The issue's case: 51 misses with the documents matching the published version. A re-index cannot change
+    one of them, so it is never advised; while they are not significant nothing is, and the evidence says so."""
+    a = advise(_history(knowledge=51, behaviour=5, passed=235))
+    advice = " ".join(a["knowledge"]["advice"])
+    assert "re-index:" not in advice and "tune the retriever:" not in advice and "write the missing" not in advice
+    assert any("51 retrieval misses" in e for e in a["knowledge"]["evidence"])
+    assert any("the documents match the published version" in e for e in a["knowledge"]["evidence"])
+    assert a["recommendation"] == "retrieval" and a["knowledge"]["active"]
+
+
+@pytest.mark.parametrize(
+    ("routes", "actions", "pending", "expected"),
+    [
+        ({"knowledge": 30}, ["tune_retriever"], False, ["tune the retriever: 30 retrieval misses"]),
+        ({"stale": 4}, ["reindex"], True, ["re-index: 2 document(s) modified"]),
+        ({"stale": 4}, ["reindex"], False, []),  # re-indexed since the evaluation: nothing left to do
+        ({"missing": 3}, ["write_documents"], False, ["write the missing documents: 3 gate case(s)"]),
+        ({"stale": 1, "missing": 2, "knowledge": 30}, ["reindex", "write_documents", "tune_retriever"], True,
+         ["re-index:", "write the missing documents: 2", "tune the retriever: 30"]),
+    ],
+)  # fmt: skip
+def test_each_knowledge_route_advises_its_own_fix_only_when_it_can_change_something(routes, actions, pending,
+                                                                                     expected) -> None:  # fmt: skip
+    a = advise(_history(behaviour=5, passed=200, actions=actions, reindex_pending=pending,
+                        **{"knowledge": 0, **routes}))  # fmt: skip
+    fixes = a["knowledge"]["advice"][1:]  # after the standing principle
+    assert len(fixes) == len(expected)
+    for line, start in zip(fixes, expected, strict=True):
+        assert line.startswith(start), line
 
 
 def test_no_evaluation_is_no_verdict_on_behaviour() -> None:
     h = _history()
-    h["behaviour"] = {"evaluations": 0, "cases": {"pass": 0, "behaviour": 0, "knowledge": 0}, "latest": None,
+    none = dict.fromkeys(("pass", "behaviour", "retrieval", "stale", "missing"), 0)
+    h["behaviour"] = {"evaluations": 0, "cases": none, "latest": None,
                       "regressions": 0, "behaviour_share": None, "knowledge_share": None}  # fmt: skip
     a = advise(h)
     assert a["behaviour"]["verdict"] == "unknown" and a["recommendation"] == "retrieval"

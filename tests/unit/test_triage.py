@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from components.behaviour.candidates import candidate_from
 from components.behaviour.contract import load_contract
+from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, STALE
 from components.behaviour.stats import binomial_greater
 from components.behaviour.triage import (
     Chunk,
     Evidence,
+    Routed,
     champion_fail_rates,
     classify,
     document_frequency,
     gap_report,
     group_questions,
     live_regression,
+    retrieval_misses,
     route_all,
     topic_terms,
 )
@@ -40,58 +44,93 @@ def trace(tid: str = "tr-1", *, checks: dict[str, bool] | None = None, feedback:
                      feedback=feedback, correction=correction)  # fmt: skip
 
 
-def c(doc: str, rel: float, text: str | None = None) -> Chunk:
-    return Chunk(doc, text or f"text of {doc}", rel)
+def c(doc: str, rel: float, text: str | None = None, overlap: float | None = None) -> Chunk:
+    return Chunk(doc, text or f"text of {doc}", rel, overlap)
+
+
+def ev(given: tuple[Chunk, ...], deep: tuple[Chunk, ...], k: int = 1) -> Evidence:
+    return Evidence(given, deep, k)
 
 
 # -- routing ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("before", "after", "route", "docs"),
+    ("given", "deep", "k", "route", "docs", "rank"),
     [
-        # a document added after indexing: retrieved now, relevant, not given to the answer
-        ((c("faq.md", 0.2),), (c("weekend.md", 0.7), c("faq.md", 0.2)), "knowledge", ("weekend.md",)),
-        # the same document edited: new text, more relevant than what the answer had (it was stale)
-        ((c("support.md", 0.45, "old"),), (c("support.md", 0.62, "new"),), "knowledge", ("support.md",)),
-        # nothing relevant then or now: a gap
-        ((c("fees.md", 0.21),), (c("fees.md", 0.21),), "gap", ()),
-        # the index was down then and has nothing relevant now: still a gap (now we can tell)
-        ((), (c("fees.md", 0.1),), "gap", ()),
-        # nothing retrieved then or now: an outage, never a gap
-        ((), (), "outage", ()),
-        # relevant context then, the same now: the output is to blame
-        ((c("fees.md", 0.66),), (c("fees.md", 0.66),), "behaviour", ("fees.md",)),
-        # an unrelated edit made a new relevant chunk, less relevant than the context the answer had: behaviour
-        ((c("fees.md", 0.7),), (c("fees.md", 0.7), c("limits.md", 0.5)), "behaviour", ("fees.md",)),
+        # a document added after indexing: now retrieved within the context's depth, relevant, not given: stale
+        ((c("faq.md", 0.2),), (c("weekend.md", 0.7), c("faq.md", 0.2)), 1, STALE, ("weekend.md",), 1),
+        # the same document edited: new text within the context's depth, more relevant than what it had: stale
+        ((c("support.md", 0.45, "old"),), (c("support.md", 0.62, "new"),), 1, STALE, ("support.md",), 1),
+        # the answering document is indexed and current but ranks below the context's cut-off: retrieval
+        ((c("atm.md", 0.5),), (c("atm.md", 0.5), c("fees.md", 0.7)), 1, RETRIEVAL, ("fees.md",), 2),
+        ((c("a.md", 0.5), c("b.md", 0.45)), (c("a.md", 0.5), c("b.md", 0.45), c("c.md", 0.4), c("fees.md", 0.51)),
+         2, RETRIEVAL, ("fees.md",), 4),
+        # nothing relevant in the context nor at any depth: missing
+        ((c("fees.md", 0.21),), (c("fees.md", 0.21), c("limits.md", 0.39)), 1, MISSING, (), None),
+        # the index was down then and has nothing relevant now, deep or not: still missing (now we can tell)
+        ((), (c("fees.md", 0.1),), 1, MISSING, (), None),
+        # nothing retrieved then or now: an outage, never missing
+        ((), (), 1, "outage", (), None),
+        # the right context, the most relevant at every depth: the output is to blame
+        ((c("fees.md", 0.66),), (c("fees.md", 0.66), c("limits.md", 0.5)), 1, BEHAVIOUR, ("fees.md",), None),
+        # a deeper chunk of the document the context already gave: the right document was there, behaviour
+        ((c("fees.md", 0.6, "a"),), (c("fees.md", 0.6, "a"), c("fees.md", 0.65, "b")), 1, BEHAVIOUR, ("fees.md",),
+         None),
+        # a tie between the context and a deeper chunk goes to the context: never sent away on a coin toss
+        ((c("fees.md", 0.6),), (c("fees.md", 0.6), c("atm.md", 0.6)), 1, BEHAVIOUR, ("fees.md",), None),
         # right at the threshold counts as relevant
-        ((c("fees.md", 0.4),), (c("fees.md", 0.4),), "behaviour", ("fees.md",)),
+        ((c("fees.md", 0.4),), (c("fees.md", 0.4),), 1, BEHAVIOUR, ("fees.md",), None),
     ],
-)
-def test_classify_routes_by_what_retrieval_gave_then_and_gives_now(before, after, route, docs) -> None:
-    routed = classify(trace(checks={"format": False}), Evidence(before, after), P)
-    assert (routed.route, routed.docs) == (route, docs), routed.reason
+)  # fmt: skip
+def test_classify_routes_by_the_answering_chunk_and_where_it_ranks(given, deep, k, route, docs, rank) -> None:
+    routed = classify(trace(checks={"format": False}), ev(given, deep, k), P)
+    assert (routed.route, routed.docs, routed.rank) == (route, docs, rank), routed.reason
     assert "failed format" in routed.reason
 
 
-def test_classify_names_the_document_and_how_it_changed() -> None:
-    added = classify(trace(feedback=False), Evidence((c("faq.md", 0.1),), (c("weekend.md", 0.8),)), P)
-    assert "weekend.md (now retrieved)" in added.reason and "negative feedback" in added.reason
-    edited = classify(trace(feedback=-1.0), Evidence((c("s.md", 0.45, "a"),), (c("s.md", 0.6, "b"),)), P)
-    assert "s.md (updated)" in edited.reason
+def test_within_the_context_depth_now_is_stale_only_when_the_index_changed_since_the_answer() -> None:
+    """The same index version ranks the answering chunk within the context now (a tuned retriever, another k): the
+    documents did not change, so a re-index is not what fixed it."""
+    given, now = (c("atm.md", 0.5),), (c("fees.md", 0.7), c("atm.md", 0.5))
+    assert classify(trace(feedback=False), Evidence(given, now, 1, changed=True), P).route == STALE
+    same = classify(trace(feedback=False), Evidence(given, now, 1, changed=False), P)
+    assert (same.route, same.docs, same.rank) == (RETRIEVAL, ("fees.md",), 1)
+    assert "rank 1 now, on the index version that answered" in same.reason
 
 
-def test_a_correction_with_no_relevant_context_is_a_gap_not_a_training_case() -> None:
-    nothing = Evidence((c("fees.md", 0.1),), (c("fees.md", 0.1),))
+def test_a_correction_names_the_answering_chunk_over_the_question_alone() -> None:
+    """The question alone prefers the context (0.6 > 0.55); the user's correction is in the deeper chunk."""
+    given, deeper = c("atm.md", 0.6, overlap=0.2), c("fees.md", 0.55, overlap=0.9)
+    routed = classify(trace(correction="2 EUR after five"), ev((given,), (given, deeper)), P)
+    assert (routed.route, routed.docs, routed.rank) == (RETRIEVAL, ("fees.md",), 2)
+    assert "0.90 of the correction's terms" in routed.reason and "rank 2 below the context's 1" in routed.reason
+    agrees = classify(trace(correction="2 EUR"), ev((replace(given, overlap=0.9),), (given, deeper)), P)
+    assert agrees.route == BEHAVIOUR  # the context holds the correction as well as anything deeper: behaviour
+
+
+def test_classify_names_the_document_how_it_changed_and_its_rank() -> None:
+    added = classify(trace(feedback=False), ev((c("faq.md", 0.1),), (c("weekend.md", 0.8),)), P)
+    assert "weekend.md (now retrieved, rank 1 within the context's 1" in added.reason
+    assert "negative feedback" in added.reason
+    edited = classify(trace(feedback=-1.0), ev((c("s.md", 0.45, "a"),), (c("s.md", 0.6, "b"),)), P)
+    assert "s.md (updated" in edited.reason
+    deeper = classify(trace(feedback=False), ev((c("a.md", 0.5),), (c("a.md", 0.5), c("b.md", 0.6))), P)
+    assert "the context (a.md) lacked b.md, found at rank 2 below the context's 1 (relevance 0.60)" in deeper.reason
+
+
+def test_a_correction_with_no_relevant_context_is_missing_not_a_training_case() -> None:
+    nothing = ev((c("fees.md", 0.1),), (c("fees.md", 0.1),))
     routed = classify(trace(correction="We do not sell crypto."), nothing, P)
-    assert routed.route == "gap" and "a correction" in routed.reason
+    assert routed.route == MISSING and "a correction" in routed.reason
+    assert "nothing relevant at any depth" in routed.reason
 
 
 def test_without_a_published_or_with_an_empty_index_every_failure_is_an_outage() -> None:
     failing = [trace("tr-a", feedback=False), trace("tr-b", checks={"format": False})]
-    ev = {t.trace_id: Evidence((c("fees.md", 0.1),), ()) for t in failing}  # would read as a gap
+    found = {t.trace_id: ev((c("fees.md", 0.1),), ()) for t in failing}  # would read as missing
     for chunks, why in ((None, "no index version is published"), (0, "the published index version is empty")):
-        routed = route_all(failing, ev, chunks, P)
+        routed = route_all(failing, found, chunks, P)
         assert {r.route for r in routed.values()} == {"outage"} and why in routed["tr-a"].reason
-    assert route_all(failing, ev, 12, P)["tr-a"].route == "gap"
+    assert route_all(failing, found, 12, P)["tr-a"].route == MISSING
 
 
 def test_failing_means_a_failed_check_negative_feedback_or_a_correction() -> None:
@@ -156,8 +195,8 @@ def _traffic(n: int, failing: int, route: str, check: str = "format") -> tuple[l
     return traces, {t.trace_id: route for t in traces[:failing]}
 
 
-def test_a_burst_of_knowledge_failures_never_triggers_a_fine_tune() -> None:
-    for route in ("knowledge", "gap", "outage"):
+def test_a_burst_of_failures_with_the_wrong_context_never_triggers_a_fine_tune() -> None:
+    for route in (RETRIEVAL, STALE, MISSING, "outage"):
         traces, routes = _traffic(200, 150, route)
         tests = live_regression(traces, routes, {"format": 0.05}, REG)
         assert [(s.n, s.failures, s.significant) for s in tests] == [(50, 0, False)]  # left out, not counted
@@ -192,6 +231,41 @@ def test_live_regression_needs_count_significance_and_effect(n, failing, p0, sig
     assert s.significant is significant and why in s.reason, s.reason
 
 
+def test_live_regression_counts_behaviour_failures_only_on_traces_whose_context_was_right() -> None:
+    """20 behaviour failures in 60 answers fire; the same 20 among 60 + 40 retrieval misses neither fire nor dilute:
+    the misses are left out of the count entirely, not counted as passes."""
+    traces, routes = _traffic(60, 20, "behaviour")
+    misses = [trace(f"miss-{i}", checks={"format": False}) for i in range(40)]
+    [s] = live_regression(traces + misses, {**routes, **{t.trace_id: RETRIEVAL for t in misses}}, {"format": 0.05},
+                          REG)  # fmt: skip
+    assert (s.n, s.failures, s.significant) == (60, 20, True)
+
+
+def _routed(n_retrieval: int, n_behaviour: int, n_outage: int = 0) -> tuple[list[LiveTrace], dict[str, Routed]]:
+    kinds = [RETRIEVAL] * n_retrieval + [BEHAVIOUR] * n_behaviour + ["outage"] * n_outage
+    traces = [trace(f"tr-{i}", feedback=False) for i in range(len(kinds))]
+    docs = {RETRIEVAL: ("fees.md",), BEHAVIOUR: ("atm.md",), "outage": ()}
+    return traces, {t.trace_id: Routed(t.trace_id, k, "why", docs[k], 3 if k == RETRIEVAL else None)
+                    for t, k in zip(traces, kinds, strict=True)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("retrieval", "behaviour", "outage", "significant", "why"),
+    [
+        (30, 70, 0, True, "tune the retriever"),  # 0.30 of live answers against 0.05 tolerated
+        (19, 0, 0, False, "fewer than min_cases 20"),  # every answer a miss, but too few to act on
+        (20, 380, 0, False, "not significant"),  # 0.05: what a retriever may miss
+        (20, 180, 300, True, "tune the retriever"),  # outages are no judgement: 20 of 200, not of 500
+    ],
+)  # fmt: skip
+def test_retrieval_misses_need_count_significance_and_effect(retrieval, behaviour, outage, significant, why) -> None:
+    traces, routed = _routed(retrieval, behaviour, outage)
+    found = retrieval_misses(traces, routed, P, REG)
+    assert (found.misses, found.n, found.significant) == (retrieval, retrieval + behaviour, significant)
+    assert why in found.reason, found.reason
+    assert found.documents == ({"fees.md": retrieval} if retrieval else {})
+
+
 def test_a_slice_without_a_champion_rate_is_never_tested() -> None:
     traces, routes = _traffic(60, 60, "behaviour", check="citation")
     [s] = live_regression(traces, routes, {"format": 0.0}, REG)
@@ -208,13 +282,41 @@ def test_summarise_traffic_counts_slices_routes_and_feedback() -> None:
     traces = [trace("tr-a", checks={"format": False, "citation": False}, feedback=False),
               trace("tr-b", checks={"format": True, "citation": True}, feedback=True),
               trace("tr-c", checks={"format": True, "citation": False})]  # fmt: skip
-    s = summarise_traffic(traces, {"tr-a": "behaviour", "tr-c": "knowledge"})
+    s = summarise_traffic(traces, {"tr-a": "behaviour", "tr-c": "retrieval"})
     assert (s["traces"], s["failing"], s["untriaged_failing"]) == (3, 2, 0)
-    assert s["routes"] == {"knowledge": 1, "gap": 0, "behaviour": 1}
+    assert s["routes"] == {"behaviour": 1, "retrieval": 1, "stale": 0, "missing": 0}
     assert s["feedback"] == {"given": 2, "negative": 1, "corrections": 0, "rate": 0.6667}
-    assert s["slices"]["citation"] == {"n": 3, "failed": 2, "fail_rate": 0.6667,
-                                       "routes": {"knowledge": 1, "gap": 0, "behaviour": 1}}  # fmt: skip
+    routes = {"behaviour": 1, "retrieval": 1, "stale": 0, "missing": 0}
+    assert s["slices"]["citation"] == {"n": 3, "failed": 2, "fail_rate": 0.6667, "routes": routes}
     assert summarise_traffic([])["feedback"]["rate"] is None
+
+
+def test_traces_tagged_before_the_routes_were_renamed_count_under_the_new_names() -> None:
+    from components.tracking.production import LEGACY_ROUTES, _route_tag
+
+    assert LEGACY_ROUTES == {"knowledge": STALE, "gap": MISSING}
+    assert [_route_tag(v) for v in ("knowledge", "gap", "behaviour", "retrieval", None)] == [
+        STALE, MISSING, BEHAVIOUR, RETRIEVAL, None]  # fmt: skip
+
+
+# -- the evidence's pure parts ---------------------------------------------------------------------------------
+def test_sentences_split_prose_lists_and_tables_and_drop_fragments() -> None:
+    from components.behaviour.triage_evidence import sentences
+
+    text = "## Fees\n\nATM withdrawals cost 2 EUR. The first five are free! Ok.\n- **Card replacement:** 5 EUR\n| x |"
+    parts = ["ATM withdrawals cost 2 EUR.", "The first five are free!", "Card replacement:** 5 EUR"]
+    assert sentences(text) == parts  # 'Ok.' too short to judge alone, the table row too; markup at the ends stripped
+    assert sentences("Short.") == ["Short."]  # nothing long enough: the whole text
+
+
+def test_overlap_is_the_share_of_the_corrections_terms_a_chunk_holds() -> None:
+    from components.behaviour.triage_evidence import overlap, terms
+
+    said = terms("No: EUR 2.00 each after 2 free withdrawals", "english")
+    assert said == {"no", "eur", "2", "00", "each", "after", "free", "withdraw"}  # stemmed, numbers kept
+    assert overlap(said, "No. After 2 free withdrawals, each costs EUR 2.00.", "english") == 1.0
+    assert overlap(said, "Card payments abroad are free.", "english") == 1 / 8
+    assert overlap(set(), "anything", "english") is None
 
 
 def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one() -> None:
@@ -265,3 +367,25 @@ def test_ragloop_triage_refuses_a_bad_since_before_any_flow_runs(tmp_path) -> No
     out = CliRunner().invoke(app, ["triage", "--since", "last tuesday", "--params", str(tmp_path / "params.yaml")])
     assert out.exit_code == 2 and "--since: expected an ISO time" in out.output
     assert not (tmp_path / ".mlflow").exists()  # nothing was read or recorded
+
+
+def test_the_triage_report_lists_every_route_with_its_action_and_the_metrics_read_back() -> None:
+    from components.tracking import metric_names as mn
+    from components.tracking.triage_runs import SHOWN, triage_markdown
+
+    miss = {"trace_id": "tr-1", "question": "why no contactless?", "route": "retrieval", "docs": ["activation.md"],
+            "rank": 2, "reason": "the context (contactless.md) lacked activation.md, found at rank 2"}  # fmt: skip
+    routed = {r: [] for r in SHOWN} | {RETRIEVAL: [miss]}
+    report = {"traffic": summarise_traffic([]), "routed": routed, "since_ms": 0, "late_traces": 0, "gaps": [],
+              "reindex": {"ran": False, "why": "not needed"}, "candidates": {"added": [], "file": "c.jsonl"},
+              "regression": {"fired": False, "slices": []},
+              "retrieval_regression": {"fired": True, "reason": "3 retrieval misses in 4 live answers"}}  # fmt: skip
+    md = triage_markdown(report)
+    assert SHOWN == ("behaviour", "retrieval", "stale", "missing", "outage")
+    assert "| retrieval | 1 | tune the retriever: the answering document ranked below the context" in md
+    assert "| stale | 0 | re-index, now retrieved |" in md and "| missing | 0 | write the missing document" in md
+    assert "| behaviour | 0 | fine-tune: candidate training cases in `c.jsonl` |" in md
+    assert "## Retrieval\n\n- 'why no contactless?': the context (contactless.md) lacked activation.md" in md
+    assert "## Live retrieval misses: event emitted\n\n- 3 retrieval misses in 4 live answers" in md
+    logged = {mn.routed(r): float(n) for r, n in {"retrieval": 3, "behaviour": 1}.items()}
+    assert mn.routed_counts(logged, SHOWN) == {"behaviour": 1, "retrieval": 3, "stale": 0, "missing": 0, "outage": 0}
