@@ -19,6 +19,7 @@ from flows.events import (
     DOCUMENTS_CHANGED,
     MODEL_RESOURCE,
     RETRIEVAL_REGRESSION,
+    RETRIEVER_RESOURCE,
 )
 
 EMBEDDING_LIMIT = "ragloop-embedding"  # global concurrency limits: slots for embedding and for training,
@@ -50,7 +51,7 @@ def specs(params: Params) -> list[Spec]:
         Spec("tune-retriever", "flows/retriever.py:tune_retriever",
              "Fine-tune the embedder on the training questions, gate it against the champion retriever, publish its "
              "collection only if retrieval improves significantly and no assistant slice gets worse.",
-             None, (RETRIEVAL_REGRESSION, "ragloop.*")),  # evaluate names the retriever, triage the index
+             None, (RETRIEVAL_REGRESSION, f"{RETRIEVER_RESOURCE}.*")),  # evaluate and triage, on the index version
         Spec("pipeline", "flows/behaviour.py:pipeline",
              "reindex -> evaluate -> finetune only on a behaviour regression.", s.pipeline_cron),
         Spec("triage", "flows/triage.py:triage",

@@ -19,7 +19,7 @@ from components.behaviour.routes import BEHAVIOUR, MISSING
 from components.behaviour.triage_evidence import IndexView
 from components.config import Params, Settings, load_params
 from components.tracking.production import LiveTrace
-from flows.events import BEHAVIOUR_REGRESSION, INDEX_RESOURCE, MODEL_RESOURCE, RETRIEVAL_REGRESSION
+from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE, RETRIEVAL_REGRESSION, RETRIEVER_RESOURCE
 from flows.tasks import io_task
 
 HOUR_MS = 3_600_000
@@ -180,7 +180,7 @@ def _announce_retrieval(params: Params, index_version: int | None, misses: rules
                    "index_version": index_version, "reason": misses.reason,
                    "source": "live traffic (triage)"}  # fmt: skip
         emit_event(event=RETRIEVAL_REGRESSION, payload=payload,
-                   resource={"prefect.resource.id": f"{INDEX_RESOURCE}.{params.index.collection}"})  # fmt: skip
+                   resource={"prefect.resource.id": f"{RETRIEVER_RESOURCE}.index-v{index_version}"})  # fmt: skip
     return misses.significant
 
 

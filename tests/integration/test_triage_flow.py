@@ -305,7 +305,7 @@ def test_a_retrieval_miss_goes_to_the_retriever_and_a_right_context_failure_to_t
     ret = report["retrieval_regression"]
     assert ret["fired"] and (ret["misses"], ret["n"], ret["documents"]) == (3, 4, {"cards/activation.md": 3})
     [event] = _regression_events(1, started, RETRIEVAL_REGRESSION)
-    assert event["resource"]["prefect.resource.id"] == "ragloop.index.ragloop"
+    assert event["resource"]["prefect.resource.id"] == f"ragloop.retriever.index-v{report['index_version']}"
     assert (event["payload"]["retrieval_misses"], event["payload"]["live_answers"]) == (3, 4)
     assert event["payload"]["documents"] == {"cards/activation.md": 3}
     # the traces are tagged with their routes, the run records the counts and the event
