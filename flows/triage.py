@@ -64,7 +64,7 @@ def write_candidates(params: Params, behaviour: list[tuple[LiveTrace, rules.Rout
 
     root = params.paths.behaviour
     labels = set(load_labels(root / "labels.json"))
-    gate = load_cases(root / "gate.jsonl", labels, params.paths.docs)
+    gate = load_cases(root / "gate.jsonl", labels)
     contract = contract_for(params)
     found = [candidate_from(t, r.docs, labels, contract) for t, r in behaviour]
     added = add_candidates(candidates_path(params), found, gate)

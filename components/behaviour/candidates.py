@@ -130,7 +130,7 @@ def accept(params: Params, ids: list[str], answer: str | None = None, intent: st
         raise CandidateError("--answer / --intent apply to one candidate at a time: name exactly one ID")
     labels = set(load_labels(root / "labels.json"))
     train_file, gate_file = root / "train.jsonl", root / "gate.jsonl"
-    gate = load_cases(gate_file, labels, params.paths.docs)
+    gate = load_cases(gate_file, labels)
     train_text = train_file.read_text(encoding="utf-8") if train_file.is_file() else ""
     lines = [json.dumps(_case(by_id[i], answer, intent, labels), ensure_ascii=False) for i in ids]
     new_text = train_text + ("" if not train_text or train_text.endswith("\n") else "\n") + "\n".join(lines) + "\n"

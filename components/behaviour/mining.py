@@ -46,7 +46,8 @@ def mine_training_pairs(params: Params, settings: Settings, champion_adapter: Pa
     from components.behaviour.loop import load_suite
     from components.knowledge.retrieval import Retriever
 
-    _, train = load_suite(params)
+    _, suite = load_suite(params)
+    train = [c for c in suite if all((params.paths.docs / d).is_file() for d in c.gold_docs)]  # a target cites it
     k = params.generator.context_chunks
     repeats = params.finetune.failing_case_repeats
     contract = contract_for(params)

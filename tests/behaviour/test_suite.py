@@ -294,3 +294,25 @@ def test_bad_label_files_are_refused(tmp_path: Path, text: str, expected: str) -
         load_labels(f)
     assert str(info.value).startswith(f"{f}: ")
     assert expected in str(info.value)
+
+
+def test_the_loop_loads_a_suite_whose_gold_document_was_deleted(tmp_path: Path) -> None:
+    """A deleted document is the `missing` route's to report (the evaluation names it), not an error that stops
+    every evaluation: the loop's suite loads without the on-disk check; the fine-tune leaves such cases out."""
+    from components.behaviour.loop import load_suite
+    from components.config import load_params
+
+    behaviour = tmp_path / "behaviour"
+    behaviour.mkdir()
+    (behaviour / "labels.json").write_text(json.dumps({label: label for label in LABELS}))
+    case = {"id": "g1", "question": "How much is an ATM withdrawal?", "intent": "fees", "answer": "2 EUR",
+            "gold_docs": ["fees/deleted.md"]}  # fmt: skip
+    (behaviour / "gate.jsonl").write_text(json.dumps(case) + "\n")
+    (behaviour / "train.jsonl").write_text(json.dumps({**case, "id": "t1", "question": "ATM fee?"}) + "\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "params.yaml").write_text(json.dumps({"paths": {"docs": "docs", "behaviour": "behaviour"}}))
+    gate, train = load_suite(load_params(tmp_path / "params.yaml"))
+    assert [c.gold_docs for c in gate + train] == [("fees/deleted.md",), ("fees/deleted.md",)]
+    # a person checking the suite (load_cases with the docs folder) still gets the strict error
+    with pytest.raises(SuiteError, match=re.escape("'fees/deleted.md' does not exist under")):
+        load_cases(behaviour / "gate.jsonl", LABELS, tmp_path / "docs")
