@@ -13,7 +13,7 @@ Two corpora, each with 97 requests (as many as the bank knowledge base that prom
   or two of its questions, sometimes after a goal sentence naming the article's subject ("I'm reading up on the
   Normans.").
 
-* `northwind-situations`: the same 55 documents; a request is a persona and 2-4 real banking77 messages (the
+* `northwind-situations`: the same 55 documents; a request is a persona and 2-6 real banking77 messages (the
   customer's own words, never written from a document) of 1-3 intents, labelled with the documents that answer
   those intents (`INTENT_DOCS`, a hand mapping of 33 of the 77 intents to the sample pages, checked against their
   text; the other intents are left out, so every message of a request has its documents labelled).
