@@ -86,6 +86,7 @@ class IndexParams(_Section):
 class ChunkingParams(_Section):
     max_chars: int = Field(1000, ge=100)
     min_chars: int = Field(200, ge=0)
+    embed_title: bool = True  # embed (and BM25-index) each chunk with the headings above its section
 
 
 class EmbedderParams(_Section):

@@ -78,7 +78,7 @@ def _embed(params: Params, session: IndexSession, plan: indexer.Plan) -> tuple[d
         return {}, 0.0
     with slot(EMBEDDING_LIMIT):
         if params.service.task_runner == "dask":
-            done = _embed_on_dask(params, session.embedder_id, [plan.texts[h] for h in plan.to_embed])
+            done = _embed_on_dask(params, session.embedder_id, plan.embedding_texts())
             vectors = dict(zip(plan.to_embed, done, strict=True))
         else:
             vectors = embed(session, plan)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.knowledge.chunking import chunk_document, chunk_ids
+from components.knowledge.chunking import chunk_document, chunk_ids, embedding_text
 from components.knowledge.documents import (
     DocumentError,
     FileStat,
@@ -82,7 +82,8 @@ class Plan:
     docs: dict[str, DocRow]
     additions: list[Addition]
     removals: list[Record]
-    texts: dict[str, str]  # chunk_hash -> text, for every addition
+    texts: dict[str, str]  # chunk_hash -> text (stored and shown), for every addition
+    contexts: dict[str, str]  # chunk_hash -> the headings embedded with it (chunking.embed_title), where any
     reuse: dict[str, str]  # chunk_hash -> record id in the target collection holding its vector
     present: set[str]  # addition ids already in Chroma (left by a killed run): nothing to write
     to_embed: list[str]  # distinct chunk hashes that need the model
@@ -91,6 +92,10 @@ class Plan:
     chunker_id: str
     errors: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
+
+    def embedding_texts(self) -> list[str]:
+        """What the model reads for `to_embed`, in order: each chunk's context (its headings), then its text."""
+        return [embedding_text(self.contexts.get(h, ""), self.texts[h]) for h in self.to_embed]
 
     @property
     def empty(self) -> bool:
@@ -180,6 +185,7 @@ def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
     docs = {p: row for p, row in base_docs.items() if p not in ch.deleted}
     chunks = {p: by_doc[p] for p in docs}
     texts: dict[str, str] = {}
+    contexts: dict[str, str] = {}
     errors = [{"path": e.path, "error": e.reason} for e in ch.refused]
     errors += [{"path": p, "error": f"still failing: {base_docs[p].error}"} for p in ch.still_failing]
     warnings: list[dict[str, str]] = []
@@ -205,7 +211,8 @@ def chunk_changes(s: IndexSession, ch: Changes) -> Plan:
         docs[path] = DocRow(path, sha256_bytes(data), parser=parsed.parser)
         chunks[path] = [(c.chunk_id, c.chunk_hash) for c in pieces]
         texts.update((c.chunk_hash, c.text) for c in pieces)
-    plan = diff_state(s, ch, base_docs, docs, chunks, texts)
+        contexts.update((c.chunk_hash, c.context) for c in pieces if c.context)
+    plan = diff_state(s, ch, base_docs, docs, chunks, texts, contexts=contexts)
     plan.errors, plan.warnings = errors, warnings
     return plan
 
@@ -232,6 +239,7 @@ def diff_state(
     texts: dict[str, str],
     kind: str = "index",
     identity: tuple[str, str] | None = None,
+    contexts: dict[str, str] | None = None,
 ) -> Plan:
     """The plan that turns the published version into the desired (docs, chunks) state. `identity` is the
     (embedder, chunker) of the target collection: the session's own unless a rollback restores another."""
@@ -244,7 +252,10 @@ def diff_state(
     need = {a.chunk_hash for a in additions}
     reuse = s.manifest.vector_sources(ch.collection, need)
     missing_text = need - texts.keys()
-    texts = {**{h: t for h, t in texts.items() if h in need}, **s.manifest.texts(missing_text)}
+    stored = s.manifest.texts_and_contexts(missing_text)
+    texts = {**{h: t for h, t in texts.items() if h in need}, **{h: t for h, (t, _) in stored.items()}}
+    contexts = {h: c for h, c in (contexts or {}).items() if h in need}
+    contexts.update((h, c) for h, (_, c) in stored.items() if c)
     present: set[str] = set()
     if additions:
         coll = s.collection(ch.collection)
@@ -261,6 +272,7 @@ def diff_state(
         additions,
         removals,
         texts,
+        contexts,
         reuse,
         present,
         sorted(fresh),
@@ -274,7 +286,7 @@ def embed_chunks(s: IndexSession, plan: Plan, progress: Callable[[int], None] | 
     """Run the model on exactly the texts no stored vector covers."""
     if not plan.to_embed:
         return {}
-    vectors = s.embedder.encode([plan.texts[h] for h in plan.to_embed], progress=progress)
+    vectors = s.embedder.encode(plan.embedding_texts(), progress=progress)
     return dict(zip(plan.to_embed, vectors, strict=True))
 
 
@@ -380,6 +392,7 @@ def _commit(s: IndexSession, plan: Plan) -> None:
         closed_records=plan.removals,
         opened_records=[_record(plan, a) for a in plan.additions],
         texts={a.chunk_hash: plan.texts[a.chunk_hash] for a in plan.additions},
+        contexts={a.chunk_hash: plan.contexts[a.chunk_hash] for a in plan.additions if a.chunk_hash in plan.contexts},
         closed_docs=[p for p in base_docs if plan.docs.get(p) != base_docs[p]],
         opened_docs=[row for p, row in plan.docs.items() if base_docs.get(p) != row],
         file_hashes=_file_hashes(ch) if plan.kind == "index" else None))  # fmt: skip

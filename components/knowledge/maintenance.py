@@ -109,7 +109,7 @@ def _repair(s: IndexSession, coll: Any, name: str, published: int, findings: dic
     sources = {r.chunk_hash: r.id for r in known.values() if r.id not in gone}
     have = s.store.embeddings(coll, sorted({sources[r.chunk_hash] for r in restore if r.chunk_hash in sources}))
     need = sorted({r.chunk_hash for r in restore if sources.get(r.chunk_hash) not in have})
-    texts = s.manifest.texts({r.chunk_hash for r in restore})
+    texts = s.manifest.embedding_texts({r.chunk_hash for r in restore})
     fresh = dict(zip(need, s.embedder.encode([texts[h] for h in need]), strict=True)) if need else {}
     vecs = np.asarray([fresh[r.chunk_hash] if r.chunk_hash in fresh else have[sources[r.chunk_hash]] for r in restore])
     metas = [record_metadata(r, s.manifest.version(published).embedder) for r in restore]  # type: ignore[union-attr]

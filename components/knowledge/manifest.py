@@ -12,8 +12,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.knowledge.chunking import embedding_text
 
 OPEN = 2**31 - 1  # v_max of an interval that is still open
 MANIFEST_FILE = "manifest.sqlite"  # in the index folder, beside the embedded Chroma store
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS records(
   chunk_hash TEXT NOT NULL, v_min INTEGER NOT NULL, v_max INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS records_by_interval ON records(collection, v_max, v_min);
 CREATE INDEX IF NOT EXISTS records_by_hash ON records(collection, chunk_hash);
-CREATE TABLE IF NOT EXISTS texts(chunk_hash TEXT PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS texts(chunk_hash TEXT PRIMARY KEY, text TEXT NOT NULL, context TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS stat_cache(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
   sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS collections(name TEXT PRIMARY KEY, embedder TEXT NOT NULL, chunker TEXT NOT NULL,
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY AUTOINCREMENT, finished_a
   duration_s REAL NOT NULL, mlflow_run_id TEXT);
 """
 _DOCS_PARSER = "ALTER TABLE docs ADD COLUMN parser TEXT NOT NULL DEFAULT ''"  # manifests written before parser versions
+_TEXTS_CONTEXT = "ALTER TABLE texts ADD COLUMN context TEXT NOT NULL DEFAULT ''"  # written before chunk contexts
 
 
 def manifest_path(index_dir: Path) -> Path:
@@ -121,6 +124,7 @@ class Publication:
     closed_docs: list[str]  # paths whose row changes or goes
     opened_docs: list[DocRow]  # the new rows of those that stay
     file_hashes: FileHashes | None = None  # an index run's stat cache; a rollback leaves it alone
+    contexts: dict[str, str] = field(default_factory=dict)  # chunk_hash -> headings embedded with it (if any)
 
 
 class Manifest:
@@ -131,16 +135,17 @@ class Manifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        if not self._has_parser_column():
-            with self._transaction() as db:
-                if not self._has_parser_column():  # another process may have migrated it meanwhile
-                    db.execute(_DOCS_PARSER)
+        for table, column, migration in (("docs", "parser", _DOCS_PARSER), ("texts", "context", _TEXTS_CONTEXT)):
+            if not self._has_column(table, column):
+                with self._transaction() as db:
+                    if not self._has_column(table, column):  # another process may have migrated it meanwhile
+                        db.execute(migration)
 
     def close(self) -> None:
         self._db.close()
 
-    def _has_parser_column(self) -> bool:
-        return any(row[1] == "parser" for row in self._db.execute("PRAGMA table_info(docs)"))
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -211,12 +216,21 @@ class Manifest:
         return out
 
     def texts(self, hashes: Iterable[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+        """chunk_hash -> the chunk's text, as stored and shown."""
+        return {h: text for h, (text, _) in self.texts_and_contexts(hashes).items()}
+
+    def embedding_texts(self, hashes: Iterable[str]) -> dict[str, str]:
+        """chunk_hash -> what the embedder read (and BM25 indexes): the chunk's context, then its text."""
+        return {h: embedding_text(context, text) for h, (text, context) in self.texts_and_contexts(hashes).items()}
+
+    def texts_and_contexts(self, hashes: Iterable[str]) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
         hashes = list(hashes)
         for i in range(0, len(hashes), 500):
             part = hashes[i : i + 500]
             marks = ",".join("?" * len(part))
-            out.update(self._db.execute(f"SELECT chunk_hash, text FROM texts WHERE chunk_hash IN ({marks})", part))
+            rows = self._db.execute(f"SELECT chunk_hash, text, context FROM texts WHERE chunk_hash IN ({marks})", part)
+            out.update((h, (text, context)) for h, text, context in rows)
         return out
 
     def stat_cache(self) -> dict[str, tuple[int, int, str]]:
@@ -269,7 +283,8 @@ class Manifest:
                 "VALUES (?,?,?,?,?,?,?)",
                 [(r.id, r.collection, r.chunk_id, r.doc, r.chunk_hash, r.v_min, r.v_max) for r in pub.opened_records],
             )
-            db.executemany("INSERT OR IGNORE INTO texts(chunk_hash, text) VALUES (?,?)", pub.texts.items())
+            db.executemany("INSERT OR IGNORE INTO texts(chunk_hash, text, context) VALUES (?,?,?)",
+                           [(h, text, pub.contexts.get(h, "")) for h, text in pub.texts.items()])  # fmt: skip
             db.executemany("UPDATE docs SET v_max=? WHERE path=? AND v_max=?", [(n, p, OPEN) for p in pub.closed_docs])
             db.executemany(
                 "INSERT OR REPLACE INTO docs(path, sha256, stale, error, bad_sha, v_min, v_max, parser) "

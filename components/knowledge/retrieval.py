@@ -113,7 +113,7 @@ def lexical_index(manifest: Manifest, version: int, collection: str, created_at:
         _LEXICAL.move_to_end(key)
         return _LEXICAL[key]
     records = manifest.records_at(version, collection)
-    texts = manifest.texts({r.chunk_hash for r in records})
+    texts = manifest.embedding_texts({r.chunk_hash for r in records})  # with the headings embedded with them
     index = _LEXICAL[key] = LexicalIndex.build(records, texts, params.bm25_k1, params.bm25_b, params.stemmer)
     while len(_LEXICAL) > _CACHE_SIZE:
         _LEXICAL.popitem(last=False)

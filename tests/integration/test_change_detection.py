@@ -44,6 +44,8 @@ CASES: dict[str, tuple[Callable[[Deployment], None], dict[str, int], dict[str, i
     "model change": (_model_change, {"unchanged": 3}, {"embedded": 6, "deleted": 6}),
     "chunking change": (lambda d: d.write_params(chunking={"max_chars": 400, "min_chars": 0}), {"unchanged": 3},
                         {"embedded": 6, "deleted": 6}),  # same texts, re-embedded: new key
+    "title setting change": (lambda d: d.write_params(chunking={"embed_title": False}), {"unchanged": 3},
+                             {"embedded": 6, "deleted": 6}),  # other embedded texts: new key, its own collection
 }  # fmt: skip
 
 

@@ -70,3 +70,44 @@ def test_chunk_ids_keep_their_formula_and_a_moved_document_gets_the_ids_it_would
         assert c.chunk_id == hashlib.sha256(f"a.md\0{c.chunk_hash}\0{occurrence}".encode()).hexdigest()[:24]
     moved = chunk_ids("b/a.md", [c.chunk_hash for c in chunks])
     assert moved == [c.chunk_id for c in chunk_document("b/a.md", text, P)]
+
+
+TITLED = (
+    "# Premium plan\n\nThe plan costs 9 EUR a month.\n\n## Fees\n\nATM withdrawals cost nothing.\n\n"
+    "### Abroad\n\nNo fee."
+)
+UNTITLED = ChunkingParams(max_chars=300, min_chars=50, embed_title=False)
+
+
+def test_a_chunk_is_embedded_with_the_headings_above_it_and_stored_without_them() -> None:
+    chunks = chunk_document("plan.md", TITLED, P)
+    assert [c.text for c in chunks] == split_text(TITLED, UNTITLED)  # the stored text is what it always was
+    assert [c.context for c in chunks] == ["", "# Premium plan", "# Premium plan\n## Fees"]
+    assert chunks[2].embedding_text == "# Premium plan\n## Fees\n\n### Abroad\n\nNo fee."
+    assert all(c.chunk_hash == content_hash(c.embedding_text) for c in chunks)  # the hash covers what is embedded
+
+
+def test_without_embed_title_chunks_have_no_context_and_keep_their_hashes() -> None:
+    chunks = chunk_document("plan.md", TITLED, UNTITLED)
+    assert all(c.context == "" and c.embedding_text == c.text for c in chunks)
+    assert [c.chunk_hash for c in chunks] == [content_hash(t) for t in split_text(TITLED, UNTITLED)]
+
+
+def test_a_renamed_title_changes_every_chunk_under_it_and_equal_text_under_two_titles_is_two_vectors() -> None:
+    renamed = chunk_document("plan.md", TITLED.replace("Premium plan", "Plus plan"), P)
+    assert not {c.chunk_hash for c in renamed} & {c.chunk_hash for c in chunk_document("plan.md", TITLED, P)}
+    assert [c.text for c in renamed][1:] == [c.text for c in chunk_document("plan.md", TITLED, P)][1:]
+
+
+def test_plain_text_takes_its_short_first_paragraph_as_title_and_a_single_paragraph_has_none() -> None:
+    text = "WHY WAS MY CARD DECLINED?\nLast updated: 2026\n\n" + "\n\n".join(["A reason is shown in the app. " * 6] * 3)
+    chunks = chunk_document("declined.txt", text, P)
+    assert len(chunks) > 1 and chunks[0].context == ""
+    assert all(c.context == "WHY WAS MY CARD DECLINED?\nLast updated: 2026" for c in chunks[1:])
+    abstract = "Measurements of the electron density in the ionosphere. " * 3  # one paragraph: Vaswani, XQuAD
+    assert [c.context for c in chunk_document("a.txt", abstract, P)] == [""]
+
+
+def test_identity_changes_with_embed_title_and_keeps_its_old_form_without() -> None:
+    assert chunker_identity(P) == "sections-v1:max=300:min=50:titles"
+    assert chunker_identity(UNTITLED) == "sections-v1:max=300:min=50"  # indexes built before keep their key
