@@ -26,7 +26,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,19 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import _common as c  # sets the offline environment before the project imports
-from api_load import RAGLOOP, free_port, run, start_server
+from api_load import RAGLOOP, build, free_port, start_server
 
 ROUTES = ("behaviour", "retrieval", "stale", "missing")
 LIVE_ROUTES = (*ROUTES, "outage")
-
-
-def build(work: Path) -> None:
-    shutil.copy(c.ROOT / "params.yaml", work / "params.yaml")
-    for rel in ("data/docs", "data/behaviour"):
-        shutil.copytree(c.ROOT / rel, work / rel)
-    params = ["--params", str(work / "params.yaml")]
-    run([RAGLOOP, "base-model", *params], work)
-    run([RAGLOOP, "index", "--direct", *params], work)
 
 
 def cli_json(work: Path, *args: str) -> dict[str, Any]:
@@ -157,7 +147,7 @@ def main() -> None:
     with c.workdir("routing") as tmp:
         work = args.deployment or tmp
         if args.deployment is None:
-            build(work)
+            build(work, champion=False)  # the champion comes from the behaviour phase's fine-tune
         from components.behaviour.loop import load_suite
         from components.config import load_params
 

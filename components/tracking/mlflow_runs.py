@@ -182,18 +182,26 @@ def evaluation_note(summary: dict, baseline: dict[str, dict] | None, reason: str
     return "\n".join(lines)
 
 
-def start_finetune_run(params: Params, settings: Settings, lineage: dict[str, str], reason: str) -> str:
-    """The fine-tune's MLflow run, left running: the adapter is logged into it before it ends."""
+def start_training_run(params: Params, settings: Settings, experiment: str, stage: str, run_name: str,
+                       recipe: tuple[str, dict[str, Any]], tags: dict[str, str], reason: str) -> str:  # fmt: skip
+    """A training run (the generator's fine-tune, the retriever's), left running: the model is logged into it
+    before it ends. `recipe`: (params section name, its values), logged as `<section>.<key>` params."""
     from mlflow.entities import Param
 
     client = client_for(params, settings)
-    exp = experiment_id(client, params, settings, params.tracking.finetune_experiment)
-    tags = {"mlflow.runName": "finetune-lora", "ragloop.stage": "finetune", "ragloop.reason": reason,
-            "git_commit": git_commit(params.source.parent), **lineage}  # fmt: skip
-    run_id = str(client.create_run(exp, tags=tags).info.run_id)
-    hyper = [Param(f"finetune.{k}", str(v)) for k, v in params.finetune.model_dump().items()]
-    client.log_batch(run_id, params=hyper)
+    exp = experiment_id(client, params, settings, experiment)
+    run_tags = {"mlflow.runName": run_name, "ragloop.stage": stage, "ragloop.reason": reason,
+                "git_commit": git_commit(params.source.parent), **tags}  # fmt: skip
+    run_id = str(client.create_run(exp, tags=run_tags).info.run_id)
+    section, values = recipe
+    client.log_batch(run_id, params=[Param(f"{section}.{k}", str(v)) for k, v in values.items()])
     return run_id
+
+
+def start_finetune_run(params: Params, settings: Settings, lineage: dict[str, str], reason: str) -> str:
+    """The fine-tune's MLflow run, left running: the adapter is logged into it before it ends."""
+    return start_training_run(params, settings, params.tracking.finetune_experiment, "finetune", "finetune-lora",
+                              ("finetune", params.finetune.model_dump()), lineage, reason)  # fmt: skip
 
 
 def log_base_model_run(params: Params, settings: Settings, info: dict, machine: dict[str, str]) -> str:

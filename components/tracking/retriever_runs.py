@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params, Settings
-from components.tracking.lineage import git_commit
-from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
+from components.tracking.mlflow_runs import client_for, start_training_run, tracking_uri
 from components.tracking.registry import CHAMPION, PREVIOUS, _alias, _ensure_registered_model, rejected_with
 
 MODEL_ARTIFACT = "retriever"  # the run artifact folder a version's source points to
@@ -22,15 +21,8 @@ EVIDENCE_TAG = "ragloop.evidence"  # training pairs + recipe + base embedder: wh
 
 def start_tuning_run(params: Params, settings: Settings, tags: dict[str, str], reason: str) -> str:
     """The retriever's training run, left running: the model is logged into it before it ends."""
-    from mlflow.entities import Param
-
-    client = client_for(params, settings)
-    exp = experiment_id(client, params, settings, params.tracking.retriever_experiment)
-    run_tags = {"mlflow.runName": "tune-retriever", "ragloop.stage": "tune_retriever", "ragloop.reason": reason,
-                "git_commit": git_commit(params.source.parent), **tags}  # fmt: skip
-    run_id = str(client.create_run(exp, tags=run_tags).info.run_id)
-    client.log_batch(run_id, params=[Param(f"retriever.{k}", str(v)) for k, v in params.retriever.model_dump().items()])
-    return run_id
+    return start_training_run(params, settings, params.tracking.retriever_experiment, "tune_retriever",
+                              "tune-retriever", ("retriever", params.retriever.model_dump()), tags, reason)  # fmt: skip
 
 
 def register_retriever(params: Params, settings: Settings, run_id: str, folder: Path, tags: dict[str, str]) -> str:
