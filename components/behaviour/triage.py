@@ -17,7 +17,10 @@ assistant ranks them). Then, in this order:
   suggested content, never trained into the weights.
 - **stale**: the answering chunk was not in the answer's context but is within the context's depth now, and the
   published index version is not the one that answered: the documents changed since (a new or edited document,
-  re-indexed by triage), so the re-index is the fix and it has been done.
+  re-indexed by triage), so the re-index is the fix and it has been done. Also stale: the answering chunk's
+  document was in the context but the text the answer read is no longer in the published version (the document
+  was edited or removed since): the answer read an outdated text (bench/routing.py found edited documents routed
+  to behaviour without this rule).
 - **behaviour**: the answering chunk's document was in the context: the right context was given and the answer
   broke the contract. A candidate training case.
 - **retrieval**: the answering chunk is indexed and current but ranks below the context's cut-off (or ranks
@@ -88,6 +91,7 @@ class Evidence:
     deep: tuple[Chunk, ...]
     k: int
     changed: bool = True  # the published index version is not the one that answered (or that one is unknown)
+    outdated: tuple[str, ...] = ()  # documents of the context whose given text the published version no longer holds
 
     def best_relevance(self) -> float:
         return max((c.relevance for c in (*self.given, *self.deep)), default=-1.0)
@@ -125,6 +129,10 @@ def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
         return Routed(tid, STALE, f"{why}; the same question now retrieves what the answer lacked: {chunk.doc} "
                       f"({how}, rank {rank} within the context's {ev.k}; {chunk.basis()})", (chunk.doc,),
                       rank)  # fmt: skip
+    if chunk.doc in ev.outdated:  # the answer read a text of its document that has changed (or gone) since
+        return Routed(tid, STALE, f"{why}; the context's text of {chunk.doc} is no longer in the published "
+                      "version: the answer read a text that changed since (re-indexed now)", (chunk.doc,),
+                      rank or None)  # fmt: skip
     if chunk.doc in context:
         return Routed(tid, BEHAVIOUR, f"{why} with the answering document in its context ({chunk.doc}; "
                       f"{chunk.basis()})", (chunk.doc,))  # fmt: skip

@@ -69,7 +69,11 @@ def retrieve_again(params: Params, settings: Settings, traces: list[LiveTrace]) 
         texts = sorted({t.question for t in traces} | chunk_texts | {s for ss in split.values() for s in ss})
         vectors = dict(zip(texts, retriever.embedder.encode(texts), strict=True))
         records = retriever.manifest.records_at(retriever.version, retriever.info.collection)
-        df, n = document_frequency(retriever.manifest.texts({r.chunk_hash for r in records}).values())
+        stored = retriever.manifest.texts({r.chunk_hash for r in records})
+        df, n = document_frequency(stored.values())
+        now: dict[str, set[str]] = {}  # document -> its chunk texts in the published version
+        for r in records:
+            now.setdefault(r.doc, set()).add(stored.get(r.chunk_hash, ""))
         version = retriever.version
     judge = _judge(vectors, split)
     said = _corrections(params, traces)
@@ -82,8 +86,9 @@ def retrieve_again(params: Params, settings: Settings, traces: list[LiveTrace]) 
 
         given = tuple(chunk(d.doc, d.text) for d in t.retrieved)
         changed = t.index_version is None or t.index_version != version
+        outdated = tuple(dict.fromkeys(d.doc for d in t.retrieved if d.text not in now.get(d.doc, set())))
         evidence[t.trace_id] = Evidence(given, tuple(chunk(h["doc"], h["text"]) for h in deep[t.trace_id]),
-                                        _k(t, params), changed)  # fmt: skip
+                                        _k(t, params), changed, outdated if changed else ())  # fmt: skip
     return IndexView(evidence, {t.question: vectors[t.question] for t in traces}, df, n, version)
 
 

@@ -17,7 +17,7 @@ def dep(deployment: Deployment, prefect_server) -> Deployment:
                                    "mlflow": "state/mlflow", "models": "state/models"})  # fmt: skip
     metrics = deployment.params().paths.metrics
     metrics.mkdir(parents=True)
-    (metrics / "evaluation.json").write_text(json.dumps({"decision": "reindex"}))
+    (metrics / "evaluation.json").write_text(json.dumps({"decision": "reindex", "actions": ["reindex"]}))
     return deployment
 
 
@@ -29,7 +29,7 @@ def test_a_finetune_flow_run_the_evaluation_did_not_ask_for_records_why_and_clea
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an earlier run's adapter")
     result = finetune(params_file=str(dep.params_file), reason="deployment", if_needed=True)
-    why = "the last evaluation decided 'reindex', not 'finetune'"
+    why = "the last evaluation asked for reindex (decision 'reindex'), not 'finetune'"
     assert result == {"skipped": True, "why": why}
     assert json.loads((params.paths.metrics / "finetune.json").read_text()) == result
     assert not stale.exists() and json.loads((stale.parent / "skipped.json").read_text()) == result
@@ -41,7 +41,8 @@ def test_a_gate_flow_run_with_no_candidate_records_the_skip_or_refuses(dep) -> N
     finetune(params_file=str(dep.params_file), if_needed=True)
     metrics = dep.params().paths.metrics
     result = gate(params_file=str(dep.params_file), if_needed=True)
-    assert result == {"skipped": True, "why": "no candidate: the last evaluation decided 'reindex', not 'finetune'"}
+    why = "no candidate: the last evaluation asked for reindex (decision 'reindex'), not 'finetune'"
+    assert result == {"skipped": True, "why": why}
     assert json.loads((metrics / "gate.json").read_text()) == result
     (metrics / "gate.json").unlink()
     with pytest.raises(GateError, match=r"no candidate to gate: .*; name a VERSION"):

@@ -97,6 +97,23 @@ def test_within_the_context_depth_now_is_stale_only_when_the_index_changed_since
     assert "rank 1 now, on the index version that answered" in same.reason
 
 
+def test_an_answer_that_read_a_text_changed_since_is_stale_even_with_its_document_in_the_context() -> None:
+    """The document was edited after the answer (its figures changed): the context chunk the answer read is no
+    longer in the published version, and the best chunk now is the same document's old place. bench/routing.py
+    found 9 of 15 such answers routed to behaviour (a fine-tune for a fact); they are the re-index's."""
+    given = (c("fees.md", 0.66, "ATM: 2 EUR"),)
+    now = (c("fees.md", 0.64, "ATM: 3 EUR"), c("limits.md", 0.5))
+    routed = classify(trace(checks={"format": False}), Evidence(given, now, 1, changed=True, outdated=("fees.md",)), P)
+    assert (routed.route, routed.docs) == (STALE, ("fees.md",))
+    assert "no longer in the published version" in routed.reason
+    # the same document, its text still there: the right context was given, the output is to blame
+    kept = classify(trace(checks={"format": False}), Evidence(given, now, 1, changed=True), P)
+    assert kept.route == BEHAVIOUR
+    # another document of the context changed, not the one that answers: still behaviour
+    other = Evidence(given, now, 1, changed=True, outdated=("limits.md",))
+    assert classify(trace(checks={"format": False}), other, P).route == BEHAVIOUR
+
+
 def test_a_correction_names_the_answering_chunk_over_the_question_alone() -> None:
     """The question alone prefers the context (0.6 > 0.55); the user's correction is in the deeper chunk."""
     given, deeper = c("atm.md", 0.6, overlap=0.2), c("fees.md", 0.55, overlap=0.9)
