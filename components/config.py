@@ -238,7 +238,6 @@ class RetrieverParams(_Section):
     warmup_steps: int = Field(3, ge=0)  # linear warm-up, then linear decay over `steps`
     max_seq_length: int | None = Field(None, ge=8)  # tokens of a chunk trained on (None: the model's own window)
     seed: int = 0
-    recall_k: int = Field(5, ge=1)  # the gate's document-level recall@k, beside the context's hit
 
 
 class RegressionParams(_Section):

@@ -71,8 +71,7 @@ def tiny_retrieval_deployment(root: Path, embedder: Path, **retriever: object) -
         embedder={"model": str(embedder), "batch_tokens": 0},
         retrieval={"mode": "dense"},
         generator={"context_chunks": 1},
-        regression={"min_cases": 5, "min_effect": 0.1},
-        retriever={"steps": 12, "learning_rate": 3e-3, "batch_size": 6, "warmup_steps": 0, "recall_k": 2,
-                   **retriever},
+        regression={"min_cases": 5, "min_effect": 0.1, "recall_k": 2},
+        retriever={"steps": 12, "learning_rate": 3e-3, "batch_size": 6, "warmup_steps": 0, **retriever},
     )  # fmt: skip
     return dep

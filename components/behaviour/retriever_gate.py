@@ -2,9 +2,10 @@
 as the behaviour slices (stats.gate: paired, group-level, Holm-corrected, `min_cases`, `min_effect`, floors).
 
 Retrieval slices, each a pass/fail per question:
-- `retrieval.context`: a gold document is among the chunks the assistant's context gets (`generator.context_chunks`)
-- `retrieval.recall@K`: every gold document is among the K best documents (`retriever.recall_k`)
-on the gate set's in-scope questions, and the same two as `labelled.*` on `paths.retrieval_queries` when set.
+- `context_hit`: a gold document is among the chunks the assistant's context gets (`generator.context_chunks`)
+- `recall_at_K`: every gold document is among the K best documents (`regression.recall_k`)
+on the gate set's in-scope questions (the evaluation's retrieval test, with its names, depth and floors:
+checks.retrieval_results), and the same two as `labelled.*` on `paths.retrieval_queries` when set.
 The candidate is promoted only when retrieval is significantly better on some slice and worse on none, and (with a
 behaviour suite) no slice of the assistant, answering from the candidate's context, is significantly worse.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.behaviour import stats
+from components.behaviour.checks import CONTEXT_HIT, recall_slice
 from components.behaviour.stats import Groups, Results
 from components.config import Params
 from components.knowledge.retrieval import Retriever
@@ -64,15 +66,16 @@ def gate_questions(params: Params) -> list[Question]:
 def retrieval_results(params: Params, retriever: Retriever, questions: list[Question]) -> Results:
     """Per slice, per question: passed or not (see the module's docstring)."""
     texts = [q.text for q in questions]
-    k = params.retriever.recall_k
+    k = params.regression.recall_k
     chunks = retriever.search(texts, max(params.generator.context_chunks, 1))
     docs = retriever.search_docs(texts, k)
     results: dict[str, dict[str, bool]] = {}
     for q, hits, ranked in zip(questions, chunks, docs, strict=True):
         in_context = {h["doc"] for h in hits}
         top = {h["doc"] for h in ranked}
-        results.setdefault(f"{q.source}.context", {})[q.id] = bool(in_context & set(q.gold))
-        results.setdefault(f"{q.source}.recall@{k}", {})[q.id] = set(q.gold) <= top
+        prefix = "" if q.source == "retrieval" else f"{q.source}."
+        results.setdefault(prefix + CONTEXT_HIT, {})[q.id] = bool(in_context & set(q.gold))
+        results.setdefault(prefix + recall_slice(k), {})[q.id] = set(q.gold) <= top
     return results
 
 

@@ -145,7 +145,7 @@ def pairs_digest(pairs: list[Pair]) -> str:
 def evidence_key(pairs: list[Pair], recipe: RetrieverParams, base_identity: str) -> str:
     """What a training run is a function of: its pairs, its recipe and the embedder it starts from. A candidate the
     gate rejected is remembered under this key, so the same evidence never starts the same training again."""
-    recipe_json = json.dumps(recipe.model_dump(exclude={"recall_k"}), sort_keys=True)
+    recipe_json = json.dumps(recipe.model_dump(), sort_keys=True)
     return hashlib.sha256(f"{pairs_digest(pairs)}\0{recipe_json}\0{base_identity}".encode()).hexdigest()[:16]
 
 

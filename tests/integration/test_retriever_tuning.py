@@ -105,7 +105,7 @@ def test_a_better_retriever_is_promoted_published_and_rolled_back_without_reembe
         base_identity = s.embedder_id
     result = tune_retriever(params_file=str(dep.params_file))
     assert result["promoted"], result["reasons"]
-    assert result["rates"]["labelled.context"][1] > result["rates"]["labelled.context"][0]
+    assert result["rates"]["labelled.context_hit"][1] > result["rates"]["labelled.context_hit"][0]
     assert result["aliases"] == {"champion": "1", "previous": None}
     assert result["index"]["copied_vectors"] == len(TOPICS) and result["index"]["chunks"]["embedded"] == 0
     champion, previous = read_pointer(params)
@@ -217,8 +217,8 @@ def test_a_behaviour_suite_gives_the_training_cases_and_the_gate_questions(tmp_p
     assert [q.source for q in gate] == ["retrieval"] * len(in_scope) and rg.has_suite(params)
     with Retriever(params) as r:
         results = rg.retrieval_results(params, r, gate)
-    assert set(results) == {"retrieval.context", f"retrieval.recall@{params.retriever.recall_k}"}
-    assert len(results["retrieval.context"]) == len(in_scope) and len(DOCS) == 3
+    assert set(results) == {"context_hit", f"recall_at_{params.regression.recall_k}"}
+    assert len(results["context_hit"]) == len(in_scope) and len(DOCS) == 3
 
     dep.write_params(paths={**paths, "retrieval_queries": "behaviour/retrieval.jsonl"},
                      embedder={"model": str(tiny_embedder)})  # fmt: skip

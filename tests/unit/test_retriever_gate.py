@@ -27,11 +27,11 @@ GROUPS = {f"q{i}": f"q{i}" for i in range(N)}
     ("champion", "candidate", "assistant", "promote", "reason"),
     [
         # 20 more questions find their document, none lost: significant on both slices
-        ((20, 20), (40, 40), None, True, "significantly better than the champion: retrieval.context"),
+        ((20, 20), (40, 40), None, True, "significantly better than the champion: context_hit"),
         # the same rates: nothing significant, never promoted (churn)
         ((30, 30), (30, 30), None, False, "no slice is significantly better"),
         # better context, worse recall: a gain must not buy a loss
-        ((20, 30), (40, 10), None, False, "significantly worse than the champion: retrieval.recall@5"),
+        ((20, 30), (40, 10), None, False, "significantly worse than the champion: recall_at_5"),
         # a gain too small to matter (min_effect 0.05 of 40 questions: 2)
         ((30, 30), (31, 31), None, False, "no slice is significantly better"),
         # retrieval wins, but an assistant slice answering from the candidate's context is significantly worse
@@ -42,7 +42,7 @@ GROUPS = {f"q{i}": f"q{i}" for i in range(N)}
 )
 def test_the_retriever_gate(champion, candidate, assistant, promote, reason) -> None:
     def results(context: int, recall: int) -> dict[str, dict[str, bool]]:
-        return {"retrieval.context": _slice(context), "retrieval.recall@5": _slice(recall)}
+        return {"context_hit": _slice(context), "recall_at_5": _slice(recall)}
 
     pair = None
     if assistant is not None:
@@ -51,22 +51,22 @@ def test_the_retriever_gate(champion, candidate, assistant, promote, reason) -> 
     verdict = judge(results(*champion), results(*candidate), GROUPS, _params(), pair)
     assert verdict.promote is promote
     assert any(reason in r for r in verdict.reasons), verdict.reasons
-    assert verdict.rates["retrieval.context"] == (champion[0] / N, candidate[0] / N)
+    assert verdict.rates["context_hit"] == (champion[0] / N, candidate[0] / N)
     assert "Holm over 2 slices" in verdict.correction
 
 
 def test_too_few_questions_never_promote() -> None:
     small = {f"q{i}": f"q{i}" for i in range(10)}
-    champ = {"labelled.context": {k: False for k in small}}
-    cand = {"labelled.context": {k: True for k in small}}
+    champ = {"labelled.context_hit": {k: False for k in small}}
+    cand = {"labelled.context_hit": {k: True for k in small}}
     verdict = judge(champ, cand, small, _params())
     assert not verdict.promote and "no slice is significantly better" in verdict.reasons[0]
-    assert "labelled.context: 1.00 vs 0.00 on 10 paired cases, fewer than min_cases 20" in verdict.reasons[1]
+    assert "labelled.context_hit: 1.00 vs 0.00 on 10 paired cases, fewer than min_cases 20" in verdict.reasons[1]
     assert judge(champ, cand, small, _params(min_cases=5)).promote
 
 
 def test_figures_name_both_sides() -> None:
-    verdict = judge({"retrieval.recall@5": _slice(20)}, {"retrieval.recall@5": _slice(40)}, GROUPS, _params(),
+    verdict = judge({"recall_at_5": _slice(20)}, {"recall_at_5": _slice(40)}, GROUPS, _params(),
                     ({"format": _slice(40)}, {"format": _slice(40)}))  # fmt: skip
-    assert figures(verdict) == {"champion.retrieval.recall_at_5": 0.5, "candidate.retrieval.recall_at_5": 1.0,
+    assert figures(verdict) == {"champion.recall_at_5": 0.5, "candidate.recall_at_5": 1.0,
                                 "champion.assistant.format": 1.0, "candidate.assistant.format": 1.0}  # fmt: skip
