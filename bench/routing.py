@@ -215,8 +215,12 @@ def main() -> None:
             written = evaluate(work)
             phases["missing"] = {"documents": sorted(deleted), "repair": repair_rate(gone, written, "missing")}
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.terminate()  # SIGTERM; a slow machine may need longer than a fast one to stop: then kill
+            try:
+                server.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
         # the action for retrieval: a tuned retriever, gated; then the same gate set
         before = written
