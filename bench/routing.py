@@ -3,7 +3,9 @@
 On the sample deployment (a temp copy of params.yaml, data/docs and data/behaviour, built as `make run` builds
 it), faults whose truth is known are injected one at a time and the routes are read back, offline (the gate set,
 `evaluate_model`: the same code as `ragloop evaluate`) and live (gate questions sent through `ragloop api` with the
-official `openai` client, negative feedback on each, then `ragloop triage --json`):
+official `openai` client, negative feedback on each, then `ragloop triage --json`). Each live question is asked
+twice, as two users would: once with negative feedback alone (the question is all triage has) and once with the
+gate's answer as the user's correction; the two are scored apart (`live`, `live_corrected`):
 
 * behaviour: a degraded generator (the base model, before any fine-tune) with retrieval unchanged;
 * retrieval: the current index, where a gold document ranks below the context's cut-off;
@@ -16,7 +18,7 @@ none was in the context, else `behaviour`. Reported: the confusion matrix (truth
 precision and recall per route, and the repair rate: after each route's action (fine-tune the generator, tune the
 retriever, re-index, write the deleted documents back), the share of the cases routed there that pass.
 
-    .venv/bin/python bench/routing.py [--live 15] [--faulty-docs 5] [--deployment DIR] [--corrections]
+    .venv/bin/python bench/routing.py [--live 15] [--faulty-docs 5] [--deployment DIR] [--skip-retriever]
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def edit_figures(path: Path) -> None:
 
 
 def ask_live(port: int, questions: list[str], corrections: dict[str, str]) -> list[str]:
-    """Each question through the `openai` client, then negative feedback on its trace; the trace ids."""
+    """Each question through the `openai` client, then negative feedback on its trace (with the correction when
+    `corrections` has one); the trace ids."""
     import httpx
     from openai import OpenAI
 
@@ -100,6 +103,11 @@ def ask_live(port: int, questions: list[str], corrections: dict[str, str]) -> li
             sys.exit(f"feedback refused: {r.status_code} {r.text}")
         ids.append(trace_id)
     return ids
+
+
+def ask_both(port: int, questions: list[str], answers: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The questions asked twice: negative feedback alone, then with the gate's answer as the correction."""
+    return ask_live(port, questions, {}), ask_live(port, questions, answers)
 
 
 def triage_routes(work: Path, trace_ids: list[str]) -> dict[str, str]:
@@ -139,7 +147,6 @@ def main() -> None:
     ap.add_argument("--live", type=int, default=15, help="live questions per route")
     ap.add_argument("--faulty-docs", type=int, default=5, help="documents edited (stale) and deleted (missing)")
     ap.add_argument("--deployment", type=Path, help="reuse a deployment built by an earlier run (BENCH_KEEP=1)")
-    ap.add_argument("--corrections", action="store_true", help="the negative feedback carries the gold answer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-retriever", action="store_true", help="stop before the retriever's repair (its training)")
     args = ap.parse_args()
@@ -153,9 +160,17 @@ def main() -> None:
 
         gate = {case.id: case for case in load_suite(load_params(work / "params.yaml"))[0]}
         answers = {case.question: case.answer for case in gate.values() if case.answer}
-        corrections = answers if args.corrections else {}
         offline: list[tuple[str, str]] = []
         live: list[tuple[str, str]] = []
+        live_corrected: list[tuple[str, str]] = []
+
+        def live_phase(truth_label: str, questions: list[str]) -> int:
+            plain, told = ask_both(port, questions, answers)
+            routes = triage_routes(work, plain + told)  # one triage, as production runs it (stale: it re-indexes)
+            live.extend((truth_label, routes[t]) for t in plain)
+            live_corrected.extend((truth_label, routes[t]) for t in told)
+            return len(plain)
+
         phases: dict[str, Any] = {}
         port = free_port()
         server = start_server(work, port)
@@ -164,9 +179,8 @@ def main() -> None:
             base = evaluate(work)
             offline += [(truth(o, set(), set()), o.route) for o in failing(base)]
             chosen = pick(failing(base), "behaviour", args.live, set(), set(), rng)
-            ids = ask_live(port, [o.question for o in chosen], corrections)
-            live += [("behaviour", r) for r in triage_routes(work, ids).values()]
-            c.log(f"behaviour phase: {len(failing(base))} failing offline, {len(ids)} live")
+            n = live_phase("behaviour", [o.question for o in chosen])
+            c.log(f"behaviour phase: {len(failing(base))} failing offline, {n} live (each asked twice)")
 
             # the action for behaviour: a fine-tune, gated (it becomes the champion only if it wins)
             tuned = cli_json(work, "finetune")
@@ -177,9 +191,8 @@ def main() -> None:
             # retrieval: the current index, gold documents ranked below the context's cut-off
             offline += [(truth(o, set(), set()), o.route) for o in failing(champ)]
             chosen = pick(failing(champ), "retrieval", args.live, set(), set(), rng)
-            ids = ask_live(port, [o.question for o in chosen], corrections)
-            live += [("retrieval", r) for r in triage_routes(work, ids).values()]
-            c.log(f"retrieval phase: {sum(o.route == 'retrieval' for o in champ)} routed offline, {len(ids)} live")
+            n = live_phase("retrieval", [o.question for o in chosen])
+            c.log(f"retrieval phase: {sum(o.route == 'retrieval' for o in champ)} routed offline, {n} live")
 
             # stale: the answering text of the most-asked documents edited, no re-index
             in_context = Counter(d for o in champ if o.gold_docs for d in o.gold_docs if d in o.retrieved)
@@ -191,8 +204,7 @@ def main() -> None:
             offline += [(truth(o, edited, set()), o.route) for o in failing(stale) if set(o.gold_docs) & edited]
             askable = [o for o in champ if set(o.gold_docs) & edited and set(o.gold_docs) & set(o.retrieved)]
             rng.shuffle(askable)
-            ids = ask_live(port, [o.question for o in askable[: args.live]], corrections)
-            live += [("stale", r) for r in triage_routes(work, ids).values()]  # triage re-indexes: the action
+            live_phase("stale", [o.question for o in askable[: args.live]])  # triage re-indexes: the action
             fresh = evaluate(work)
             phases["stale"] = {"documents": sorted(edited), "repair": repair_rate(stale, fresh, "stale")}
 
@@ -207,8 +219,7 @@ def main() -> None:
                         and o.gold_docs]  # fmt: skip
             askable = [o for o in champ if o.gold_docs and set(o.gold_docs) <= deleted]
             rng.shuffle(askable)
-            ids = ask_live(port, [o.question for o in askable[: args.live]], corrections)
-            live += [("missing", r) for r in triage_routes(work, ids).values()]
+            live_phase("missing", [o.question for o in askable[: args.live]])
             for d, data in saved.items():
                 (work / "data/docs" / d).write_bytes(data)
             cli_json(work, "index", "--direct")
@@ -227,7 +238,7 @@ def main() -> None:
         routed_retrieval = {o.id for o in before if o.route == "retrieval"}
         phases["retrieval"] = {"repair": {"routed": len(routed_retrieval), "pass_after": None, "rate": None}}
         if args.skip_retriever:
-            finish(offline, live, phases, args)
+            finish(offline, live, live_corrected, phases, args)
             return
         t0 = time.perf_counter()
         tuned_retriever = cli_json(work, "tune-retriever")
@@ -235,25 +246,25 @@ def main() -> None:
         phases["retrieval"] = {"tune_retriever": tuned_retriever, "seconds": round(time.perf_counter() - t0, 1),
                                "repair": repair_rate(before, after, "retrieval")}  # fmt: skip
 
-    finish(offline, live, phases, args)
+    finish(offline, live, live_corrected, phases, args)
 
 
-def finish(offline: list[tuple[str, str]], live: list[tuple[str, str]], phases: dict[str, Any],
-           args: argparse.Namespace) -> None:  # fmt: skip
+def finish(offline: list[tuple[str, str]], live: list[tuple[str, str]], live_corrected: list[tuple[str, str]],
+           phases: dict[str, Any], args: argparse.Namespace) -> None:  # fmt: skip
     result = {
         "offline": scores(offline, ROUTES),
         "live": scores(live, LIVE_ROUTES),
+        "live_corrected": scores(live_corrected, LIVE_ROUTES),
         "phases": phases,
         "live_per_route": args.live,
         "faulty_docs": args.faulty_docs,
-        "corrections": args.corrections,
     }
     report(result)
     c.save("routing", result)
 
 
 def report(result: dict[str, Any]) -> None:
-    for side in ("offline", "live"):
+    for side in ("offline", "live", "live_corrected"):
         print(f"\n{side}: truth x route")
         labels = ROUTES if side == "offline" else LIVE_ROUTES
         matrix = result[side]["matrix"]

@@ -330,6 +330,8 @@ class TriageParams(_Section):
     experiment: str = "ragloop-triage"  # one MLflow run per triage: counts, gap report, routed actions
     relevance_min: float = Field(0.4, ge=-1, le=1)  # a chunk this relevant to the question is relevant context
     search_depth: int = Field(20, ge=1, le=200)  # chunks of the current index searched for the answering content
+    correction_min: float = Field(0.6, ge=0, le=1)  # with a user's correction: the share of its terms (idf-weighted)
+    # some chunk at any depth must hold, else nothing in the knowledge base says it: missing
     retrieval_miss_rate: float = Field(0.05, ge=0, le=1)  # share of live answers routed `retrieval` tolerated before
     # the retriever is tuned (a significant excess emits ragloop.retrieval.regression)
     group_similarity: float = Field(0.5, ge=-1, le=1)  # unanswered questions this similar share a gap group

@@ -12,7 +12,9 @@ assistant ranks them). Then, in this order:
 
 - **outage** (not a route): nothing was retrieved then and nothing now: no judgement is made, the trace is left
   untagged for a later triage.
-- **missing**: nothing relevant at any depth (best relevance < `triage.relevance_min`): no document answers it.
+- **missing**: nothing relevant at any depth (best relevance < `triage.relevance_min`), or, when the user gave a
+  correction, no chunk at any depth holds `triage.correction_min` of its terms (idf-weighted: the words every chunk
+  has weigh little): no document answers it.
   Similar questions are grouped and named for a person to write up (the gap report); a correction is kept as the
   suggested content, never trained into the weights.
 - **stale**: the answering chunk was not in the answer's context but is within the context's depth now, and the
@@ -71,6 +73,9 @@ class Chunk:
     text: str
     relevance: float  # to the question: mean of cosine(question, chunk) and cosine(question, its best sentence)
     overlap: float | None = None  # share of the user's correction's terms the chunk holds (None: no correction)
+    held: float | None = None  # the same share with each term weighted by its idf (None: not weighed): the
+    # missing test's measure. The judge keeps the plain share: on the gate set, weighting sent 3 more right-context
+    # answers to retrieval (bench/README.md, "Routing live failures")
 
     def judged(self) -> tuple[float, float]:
         """The judge's key: the correction's terms first when the user gave one, then relevance."""
@@ -95,6 +100,11 @@ class Evidence:
 
     def best_relevance(self) -> float:
         return max((c.relevance for c in (*self.given, *self.deep)), default=-1.0)
+
+    def best_overlap(self) -> float | None:
+        """The most of the user's correction any chunk holds, idf-weighted where weighed (None: no correction)."""
+        told = [c.overlap if c.held is None else c.held for c in (*self.given, *self.deep) if c.overlap is not None]
+        return max(told) if told else None
 
     def answering(self) -> tuple[Chunk, int]:
         """The judge's answering chunk and its rank in the deep search (0: it is one the answer was given; ties go
@@ -122,6 +132,11 @@ def classify(trace: LiveTrace, ev: Evidence, params: TriageParams) -> Routed:
     if best < thr:
         return Routed(tid, MISSING, f"{why}; nothing relevant at any depth (best relevance {best:.2f} < {thr} in "
                       f"the context and the {len(ev.deep)} best chunks now)", ())  # fmt: skip
+    told, least = ev.best_overlap(), params.correction_min
+    if told is not None and told < least:
+        return Routed(tid, MISSING, f"{why}; the user's answer is not in the knowledge base: no chunk at any depth "
+                      f"holds more than {told:.2f} of its terms (< {least}, idf-weighted, in the context and the "
+                      f"{len(ev.deep)} best chunks now)", ())  # fmt: skip
     chunk, rank = ev.answering()
     context = tuple(dict.fromkeys(c.doc for c in ev.given))
     if ev.changed and rank and (chunk.doc, chunk.text) not in {(c.doc, c.text) for c in ev.given} and rank <= ev.k:

@@ -6,9 +6,10 @@ ones) and the corpus' term frequencies (to name their topics)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +45,27 @@ def terms(text: str, stemmer: str | None) -> set[str]:
     return set(tokenize(text, stemmer))
 
 
-def overlap(said: set[str], chunk_text: str, stemmer: str | None) -> float | None:
-    """The share of the correction's terms the chunk holds (None: no correction, or one with no terms)."""
-    return len(said & terms(chunk_text, stemmer)) / len(said) if said else None
+def overlap(said: set[str], chunk_text: str, stemmer: str | None,
+            idf: Callable[[str], float] | None = None) -> float | None:  # fmt: skip
+    """The share of the correction's terms the chunk holds, each term weighted by its inverse document frequency in
+    the published version (`idf`; None: every term counts 1): 'yes', 'can' and 'the' are in every chunk, a fee's
+    name in few. None: no correction, or one with no terms."""
+    if not said:
+        return None
+    weight = idf or (lambda _: 1.0)
+    have = terms(chunk_text, stemmer)
+    return sum(weight(w) for w in said if w in have) / sum(weight(w) for w in said)
+
+
+def inverse_frequency(texts: Iterable[str], stemmer: str | None) -> Callable[[str], float]:
+    """idf(term) over the chunk texts, with terms as `terms` makes them: log((n + 1) / (df + 0.5)), so a term in
+    every chunk still weighs a little and an unseen one the most."""
+    df: Counter = Counter()
+    n = 0
+    for text in texts:
+        df.update(terms(text, stemmer))
+        n += 1
+    return lambda w: math.log((n + 1) / (df.get(w, 0) + 0.5))
 
 
 def retrieve_again(params: Params, settings: Settings, traces: list[LiveTrace]) -> IndexView:
@@ -78,11 +97,14 @@ def retrieve_again(params: Params, settings: Settings, traces: list[LiveTrace]) 
     judge = _judge(vectors, split)
     said = _corrections(params, traces)
     stemmer = params.retrieval.stemmer
+    idf = inverse_frequency(stored.values(), stemmer) if said else None
     evidence = {}
     for t in traces:
 
         def chunk(doc: str, text: str, t: LiveTrace = t) -> Chunk:
-            return Chunk(doc, text, judge(t.question, text), overlap(said.get(t.trace_id, set()), text, stemmer))
+            told = said.get(t.trace_id, set())
+            return Chunk(doc, text, judge(t.question, text), overlap(told, text, stemmer),
+                         overlap(told, text, stemmer, idf) if idf else None)  # fmt: skip
 
         given = tuple(chunk(d.doc, d.text) for d in t.retrieved)
         changed = t.index_version is None or t.index_version != version

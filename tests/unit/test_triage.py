@@ -141,6 +141,23 @@ def test_a_correction_with_no_relevant_context_is_missing_not_a_training_case() 
     assert "nothing relevant at any depth" in routed.reason
 
 
+def test_a_correction_no_chunk_holds_is_missing_even_with_relevant_neighbours() -> None:
+    """A deleted document leaves neighbours about the same topic (relevance 0.6): the question alone cannot tell,
+    the user's answer can. Held by some chunk (0.6, the threshold, or more) it routes as before."""
+    neighbours = ev((c("fees.md", 0.6, overlap=0.3),), (c("fees.md", 0.6, overlap=0.3), c("atm.md", 0.55, overlap=0.5)))
+    routed = classify(trace(correction="Funeral invoices up to EUR 10,000 are paid directly."), neighbours, P)
+    assert (routed.route, routed.docs) == (MISSING, ())
+    assert "no chunk at any depth holds more than 0.50 of its terms (< 0.6" in routed.reason
+    held = ev((c("fees.md", 0.6, overlap=0.6),), (c("fees.md", 0.6, overlap=0.6),))
+    assert classify(trace(correction="x"), held, P).route == BEHAVIOUR
+    assert classify(trace(feedback=False), ev((c("fees.md", 0.6),), (c("fees.md", 0.6),)), P).route == BEHAVIOUR
+    stricter = classify(trace(correction="x"), held, P.model_copy(update={"correction_min": 0.7}))
+    assert stricter.route == MISSING  # the threshold is the params' (triage.correction_min), not a constant
+    # weighed (idf), the weighted share decides, not the plain one: common words held do not make an answer held
+    weighed = ev((Chunk("fees.md", "t", 0.6, 0.9, 0.4),), (Chunk("fees.md", "t", 0.6, 0.9, 0.4),))
+    assert classify(trace(correction="x"), weighed, P).route == MISSING
+
+
 def test_without_a_published_or_with_an_empty_index_every_failure_is_an_outage() -> None:
     failing = [trace("tr-a", feedback=False), trace("tr-b", checks={"format": False})]
     found = {t.trace_id: ev((c("fees.md", 0.1),), ()) for t in failing}  # would read as missing
@@ -334,6 +351,21 @@ def test_overlap_is_the_share_of_the_corrections_terms_a_chunk_holds() -> None:
     assert overlap(said, "No. After 2 free withdrawals, each costs EUR 2.00.", "english") == 1.0
     assert overlap(said, "Card payments abroad are free.", "english") == 1 / 8
     assert overlap(set(), "anything", "english") is None
+
+
+def test_idf_weighting_makes_the_words_every_chunk_has_count_little() -> None:
+    from components.behaviour.triage_evidence import inverse_frequency, overlap, terms
+
+    corpus = ["Yes, you can pay fees here.", "Yes, you can change your address.", "Funeral invoices: we pay them."]
+    idf = inverse_frequency(corpus, "english")
+    assert idf("yes") < idf("funer") < idf("never-seen")  # in 2 of 3 chunks, in 1, in none
+    said = terms("Yes, you can pay funeral invoices", "english")
+    plain, weighted = overlap(said, corpus[0], "english"), overlap(said, corpus[0], "english", idf)
+    assert plain is not None and weighted is not None and weighted < plain  # 'yes you can pay' are common words
+    # unweighted, the chunk of common words holds more of the answer (4 of 6 terms against 3); weighted, the one
+    # that holds its rare words does
+    assert overlap(said, corpus[2], "english") < plain
+    assert overlap(said, corpus[2], "english", idf) > weighted  # type: ignore[operator]
 
 
 def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one() -> None:
