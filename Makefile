@@ -22,7 +22,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS = 1
 export TOKENIZERS_PARALLELISM = false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install browser run stop test lint format typecheck unit bench bench-behaviour bench-peers clean
+.PHONY: help install browser run stop test lint format typecheck unit docs bench bench-behaviour bench-peers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 typecheck: $(STAMP) ## mypy on components/ and flows/ (pyproject.toml [tool.mypy] files)
 	$(BIN)/mypy
+
+docs: $(STAMP) ## regenerate docs/cli.md from the command-line app (tests/unit/test_cli_reference.py checks it)
+	$(BIN)/python -m flows.cli_reference docs/cli.md
 
 bench: $(STAMP) ## knowledge-path and scale-out benchmarks (need ../shared/data); figures in bench/README.md
 	for b in index_throughput no_change churn scale_out; do $(BIN)/python bench/$$b.py || exit 1; done
