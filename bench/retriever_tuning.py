@@ -26,11 +26,11 @@ import _common as c  # sets the offline environment before the project imports
 
 from components.behaviour import retriever_gate as rg
 from components.behaviour.assistant import resolve_generator
+from components.behaviour.retriever_tuning import Pair, build_pairs, train_retriever, training_questions
 from components.config import Params, load_params
 from components.knowledge.indexer import run_index
 from components.knowledge.retrieval import Retriever
 from components.knowledge.retriever_serving import build_candidate_index, candidate_params
-from components.knowledge.retriever_tuning import Pair, build_pairs, train_retriever, training_questions
 from components.knowledge.session import open_index
 
 MODES = ("dense", "hybrid")

@@ -32,10 +32,10 @@ from typing import Any
 import _common as c  # sets the offline environment before the project imports
 
 from components.behaviour import triage as rules
-from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, STALE
 from components.behaviour.triage_evidence import retrieve_again, sentences
 from components.config import Settings, load_params
 from components.knowledge.retrieval import Retriever
+from components.routes import BEHAVIOUR, MISSING, RETRIEVAL, STALE
 from components.tracking.production import LiveTrace, RetrievedDoc
 
 ROUTES = (BEHAVIOUR, RETRIEVAL, MISSING, STALE, rules.OUTAGE)

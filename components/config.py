@@ -58,9 +58,15 @@ class PathsParams(_Section):
     retrieval_train: Path | None = None
 
 
+# The file suffixes components/knowledge/documents.py has a parser for (its PARSERS' keys; tests/unit/test_documents.py
+# keeps the two equal): named here so that params are checked when they are loaded, without the configuration
+# importing the knowledge layer (docs/architecture.md: imports run one way).
+PARSED_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
+
+
 class IndexParams(_Section):
     collection: str = Field("ragloop", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{1,40}$")
-    suffixes: tuple[str, ...] = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
+    suffixes: tuple[str, ...] = PARSED_SUFFIXES
     max_file_bytes: int = Field(10_000_000, gt=0)
     keep_versions: int = Field(5, ge=1)
     compact_churn_ratio: float = Field(0.5, gt=0)
@@ -69,15 +75,13 @@ class IndexParams(_Section):
     @field_validator("suffixes")
     @classmethod
     def _parsed_suffixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from components.knowledge.documents import PARSERS, unknown_suffixes
-
         bad = [s for s in v if not s.startswith(".")]
         if bad:
             raise ValueError(f"suffixes must start with a dot, got {bad}")
-        unparsed = unknown_suffixes(v)
+        unparsed = [s for s in v if s.lower() not in PARSED_SUFFIXES]
         if unparsed:
             raise ValueError(
-                f"no parser for {', '.join(unparsed)}; parsers exist for {', '.join(sorted(PARSERS))} "
+                f"no parser for {', '.join(unparsed)}; parsers exist for {', '.join(sorted(PARSED_SUFFIXES))} "
                 "(components/knowledge/documents.py, PARSERS)"
             )
         return tuple(s.lower() for s in v)

@@ -1,10 +1,12 @@
-"""Content hashes of model folders: part of the identity of an embedder or a base model."""
+"""Content hashes: of model folders (part of the identity of an embedder or a base model) and of questions (equal
+for questions that differ only in case, punctuation and spacing)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
@@ -35,3 +37,15 @@ def folder_digest(folder: Path, cache_file: Path | None) -> str:
         tmp.write_text(json.dumps({key: digest}))
         os.replace(tmp, cache_file)
     return digest
+
+
+def normalise(text: str) -> str:
+    """Case-folded, punctuation removed (Unicode category P*), whitespace collapsed; NFKC first."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(ch for ch in folded if not unicodedata.category(ch).startswith("P"))
+    return " ".join(kept.split())
+
+
+def text_hash(text: str) -> str:
+    """sha256 (hex) of the normalised text: equal for questions that differ only in case/punctuation/spacing."""
+    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()

@@ -26,9 +26,9 @@ from components.behaviour.gate_report import (
     judge_candidate,
 )
 from components.behaviour.loop import data_lineage, evaluate_model, finetune_evidence
-from components.behaviour.routes import FINETUNE, TUNE_RETRIEVER
 from components.behaviour.training import TruncatedTraining, machine_info
 from components.config import Params, Settings, load_params
+from components.routes import FINETUNE, TUNE_RETRIEVER
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from components.tracking.registry import VersionInfo
 from flows.deployments import TRAINING_LIMIT, slot
@@ -66,7 +66,7 @@ def record(params: Params, settings: Settings, ev: Evaluation, reason: str, base
     rows = reports.case_rows(ev.outcomes)
     run_id = log_evaluation_run(params, settings, ev.summary, rows, data_lineage(params), reason, baseline)
     if params.tracking.evaluation_traces:
-        from components.tracking.evaluation_traces import trace_evaluation
+        from components.behaviour.evaluation_traces import trace_evaluation
 
         trace_evaluation(params, settings, ev.outcomes, ev.summary, run_id, ev.seconds)
     return run_id

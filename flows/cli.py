@@ -374,7 +374,7 @@ def tune_retriever_cmd(
     """Fine-tune the embedder on the training questions, gate it against the champion retriever on the gate set's
     questions (and paths.retrieval_queries), publish its collection only if it wins (the Prefect flow
     `tune-retriever`, which writes data/metrics/retriever.json); or roll back to the previous retriever."""
-    from components.knowledge.retriever_tuning import TuningError
+    from components.behaviour.retriever_tuning import TuningError
 
     params = _load(params_file)
     try:
@@ -456,8 +456,8 @@ def deployments(
 def status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
     """Where things stand: the index and its freshness, champion and previous with their gate-set rates, the
     last evaluation's decision, and whether a re-index, an evaluation, a fine-tune or a gate is pending."""
+    from components.behaviour.history import status as read_status
     from components.config import Settings
-    from components.tracking.history import status as read_status
 
     params = _load(params_file)
     _emit(read_status(params, Settings.from_env()), as_json, tables.status_view)
@@ -472,9 +472,9 @@ def advise(
     """RAG or fine-tuning, what goes where? Answered from this system's recorded history: how often the
     knowledge changed, the mix of knowledge and behaviour failures, the labelled examples, and what each
     fine-tune bought at the gate and what it cost."""
+    from components.behaviour.advice import advise as decide
+    from components.behaviour.history import evidence
     from components.config import Settings
-    from components.tracking.advice import advise as decide
-    from components.tracking.history import evidence
 
     params = _load(params_file)
     _emit(decide(evidence(params, Settings.from_env(), days)), as_json, tables.advice_view)

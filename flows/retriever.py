@@ -13,10 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from components.behaviour import retriever_metrics
 from components.behaviour.retriever_gate import RetrieverVerdict
+from components.behaviour.retriever_tuning import Pair, TrainingLog, evidence_key
 from components.behaviour.training import machine_info
 from components.config import Params, Settings, load_params
 from components.knowledge.retriever_pointer import BASE, Served, read_pointer
-from components.knowledge.retriever_tuning import Pair, TrainingLog, evidence_key
 from flows.deployments import EMBEDDING_LIMIT, TRAINING_LIMIT, slot
 from flows.tasks import io_task, step
 
@@ -25,8 +25,8 @@ from flows.tasks import io_task, step
 def build_training_pairs(params: Params, settings: Settings) -> tuple[list[Pair], str, str]:
     """(pairs, the published embedder's identity, its model spec): each training question with the best chunk of
     its gold document under the embedder that serves now; a gate question among them fails the run (not retried)."""
+    from components.behaviour.retriever_tuning import build_pairs, check_not_gate, training_questions
     from components.knowledge.retrieval import Retriever
-    from components.knowledge.retriever_tuning import build_pairs, check_not_gate, training_questions
 
     questions = training_questions(params)
     check_not_gate(params, questions)
@@ -43,8 +43,8 @@ def rejected_candidate(params: Params, settings: Settings, evidence: str) -> dic
 
 @step("train retriever")
 def train(params: Params, pairs: list[Pair], base_model: str) -> TrainingLog:
+    from components.behaviour.retriever_tuning import train_retriever
     from components.knowledge.embedder import pick_device
-    from components.knowledge.retriever_tuning import train_retriever
 
     with slot(TRAINING_LIMIT):
         return train_retriever(base_model, pairs, params.retriever, retriever_metrics.candidate_folder(params),
@@ -53,7 +53,7 @@ def train(params: Params, pairs: list[Pair], base_model: str) -> TrainingLog:
 
 @io_task("register retriever")
 def register(params: Params, settings: Settings, run_id: str, log: TrainingLog, tags: dict[str, str]) -> str:
-    from components.knowledge.retriever_tuning import weights_sha256
+    from components.behaviour.retriever_tuning import weights_sha256
     from components.tracking import mlflow_runs
     from components.tracking.retriever_runs import register_retriever
 
@@ -190,7 +190,7 @@ def _end_run(params: Params, settings: Settings, run_id: str, ok: bool) -> None:
 
 def _result(params: Params, version: str, verdict: RetrieverVerdict, evidence: str, champion_before: str,
             log: TrainingLog, outcome: dict) -> dict[str, Any]:  # fmt: skip
-    from components.knowledge.retriever_tuning import weights_sha256
+    from components.behaviour.retriever_tuning import weights_sha256
 
     return {"version": version, "promoted": verdict.promote, "reasons": verdict.reasons,
             "correction": verdict.correction, "evidence": evidence, "champion_before": champion_before,

@@ -15,9 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from components.behaviour import triage as rules
-from components.behaviour.routes import BEHAVIOUR, MISSING
 from components.behaviour.triage_evidence import IndexView
 from components.config import Params, Settings, load_params
+from components.routes import BEHAVIOUR, MISSING
 from components.tracking.production import LiveTrace
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE, RETRIEVAL_REGRESSION, RETRIEVER_RESOURCE
 from flows.tasks import io_task
@@ -43,7 +43,7 @@ def read_window(params: Params, settings: Settings, since: str | None) -> tuple[
 
 @io_task("check the documents")
 def documents_changed(params: Params) -> tuple[bool, str]:
-    from components.tracking.history import index_state
+    from components.behaviour.history import index_state
 
     state = index_state(params)
     return bool(state["reindex_pending"]), str(state["reason"])

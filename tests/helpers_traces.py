@@ -34,7 +34,7 @@ class Served:
 def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> str:
     """The answer's trace with its checks (CODE) and the user's feedback (HUMAN) and correction; its id."""
     from components.behaviour.contract import load_contract
-    from components.serving.engine import Answered
+    from components.records import Answered
     from components.tracking import traces
 
     settings = Settings.from_env()

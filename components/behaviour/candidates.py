@@ -23,10 +23,9 @@ from components.behaviour.suite import (
     check_disjoint,
     load_cases,
     load_labels,
-    normalise,
-    text_hash,
 )
 from components.config import Params
+from components.hashing import normalise, text_hash
 from components.tracking.production import LiveTrace
 
 CANDIDATES_FILE = "candidates.jsonl"

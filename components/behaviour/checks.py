@@ -1,5 +1,5 @@
 """Per-case checks through the declared contract (components/behaviour/contract.py), and the per-case route
-that chooses the fix (components/behaviour/routes.py).
+that chooses the fix (components/routes.py).
 
 A case belongs to every slice of the contract that applies to it (data/behaviour/contract.yaml declares the
 fintech line contract's four: format, intent, citation, refusal).
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from components.behaviour.routes import BEHAVIOUR, MISSING, PASS, RETRIEVAL, STALE
+from components.routes import BEHAVIOUR, MISSING, PASS, RETRIEVAL, STALE
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.reuse import save_results
-from components.behaviour.routes import FINETUNE
 from components.config import Params
+from components.routes import FINETUNE
 from components.tracking.lineage import write_plot
 
 EVALUATION_FILE = "evaluation.json"

@@ -28,7 +28,10 @@ from components.behaviour.checks import (
     slice_results,
 )
 from components.behaviour.contract import Contract
-from components.behaviour.routes import (
+from components.behaviour.stats import Results, detect_regression, slice_summary
+from components.behaviour.suite import Case
+from components.config import GeneratorParams, RegressionParams
+from components.routes import (
     FINETUNE,
     MISSING,
     PASS,
@@ -40,9 +43,6 @@ from components.behaviour.routes import (
     decision_of,
     ordered_actions,
 )
-from components.behaviour.stats import Results, detect_regression, slice_summary
-from components.behaviour.suite import Case
-from components.config import GeneratorParams, RegressionParams
 
 
 class _Retriever(Protocol):

@@ -8,9 +8,9 @@ from pathlib import Path
 from components.behaviour.checks import CaseOutcome
 from components.behaviour.contract import Contract, contract_for
 from components.behaviour.finetune import training_pairs
-from components.behaviour.routes import BEHAVIOUR
 from components.behaviour.suite import Case
 from components.config import GeneratorParams, Params, Settings
+from components.routes import BEHAVIOUR
 
 Pairs = list[tuple[str, str]]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from components.behaviour.dvc_metrics import action_not_needed, write_json
-from components.behaviour.routes import TUNE_RETRIEVER
 from components.config import Params
+from components.routes import TUNE_RETRIEVER
 
 RETRIEVER_FILE = "retriever.json"
 # what retriever.json keeps: the work (the same on any machine), the model, the verdict, the figures

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from components.hashing import normalise, text_hash
 
 OUT_OF_SCOPE = "out_of_scope"
 CASE_FIELDS = ("id", "question", "intent", "answer", "gold_docs")
@@ -51,18 +52,6 @@ class Case:
     @property
     def question_hash(self) -> str:
         return text_hash(self.question)
-
-
-def normalise(text: str) -> str:
-    """Case-folded, punctuation removed (Unicode category P*), whitespace collapsed; NFKC first."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(ch for ch in folded if not unicodedata.category(ch).startswith("P"))
-    return " ".join(kept.split())
-
-
-def text_hash(text: str) -> str:
-    """sha256 (hex) of the normalised text: equal for questions that differ only in case/punctuation/spacing."""
-    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
 
 
 def suite_hash(path: Path) -> str:

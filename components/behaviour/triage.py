@@ -1,5 +1,5 @@
 """Route each failing live answer to its fix, with the evidence that chose it: one of the four routes of
-components/behaviour/routes.py, or `outage`. Pure logic: retrieval and embedding happen in triage_evidence.py,
+components/routes.py, or `outage`. Pure logic: retrieval and embedding happen in triage_evidence.py,
 which hands in the context the answer was given and a deeper search of the current index (after a re-index when
 the documents changed), every chunk scored for how well it answers the question.
 
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.behaviour.stats import binomial_greater
 from components.config import RegressionParams, TriageParams
+from components.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.tracking.production import LiveTrace
 
 OUTAGE = "outage"

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from components.behaviour.assistant import (
@@ -37,46 +37,13 @@ from components.behaviour.contract import contract_for
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
+from components.records import Answered
 
 log = logging.getLogger("ragloop.serving")
 
 
 class EngineBusyError(RuntimeError):
     """More answers are waiting than `api.max_queue` allows."""
-
-
-@dataclass(frozen=True)
-class Answered:
-    """One answer with everything its trace records: what was retrieved, the prompt, the raw output, which model
-    and index version produced it, the token counts and the time spent (retrieval, generation, in all)."""
-
-    question: str
-    answer: str  # the contract line's answer, or the raw output when it is not a contract line
-    intent: str | None
-    cited: tuple[str, ...]  # the sources the answer cites
-    raw: str  # the generator's whole output
-    prompt: str
-    hits: tuple[dict[str, Any], ...]  # retrieved chunks, best first: {"doc", "chunk_id", "score", "text"}
-    context_docs: tuple[str, ...]  # the documents the prompt showed (what the answer may cite)
-    model_version: str  # "v<N>" of the champion that answered, or "base"
-    adapter_version: str | None  # the registry version N, None for the base model
-    base_model: str  # generator identity (model id and revision, or a hash of the local weights)
-    index_version: int
-    tokens_in: int
-    tokens_out: int  # the output re-encoded by the tokenizer (the stop token excluded)
-    retrieve_ms: float
-    generate_ms: float
-    latency_ms: float  # retrieval + prompt + generation + checks of its batch (queueing excluded)
-    started_ns: int  # wall clock (ns since the epoch) at the start of retrieval, its end, and the answer's end
-    retrieved_ns: int
-    ended_ns: int
-    checks: dict[str, bool] = field(default_factory=dict)  # the contract's live checks (Contract.live_check)
-
-    def sources(self) -> list[dict[str, Any]]:
-        return [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in self.hits]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

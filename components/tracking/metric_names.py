@@ -1,7 +1,7 @@
 """The names of the MLflow metrics ragloop writes, and how they are read back: one definition each.
 
 The writers (tracking/mlflow_runs.py, the gate's report) build names with the functions below and the reader
-(tracking/history.py: `ragloop status` and `ragloop advise`) parses them with their inverses, so a renamed metric
+(behaviour/history.py: `ragloop status` and `ragloop advise`) parses them with their inverses, so a renamed metric
 cannot leave the reader looking for the old name.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # an evaluation run: per slice `{slice}_{stat}` (stat: pass_rate, ci_low, ci_high, n), the champion's recorded
-# rate beside it, the retrieval metrics and the route mix (components/behaviour/routes.py)
+# rate beside it, the retrieval metrics and the route mix (components/routes.py)
 PASS_RATE = "pass_rate"
 BASELINE_SUFFIX = "_baseline_pass_rate"
 VS_BASELINE_SUFFIX = "_vs_baseline"

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.behaviour.routes import MISSING, ROUTES, STALE
 from components.config import Params, Settings
+from components.routes import MISSING, ROUTES, STALE
 from components.tracking import trace_schema as ts
 from components.tracking.mlflow_runs import client_for
 
-# the values of ts.TAG_TRIAGED: the four routes (components/behaviour/routes.py); traces a triage tagged before the
+# the values of ts.TAG_TRIAGED: the four routes (components/routes.py); traces a triage tagged before the
 # routes had these names are read under the new ones (a `knowledge` failure was retrieved again at the same depth
 # after a re-index: stale; a `gap` had nothing relevant: missing)
 LEGACY_ROUTES = {"knowledge": STALE, "gap": MISSING}

@@ -26,7 +26,7 @@ ORIGIN_EVALUATION = "evaluation"
 TAG_INDEX_VERSION = "ragloop.index_version"
 TAG_MODEL_VERSION = "ragloop.model_version"  # "v<N>" of the champion that answered, or "base"
 TAG_PARAMS_HASH = "ragloop.params_hash"
-TAG_QUESTION_HASH = "ragloop.question_hash"  # components.behaviour.suite.text_hash of the question
+TAG_QUESTION_HASH = "ragloop.question_hash"  # components.hashing.text_hash of the question
 TAG_CASE_ID = "ragloop.case_id"  # evaluation traces only
 TAG_TRIAGED = "ragloop.triage"  # set by triage on a trace it routed: behaviour | retrieval | stale | missing
 

@@ -52,7 +52,7 @@ from components.tracking.trace_schema import (
 )
 
 if TYPE_CHECKING:
-    from components.serving.engine import Answered
+    from components.records import Answered
 
 log = logging.getLogger("ragloop.traces")
 
@@ -148,7 +148,7 @@ def write_trace(params: Params, settings: Settings, answered: Answered, origin: 
     from mlflow.tracing.constant import SpanAttributeKey
     from mlflow.tracing.trace_manager import InMemoryTraceManager
 
-    from components.behaviour.suite import text_hash
+    from components.hashing import text_hash
 
     exp = bind(params, settings)
     if experiment is not None:
@@ -354,7 +354,7 @@ def deliver_traces(params: Params, settings: Settings) -> dict[str, Any]:
     """Write the spooled traces, oldest first, until the store fails: {"delivered", "pending", "error"}. Each
     gets the tag TAG_SPOOLED_AS (the id its answer was returned with) and a line in TRACE_IDS; one already in the
     store (a crash between writing it and removing its file) is found by that tag and not written twice."""
-    from components.serving.engine import Answered
+    from components.records import Answered
 
     counts: dict[str, Any] = {"delivered": 0, "pending": 0, "error": None}
     for path in _spooled_traces(params):

@@ -9,8 +9,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.config import Params, Settings
+from components.routes import BEHAVIOUR, MISSING, RETRIEVAL, ROUTES, STALE
 from components.tracking import metric_names as mn
 from components.tracking.mlflow_runs import client_for, experiment_id
 

@@ -132,8 +132,8 @@ def test_each_gate_case_is_a_trace_like_a_live_answer_linked_to_its_run(trained)
     traces can be compared case by case."""
     from mlflow import MlflowClient
 
+    from components.behaviour.evaluation_traces import trace_evaluation
     from components.config import Settings
-    from components.tracking.evaluation_traces import trace_evaluation
     from components.tracking.mlflow_runs import log_evaluation_run, tracking_uri
     from components.tracking.trace_schema import (
         ANSWER_SPAN,

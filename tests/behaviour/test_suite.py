@@ -20,10 +20,9 @@ from components.behaviour.suite import (
     check_disjoint,
     load_cases,
     load_labels,
-    normalise,
     suite_hash,
-    text_hash,
 )
+from components.hashing import normalise, text_hash
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "data" / "behaviour"

@@ -87,7 +87,7 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     assert failed["documents"]["failed"] == 1 and failed["mlflow_run_id"] is not None
     assert _runs(deployment)[-1].data.metrics["documents_failed"] == 1
 
-    from components.tracking.history import evidence
+    from components.behaviour.history import evidence
 
     runs_counted = evidence(deployment.params(), Settings.from_env())["knowledge"]["index_runs"]
     assert runs_counted == 4  # the 2 published, the unchanged one and the bad document

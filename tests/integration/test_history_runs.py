@@ -8,7 +8,7 @@ from pathlib import Path
 def test_only_runs_tagged_finetune_count_as_fine_tunes(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from components.tracking.history import _runs
+    from components.behaviour.history import _runs
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("ragloop-finetune", artifact_location=str(tmp_path / "artifacts"))

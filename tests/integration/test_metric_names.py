@@ -1,5 +1,5 @@
 """MLflow metric names round trip: what the flows' writers log (tracking/mlflow_runs.py, the gate's report) is what
-`ragloop status` and `ragloop advise` read back (tracking/history.py), through one definition
+`ragloop status` and `ragloop advise` read back (behaviour/history.py), through one definition
 (tracking/metric_names.py), on a real embedded MLflow store."""
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ REPORT = {"index_version": 3, "published": True, "collection": "c", "embedder": 
 
 
 def test_evaluation_index_and_fine_tune_metrics_read_back_as_written(deployment: Deployment) -> None:
+    from components.behaviour import history
     from components.config import Settings
-    from components.tracking import history, mlflow_runs
+    from components.tracking import mlflow_runs
 
     params, settings = deployment.params(), Settings(None, None, 8000, False)
     baseline = {"format": {"pass_rate": 0.9}}

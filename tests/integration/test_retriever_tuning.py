@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from components.config import Settings
-from components.knowledge.retrieval import Retriever
-from components.knowledge.retriever_pointer import read_pointer
-from components.knowledge.retriever_serving import build_candidate_index, candidate_params
-from components.knowledge.retriever_tuning import (
+from components.behaviour.retriever_tuning import (
     TuningError,
     build_pairs,
     check_not_gate,
     train_retriever,
     training_questions,
 )
+from components.config import Settings
+from components.knowledge.retrieval import Retriever
+from components.knowledge.retriever_pointer import read_pointer
+from components.knowledge.retriever_serving import build_candidate_index, candidate_params
 from tests.helpers_retriever import TOPICS, build_tiny_embedder, tiny_retrieval_deployment, write_jsonl
 
 

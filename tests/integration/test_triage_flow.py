@@ -227,7 +227,7 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     assert not third["regression"]["fired"] and len(_runs(dep)) == 3
 
     # the production evidence of `ragloop status` / `advise`, read from the same traces and runs
-    from components.tracking.history import status
+    from components.behaviour.history import status
     from components.tracking.production import production_evidence
 
     live = production_evidence(params, Settings.from_env(), T0_MS)

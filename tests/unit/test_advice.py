@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from components.tracking.advice import BEHAVIOUR_SHARE, FUTILE_TRIES, MIN_EXAMPLES, advise
+from components.behaviour.advice import BEHAVIOUR_SHARE, FUTILE_TRIES, MIN_EXAMPLES, advise
 
 
 def _history(*, published: int = 4, behaviour: int = 40, knowledge: int = 5, passed: int = 55, decision: str = "none",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.tracking.advice import MIN_LIVE, advise
+from components.behaviour.advice import MIN_LIVE, advise
 from tests.unit.test_advice import _history
 
 

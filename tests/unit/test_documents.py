@@ -127,7 +127,10 @@ def test_missing_docs_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_every_default_suffix_has_a_parser_and_documents_record_which_read_them() -> None:
+    from components.config import PARSED_SUFFIXES
+
     assert unknown_suffixes(IndexParams().suffixes) == []
+    assert set(PARSED_SUFFIXES) == set(PARSERS)  # the configuration's list (checked at load time) is the parsers'
     assert parse_document("a.md", b"# A\n\nBody.").parser == PARSERS[".md"].identity == "text@1"
     assert parse_document("a.HTM", b"<p>Body.</p>").parser == "html@1"  # suffixes match in any case
     assert parse_document("a.pdf", _pdf(["Body."])).parser == "pdf@1"

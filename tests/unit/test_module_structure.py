@@ -1,5 +1,5 @@
-"""The shape of components/: imports run one way (no cycle, counting imports inside functions), and only the
-manifest speaks SQL."""
+"""The shape of components/ and flows/: packages import one way (the layers below; no cycle, counting imports inside
+functions), and only the manifest speaks SQL."""
 
 from __future__ import annotations
 
@@ -89,6 +89,74 @@ def test_components_have_no_import_cycle() -> None:
     assert "components.knowledge.indexer" in graph["components.knowledge.maintenance"]  # the graph is real
     cycle = find_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+# The layers, lowest first (docs/architecture.md). A module imports only its own package and the layers below:
+# the records that cross layers (components/records.py, components/routes.py) live in the lowest. knowledge and
+# tracking share a layer and never import each other; flows (Prefect flows, their wiring, the CLI) sits on top.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("components", "components.config", "components.hashing", "components.records", "components.routes"),
+    ("components.knowledge", "components.tracking"),
+    ("components.behaviour",),
+    ("components.serving",),
+    ("flows",),
+)
+
+
+def package_of(module: str) -> str:
+    """The layer unit a module belongs to: a subpackage of components (components.knowledge), a base module of
+    components (components.config), or flows."""
+    parts = module.split(".")
+    if parts[0] == "flows":
+        return "flows"
+    if len(parts) >= 2 and (COMPONENTS / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return module
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs against the layers: `a -> b` where b's package is in a higher layer, or in the same
+    layer but another package (base modules may import each other)."""
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    out = []
+    for module, targets in sorted(graph.items()):
+        src = package_of(module)
+        for target in sorted(targets):
+            dst = package_of(target)
+            if src == dst:
+                continue
+            if src not in rank or dst not in rank:
+                out.append(f"{module} -> {target}: package {src if src not in rank else dst} is in no layer")
+            elif rank[dst] > rank[src] or (rank[dst] == rank[src] and rank[src] > 0):
+                out.append(f"{module} -> {target}")
+    return out
+
+
+def _repo_modules() -> dict[str, Path]:
+    flows = COMPONENTS.parent / "flows"
+    return _modules() | {_module_name(p): p for p in sorted(flows.rglob("*.py"))}
+
+
+def test_the_layer_check_catches_an_upward_and_a_sideways_import() -> None:
+    graph = {
+        "components.knowledge.indexer": {"components.config", "components.behaviour.suite"},  # upward
+        "components.tracking.traces": {"components.knowledge.manifest"},  # sideways, same layer
+        "components.behaviour.loop": {"components.knowledge.indexer", "components.routes"},  # downward: fine
+        "components.routes": {"components.config"},  # base to base: fine
+        "flows.cli": {"components.serving.engine"},
+    }
+    assert layer_violations(graph) == [
+        "components.knowledge.indexer -> components.behaviour.suite",
+        "components.tracking.traces -> components.knowledge.manifest",
+    ]
+
+
+def test_packages_import_one_way() -> None:
+    graph = import_graph(_repo_modules())
+    assert "components.knowledge.indexer" in graph["components.knowledge.maintenance"]  # the graph is real
+    assert any(t.startswith("components.") for t in graph["flows.behaviour"])
+    violations = layer_violations(graph)
+    assert not violations, "imports against the layers (docs/architecture.md):\n" + "\n".join(violations)
 
 
 def test_only_the_manifest_runs_sql() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.tracking.history import knowledge_pending
+from components.behaviour.history import knowledge_pending
 
 ROUTES = {"pass": 230, "behaviour": 10, "retrieval": 51, "stale": 0, "missing": 0}
 FRESH = {"reindex_pending": False, "reason": "the documents match the published version"}

@@ -10,7 +10,6 @@ import pytest
 
 from components.behaviour.candidates import candidate_from
 from components.behaviour.contract import load_contract
-from components.behaviour.routes import BEHAVIOUR, MISSING, RETRIEVAL, STALE
 from components.behaviour.stats import binomial_greater
 from components.behaviour.triage import (
     Chunk,
@@ -27,6 +26,7 @@ from components.behaviour.triage import (
     topic_terms,
 )
 from components.config import RegressionParams, TriageParams
+from components.routes import BEHAVIOUR, MISSING, RETRIEVAL, STALE
 from components.tracking.production import LiveTrace, summarise_traffic
 from components.tracking.triage_runs import parse_since
 from tests.helpers import REPO

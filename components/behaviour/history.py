@@ -13,7 +13,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from components.behaviour.routes import (
+from components.config import Params, Settings
+from components.routes import (
     BEHAVIOUR,
     FINETUNE,
     KNOWLEDGE_ROUTES,
@@ -25,7 +26,6 @@ from components.behaviour.routes import (
     TUNE_RETRIEVER,
     WRITE_DOCUMENTS,
 )
-from components.config import Params, Settings
 from components.tracking import metric_names
 from components.tracking.mlflow_runs import client_for, tracking_uri
 from components.tracking.production import production_evidence

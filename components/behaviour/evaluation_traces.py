@@ -40,7 +40,7 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
 
     from components.behaviour.assistant import context_docs, generator_identity, resolve_generator
     from components.behaviour.contract import contract_for
-    from components.serving.engine import Answered
+    from components.records import Answered
     from components.tracking.mlflow_runs import tracking_uri
     from components.tracking.traces import write_trace
 

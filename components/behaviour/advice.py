@@ -3,13 +3,13 @@
 Knowledge (facts that change) belongs in retrieval; behaviour (format, label, tone, refusals) belongs in the
 weights, but only when the evaluations show behaviour failures, there are enough labelled examples to learn
 from, and past fine-tunes actually bought something at the gate. Each part of the answer lists the evidence it
-rests on and what would change it. The thresholds are below; `evidence` (components/tracking/history.py) is the
+rests on and what would change it. The thresholds are below; `evidence` (components/behaviour/history.py) is the
 input, so the rule can be checked on any history.
 """
 
 from __future__ import annotations
 
-from components.behaviour.routes import (
+from components.routes import (
     BEHAVIOUR,
     FINETUNE,
     KNOWLEDGE_ROUTES,

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from components.behaviour.suite import OUT_OF_SCOPE, SuiteError, check_questions_disjoint, normalise
+from components.behaviour.suite import OUT_OF_SCOPE, SuiteError, check_questions_disjoint
 from components.config import Params, RetrieverParams
+from components.hashing import normalise
 from components.knowledge.embedder import resolve_model
 from components.knowledge.retrieval import Retriever
 from components.knowledge.retrieval_eval import load_queries
