@@ -7,6 +7,14 @@ PREFECT_HOME (`.prefect` beside params.yaml unless PREFECT_HOME is set), records
 `ragloop-server.json` there, and later commands (and the DVC stages, which call `ragloop`) reuse it; its UI shows
 the runs that just happened. `ragloop server stop` ends it.
 
+A server started this way never stays up that nobody asked for: a small watcher process (`python -m
+flows.prefect_server watch`, the leader of the server's process group) runs the server as its child and stops it
+when it has been idle for RAGLOOP_PREFECT_IDLE_S seconds (default 1800; 0: never) or when its PREFECT_HOME folder is
+gone. Idle means no flow run pending, running or cancelling, no client connected to its port (a UI tab, a
+`ragloop serve` worker, a running flow), no write to its database and no command reusing it. Each server started
+here is also listed machine-wide, under RAGLOOP_STATE_DIR (default $XDG_STATE_HOME/ragloop, else
+~/.local/state/ragloop): `ragloop server status --all` lists them, `ragloop server stop --all` ends them.
+
 A Prefect API the user configured (PREFECT_API_URL, or the active Prefect profile) always wins, and
 RAGLOOP_PREFECT_SERVER=ephemeral keeps Prefect's temporary server, with a startup limit a slow machine meets.
 This module never imports prefect before it has set PREFECT_API_URL: Prefect reads its settings once, at import.
@@ -37,6 +45,10 @@ DEFAULT_PORT = 4200
 STATE_FILE = "ragloop-server.json"
 START_TIMEOUT_S = 180.0  # a new database takes 30+ s to migrate on a slow machine
 STOP_TIMEOUT_S = 30.0
+IDLE_VAR = "RAGLOOP_PREFECT_IDLE_S"  # seconds without activity before a started server stops itself; 0: never
+DEFAULT_IDLE_S = 1800.0
+STATE_DIR_VAR = "RAGLOOP_STATE_DIR"  # where the machine-wide list of started servers lives
+TOUCH_FILE = "ragloop-server.touch"  # a command reusing the server marks it as in use
 EPHEMERAL_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's default: 20
 EPHEMERAL_TIMEOUT_S = "180"
 
@@ -54,6 +66,7 @@ class ServerState:
     home: str
     log: str
     started_at: str
+    idle_s: float = DEFAULT_IDLE_S
 
     @property
     def url(self) -> str:
@@ -116,7 +129,8 @@ def _is_prefect_server(state: ServerState) -> bool:
         args = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True
-    return b"server" in args and b"start" in args and str(state.port).encode() in args
+    watcher = b"flows.prefect_server" in args and b"watch" in args
+    return (watcher or (b"server" in args and b"start" in args)) and str(state.port).encode() in args
 
 
 def healthy(state: ServerState, timeout: float = 2.0) -> bool:
@@ -151,18 +165,36 @@ def _locked(home: Path) -> Iterator[None]:
 
 
 # -- start, stop, status --------------------------------------------------------------------------------------
-def start(home: Path, port: int | None = None, timeout: float = START_TIMEOUT_S) -> tuple[ServerState, bool]:
-    """The project's server, healthy: the running one (False) or a new one (True), detached from this process."""
+def start(
+    home: Path, port: int | None = None, timeout: float = START_TIMEOUT_S, idle_s: float | None = None
+) -> tuple[ServerState, bool]:
+    """The project's server, healthy: the running one (False) or a new one (True), detached from this process and
+    stopped by its watcher after `idle_s` idle seconds (default: RAGLOOP_PREFECT_IDLE_S, else 1800; 0: never)."""
     with _locked(home):
         state = running(home)
         if state is None:
-            state = _spawn(home, port or _pick_port())
+            state = _spawn(home, port or _pick_port(), idle_seconds() if idle_s is None else idle_s)
             _write_state(home, state)  # before it is healthy: a command that dies waiting leaves it findable
+            _register(state)
             started = True
         else:
+            (home / TOUCH_FILE).touch()  # in use: the watcher counts this as activity
             started = False
         _wait_healthy(home, state, timeout)
         return state, started
+
+
+def idle_seconds() -> float:
+    value = os.environ.get(IDLE_VAR)
+    if value is None or value == "":
+        return DEFAULT_IDLE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise ServerError(f"{IDLE_VAR} must be a number of seconds >= 0 (0: never stop), got {value!r}")
+    return seconds
 
 
 def _pick_port() -> int:
@@ -185,20 +217,26 @@ def _prefect_command() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "prefect"]
 
 
-def _spawn(home: Path, port: int) -> ServerState:
+def _server_command(port: int) -> list[str]:
+    return [*_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _spawn(home: Path, port: int, idle_s: float) -> ServerState:
+    """The watcher (which starts the server as its child), detached: a session and process group of its own, so a
+    Ctrl-C or the end of the command that started it does not reach it, and stop() ends both with one signal."""
     log = home / "ragloop-server.log"
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)  # the UI would call that API instead of its own
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    cmd = [*_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "flows.prefect_server", "watch", str(home), str(port), str(idle_s)]
     with open(log, "ab") as out:
-        out.write(f"\n--- {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(cmd)}\n".encode())
+        out.write(f"\n--- {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(_server_command(port))} "
+                  f"(stops after {idle_s:g} s idle; 0: never)\n".encode())  # fmt: skip
         out.flush()
-        # a session of its own: a Ctrl-C or the end of the command that started it does not reach it
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=home, start_new_session=True)  # fmt: skip
     _children[proc.pid] = proc
-    return ServerState(proc.pid, port, str(home), str(log), datetime.now(UTC).isoformat(timespec="seconds"))
+    return ServerState(proc.pid, port, str(home), str(log), datetime.now(UTC).isoformat(timespec="seconds"), idle_s)
 
 
 def _wait_healthy(home: Path, state: ServerState, timeout: float) -> None:
@@ -229,6 +267,7 @@ def stop(home: Path, timeout: float = STOP_TIMEOUT_S) -> ServerState | None:
         state = running(home)
         if state is not None:
             _terminate(state, timeout)
+            _unregister(state)
         (home / STATE_FILE).unlink(missing_ok=True)
         return state
 
@@ -245,6 +284,157 @@ def _terminate(state: ServerState, timeout: float = STOP_TIMEOUT_S) -> None:
         if not _alive(state.pid):
             _children.pop(state.pid, None)
             return
+
+
+# -- every server started here, machine-wide: `ragloop server status/stop --all` -------------------------------
+def state_dir() -> Path:
+    base = os.environ.get(STATE_DIR_VAR)
+    if base:
+        return Path(base).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "ragloop"
+
+
+def _registry() -> Path:
+    return state_dir() / "prefect-servers"
+
+
+def _register(state: ServerState) -> None:
+    folder = _registry()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{state.pid}.json.tmp"
+    tmp.write_text(json.dumps(asdict(state)) + "\n")
+    os.replace(tmp, folder / f"{state.pid}.json")
+
+
+def _unregister(state: ServerState) -> None:
+    (_registry() / f"{state.pid}.json").unlink(missing_ok=True)
+
+
+def started_servers() -> list[ServerState]:
+    """Every server ragloop started on this machine (under this state dir) that still runs; entries naming a
+    process that is gone are removed."""
+    out = []
+    for path in sorted(_registry().glob("*.json")):
+        try:
+            state = ServerState(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if _is_prefect_server(state):
+            out.append(state)
+        else:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def status_all() -> list[dict]:
+    return [{**asdict(s), "url": s.url, "home_exists": Path(s.home).is_dir(), "healthy": healthy(s)}
+            for s in started_servers()]  # fmt: skip
+
+
+def stop_all(timeout: float = STOP_TIMEOUT_S) -> list[ServerState]:
+    """End every server ragloop started on this machine; the ones whose folder is gone too."""
+    stopped = []
+    for state in started_servers():
+        home = Path(state.home)
+        if home.is_dir() and read_state(home) == state:
+            stop(home, timeout)
+        else:
+            _terminate(state, timeout)
+            _unregister(state)
+        stopped.append(state)
+    return stopped
+
+
+# -- the watcher: the server's parent, which stops it when idle or orphaned ---------------------------------------
+ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
+
+
+def _clients(port: int) -> int:
+    """Established TCP connections to `port` on this machine (Linux /proc; 0 elsewhere): a UI tab, a worker, a
+    flow's client."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def _active_runs(port: int) -> bool:
+    """A flow run is pending, running, paused or cancelling; True too when the server does not answer (starting,
+    or busy): never stop what cannot be asked."""
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": list(ACTIVE_RUN_STATES)}}}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/count", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return bool(json.loads(response.read()))
+    except (OSError, ValueError):
+        return True
+
+
+def _touched(home: Path) -> float:
+    try:
+        return (home / TOUCH_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _say(text: str) -> None:
+    """A line in the server's log (the watcher's stdout)."""
+    sys.stdout.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} ragloop: {text}\n")
+    sys.stdout.flush()
+
+
+def watch(home: Path, port: int, idle_s: float, poll_s: float | None = None) -> int:
+    """Run the server as a child until it exits, its folder is gone, or it has been idle `idle_s` seconds."""
+    child = subprocess.Popen(_server_command(port), stdin=subprocess.DEVNULL, cwd=home)
+    me = ServerState(os.getpid(), port, str(home), "", "", idle_s)
+
+    def _end(signum: int, _frame: object) -> None:
+        child.terminate()
+        try:
+            child.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        _unregister(me)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _end)
+    signal.signal(signal.SIGINT, _end)
+    poll = poll_s or (min(30.0, max(1.0, idle_s / 10)) if idle_s else 30.0)
+    last_active, touched = time.monotonic(), _touched(home)
+    while True:
+        try:
+            code = child.wait(timeout=poll)
+        except subprocess.TimeoutExpired:
+            pass
+        else:  # the server exited by itself
+            _unregister(me)
+            if read_state(home) is not None and read_state(home).pid == me.pid:  # type: ignore[union-attr]
+                (home / STATE_FILE).unlink(missing_ok=True)
+            return code
+        if not home.is_dir():
+            _say(f"{home} is gone; stopping its Prefect server")
+            _end(signal.SIGTERM, None)
+        now = _touched(home)
+        if now != touched or _clients(port) or _active_runs(port):
+            last_active, touched = time.monotonic(), now
+        if idle_s and time.monotonic() - last_active >= idle_s:
+            with _locked(home):
+                if _touched(home) != touched:  # a command took it over just now
+                    touched, last_active = _touched(home), time.monotonic()
+                    continue
+                (home / STATE_FILE).unlink(missing_ok=True)
+            _say(f"idle for {idle_s:g} s; stopping the Prefect server ({IDLE_VAR} sets the period)")
+            _end(signal.SIGTERM, None)
 
 
 def status(home: Path) -> dict:
@@ -298,3 +488,9 @@ def prefect_api(params_file: Path, notice: Callable[[str], None] | None = None) 
 
     with temporary_settings(updates={PREFECT_API_URL: state.api_url}):
         yield state.api_url
+
+
+if __name__ == "__main__":  # the watcher: python -m flows.prefect_server watch HOME PORT IDLE_S
+    if len(sys.argv) != 5 or sys.argv[1] != "watch":
+        sys.exit("usage: python -m flows.prefect_server watch HOME PORT IDLE_S")
+    sys.exit(watch(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import time
+import uuid
+from pathlib import Path
 
 from components.config import QUIET_OFFLINE_ENV
 
@@ -18,6 +23,11 @@ for _server_var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAGLOOP_CHROMA_HO
 # A `ragloop` flow command started by a test uses Prefect's temporary server, not the project's detached one (which
 # would outlive the test): tests/integration/test_prefect_server.py sets RAGLOOP_PREFECT_SERVER=project itself.
 os.environ["RAGLOOP_PREFECT_SERVER"] = "ephemeral"
+# The machine-wide list of the Prefect servers ragloop started (`ragloop server status --all`) is the session's own,
+# and every process a test starts carries the session's mark: one still alive when the session ends is a leak.
+os.environ.setdefault("RAGLOOP_STATE_DIR", tempfile.mkdtemp(prefix="ragloop-state-"))
+SESSION_MARK = "RAGLOOP_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 
 import pytest  # noqa: E402
 
@@ -37,3 +47,45 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def _marked_processes() -> dict[int, str]:
+    """The live processes (not zombies, not this one) that carry this session's mark: pid -> command line."""
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+            found[pid] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a process a test started (a server, a watcher, a worker) outlives it, and end it."""
+    if hasattr(session.config, "workerinput") or not Path("/proc/self/environ").exists():
+        return  # an xdist worker (the controller checks once, after them), or no /proc to read
+    deadline = time.monotonic() + 60  # a server told to stop may take a while to go on a slow machine
+    left = _marked_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = _marked_processes()
+    if not left:
+        return
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"FAILED: {len(left)} process(es) started by tests outlived the session (killed now):",
+                            red=True)  # fmt: skip
+        for pid, cmd in sorted(left.items()):
+            reporter.write_line(f"  pid {pid}: {cmd[:200]}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,19 +1,23 @@
 """The project's Prefect server (`ragloop server`, flows/prefect_server.py) with the real `prefect server start`:
 started once on a new database, reused by flow commands (same pid, their runs on it), stopped; a stale state file;
-a configured PREFECT_API_URL or profile is used instead; the opt-out keeps Prefect's temporary server."""
+a configured PREFECT_API_URL or profile is used instead; the opt-out keeps Prefect's temporary server; a started
+server stops itself when idle (a running flow keeps it up) and when its folder is gone, and is listed machine-wide."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flows import prefect_server as ps
 from flows.prefect_server import STATE_FILE
 from tests.helpers import REPO, Deployment
 from tests.service.servers import free_port
@@ -45,6 +49,32 @@ def _exited(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def _post(api_url: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return dict(json.loads(response.read() or b"{}"))
+
+
+def _group_gone(pgid: int, timeout: float = 300.0) -> bool:
+    """Every process of the group (the watcher and the server under it) has exited, waiting up to `timeout` (a slow
+    machine's poll and shutdown); a state, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(stat)
+        if not members:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _dead_pid() -> int:
@@ -164,3 +194,39 @@ def test_an_unknown_mode_is_refused_with_the_allowed_values(deployment: Deployme
     assert result.returncode == 1 and "RAGLOOP_PREFECT_SERVER='shared': expected one of project, ephemeral" in (
         result.stderr
     )
+
+
+def test_an_idle_server_stops_itself_and_a_running_flow_keeps_it_up(tmp_path: Path, deployment: Deployment) -> None:
+    idle = 6
+    env = _env(tmp_path / "prefect", RAGLOOP_PREFECT_IDLE_S=str(idle))
+    home = Path(env["PREFECT_HOME"])
+    started = _json(deployment.cli("server", "start", "--json", env=env))
+    assert started["started"] and started["idle_s"] == idle
+    assert [s.pid for s in ps.started_servers()].count(started["pid"]) == 1  # listed machine-wide
+    flow = _post(started["api_url"], "/flows/", {"name": "held-open"})
+    run = _post(started["api_url"], "/flow_runs/", {"flow_id": flow["id"], "state": {"type": "RUNNING"}})
+    time.sleep(4 * idle)  # four idle periods with a run in progress: still up
+    assert _json(deployment.cli("server", "status", "--json", env=env))["pid"] == started["pid"]
+    _post(started["api_url"], f"/flow_runs/{run['id']}/set_state", {"state": {"type": "COMPLETED"}, "force": True})
+    assert _group_gone(started["pid"]), "the idle server (or its watcher) is still running"
+    assert f"idle for {idle} s; stopping the Prefect server" in Path(started["log"]).read_text()
+    assert not (home / STATE_FILE).exists() and started["pid"] not in [s.pid for s in ps.started_servers()]
+    after = deployment.cli("server", "status", "--json", env=env)
+    assert after.returncode == 1 and not _json(after)["running"]
+
+
+def test_a_server_never_outlives_its_folder(tmp_path: Path, deployment: Deployment) -> None:
+    env = _env(tmp_path / "project" / ".prefect", RAGLOOP_PREFECT_IDLE_S="0")  # 0: no idle stop; only the folder
+    started = _json(deployment.cli("server", "start", "--json", env=env))
+    assert started["started"] and started["idle_s"] == 0
+    shutil.rmtree(tmp_path / "project")
+    assert _group_gone(started["pid"]), "the server of a deleted folder is still running"
+    assert started["pid"] not in [s.pid for s in ps.started_servers()]
+
+
+def test_a_bad_idle_period_is_refused_naming_the_variable(tmp_path: Path, deployment: Deployment) -> None:
+    env = _env(tmp_path / "prefect", RAGLOOP_PREFECT_IDLE_S="soon")
+    result = deployment.cli("server", "start", "--json", env=env)
+    assert result.returncode == 1
+    assert "RAGLOOP_PREFECT_IDLE_S must be a number of seconds >= 0 (0: never stop), got 'soon'" in result.stderr
+    assert not (Path(env["PREFECT_HOME"]) / STATE_FILE).exists()
