@@ -23,6 +23,7 @@ QUIET_OFFLINE_ENV = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at" on stdout breaks a --json contract
     "DVC_NO_ANALYTICS": "1",
     "ANONYMIZED_TELEMETRY": "False",
     "HF_HUB_OFFLINE": "1",

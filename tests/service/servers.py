@@ -64,18 +64,22 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-def prefect_server(root: Path) -> Server:
+def prefect_server(root: Path, database_url: str | None = None) -> Server:
+    """`database_url`: PostgreSQL (postgresql+asyncpg://...), as infra/compose.yaml runs it; default SQLite."""
     port = free_port()
     env = {"PREFECT_HOME": str(root / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false"}  # fmt: skip
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     return Server("prefect", cmd, f"http://127.0.0.1:{port}/api/health", root / "prefect.log", env)
 
 
-def mlflow_server(root: Path) -> Server:
+def mlflow_server(root: Path, backend_store_uri: str | None = None, workers: int = 1) -> Server:
+    """`backend_store_uri`: PostgreSQL (postgresql://...), as infra/compose.yaml runs it; default SQLite."""
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
            str(root / "mlflow-artifacts")]  # fmt: skip
     return Server("mlflow", cmd, f"http://127.0.0.1:{port}/health", root / "mlflow.log", {})
 

@@ -26,9 +26,10 @@ START_LIMIT = 600.0  # a hang guard: the server imports torch, transformers, chr
 # on a slow shared machine; every wait polls for the state it needs
 
 
-def build_deployment(root: Path, adapters: int = 2, **sections: dict) -> Deployment:
-    """Docs, suite (labels), tiny base model; `adapters` LoRA versions registered in the embedded store (v1 the
-    champion); paths.serving under state/; generator and api settings a test can override."""
+def build_deployment(root: Path, adapters: int = 2, settings: Settings | None = None, **sections: dict) -> Deployment:
+    """Docs, suite (labels), tiny base model; `adapters` LoRA versions registered in the embedded store, or the
+    tracking server of `settings` (v1 the champion); paths.serving under state/; generator and api settings a test
+    can override."""
     from components.behaviour.assistant import Generator, build_prompt
     from components.behaviour.finetune import save_adapter, train_lora
     from components.tracking import registry
@@ -45,7 +46,7 @@ def build_deployment(root: Path, adapters: int = 2, **sections: dict) -> Deploym
         base[name] = {**base.get(name, {}), **section}
     dep.write_params(**base)
     params = dep.params()
-    settings = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
+    settings = settings or Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
     doc = "cards/lost-card.md"
     prompt = build_prompt(params.generator, "I lost my card", [{"doc": doc, "text": DOCS[doc]}])
     pairs = [(prompt, contract_line("card_lost", "Freeze it in the app", [doc]))]
