@@ -76,9 +76,16 @@ def _closure(roots: set[str]) -> set[Path]:
         if path is None or path in seen or _is_cli(name):
             continue
         seen.add(path)
-        tree = ast.parse(path.read_text(), str(path))
-        todo.extend(_imports(_runtime_nodes(tree), name, path.name == "__init__.py") - {name})
+        nodes = _runtime_nodes(ast.parse(path.read_text(), str(path)))
+        todo.extend((_imports(nodes, name, path.name == "__init__.py") | _run_as_scripts(nodes)) - {name})
     return {p for p in seen if p.name != "__init__.py" or p.read_text().strip()}
+
+
+def _run_as_scripts(nodes: list[ast.AST]) -> set[str]:
+    """The repo modules named by a string, as `python -m components.behaviour.finetune_worker` names the fine-tune's
+    worker processes: code the stage runs, though no import statement names it."""
+    return {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and n.value.split(".")[0] in PACKAGES and _module_file(n.value) is not None}  # fmt: skip
 
 
 CLI = "flows.cli"
@@ -264,6 +271,8 @@ def test_the_closure_follows_function_level_imports_and_skips_type_checking_ones
     base = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["base_model"])}
     assert "components/behaviour/base_model.py" in base and "flows/behaviour.py" not in base
     assert "flows/prefect_server.py" not in base  # base-model runs no flow
+    finetune = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["finetune"])}
+    assert "components/behaviour/finetune_worker.py" in finetune  # run as `python -m` on several GPUs
     index = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["index"])}
     assert {"flows/cli/knowledge.py", "flows/reindex.py", "flows/prefect_server.py"} <= index
 
