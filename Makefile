@@ -76,7 +76,7 @@ typecheck: $(STAMP) ## mypy on components/ and flows/ (pyproject.toml [tool.mypy
 	$(BIN)/mypy
 
 docs: $(STAMP) ## regenerate docs/cli.md from the command-line app (tests/unit/test_cli_reference.py checks it)
-	$(BIN)/python -m flows.cli_reference docs/cli.md
+	$(BIN)/python -m flows.cli.reference docs/cli.md
 
 bench: $(STAMP) ## knowledge-path and scale-out benchmarks (need ../shared/data); figures in bench/README.md
 	for b in index_throughput no_change churn scale_out; do $(BIN)/python bench/$$b.py || exit 1; done

@@ -1,5 +1,6 @@
 """The behaviour path as Prefect flows: evaluate the champion, and on a behaviour regression emit an event
-(a deployment trigger starts the fine-tune from it) or, inside `pipeline`, run the fine-tune as a subflow.
+(a deployment trigger starts the fine-tune from it) or, inside `pipeline` (flows/pipeline.py), run the fine-tune as
+a subflow.
 
 Wiring only: the steps live in components/behaviour (mining, reuse, gate_report, reports, dvc_metrics)."""
 
@@ -345,16 +346,3 @@ def _champion_evaluation(params: Params, settings: Settings, champ: VersionInfo 
     ev.summary["mlflow_run_id"] = record(params, settings, ev, "the champion, paired with a candidate", baseline)
     reuse.check_same_index(index_version, ev)
     return ev
-
-
-@flow(name="pipeline", flow_run_name="pipeline-{reason}")
-def pipeline(params_file: str = "params.yaml", reason: str = "manual") -> dict:
-    """reindex -> evaluate -> finetune (a subflow) only when the evaluation found a behaviour regression (a
-    retrieval regression emits its event from the evaluation: the tune-retriever deployment answers it)."""
-    from flows.reindex import reindex
-
-    index_report = reindex(params_file=params_file, reason=reason)
-    summary = evaluate(params_file=params_file, reason=reason)
-    tuned = finetune(params_file=params_file, reason=f"regression: {', '.join(summary['regressed_slices'])}") if (
-        FINETUNE in summary["actions"]) else None  # fmt: skip
-    return {"index": index_report, "evaluation": summary, "finetune": tuned}

@@ -52,7 +52,7 @@ def specs(params: Params) -> list[Spec]:
              "Fine-tune the embedder on the training questions, gate it against the champion retriever, publish its "
              "collection only if retrieval improves significantly and no assistant slice gets worse.",
              None, (RETRIEVAL_REGRESSION, f"{RETRIEVER_RESOURCE}.*")),  # evaluate and triage, on the index version
-        Spec("pipeline", "flows/behaviour.py:pipeline",
+        Spec("pipeline", "flows/pipeline.py:pipeline",
              "reindex -> evaluate -> finetune only on a behaviour regression.", s.pipeline_cron),
         Spec("triage", "flows/triage.py:triage",
              "Route the live failures since the last triage: re-index, a gap report, candidate cases; a significant "

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from prefect.artifacts import create_table_artifact
 
+from components.behaviour.eval_retrieval import evaluate_retrieval
 from components.config import Params
 from components.knowledge.retrieval_eval import DEFAULT_KS
-from flows.eval_retrieval import evaluate_retrieval
 from flows.tasks import step
 
 

@@ -5,7 +5,7 @@ The file is JSONL, one query a line: {"query": "...", "relevant": ["doc", ...]} 
 gain 1), with an optional "id". Documents are paths relative to the docs folder, as `ragloop query` shows them.
 
 Pure functions: reading and checking the file, and scoring the ranked documents of each query (recall@k, hit@k,
-MRR, nDCG@10 with the gains). Retrieval and tracking happen in flows/eval_retrieval.py.
+MRR, nDCG@10 with the gains). Retrieval and tracking happen in components/behaviour/eval_retrieval.py.
 """
 
 from __future__ import annotations

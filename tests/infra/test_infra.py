@@ -59,7 +59,7 @@ PREFECT_SERVICES = ("prefect-server", "prefect-worker")
 MLFLOW_SERVICES = ("mlflow", "prefect-worker")
 # The services that keep state: each must keep it in a named volume.
 STATEFUL_SERVICES = ("postgres", "minio", "mlflow", "chroma", "prefect-worker", "api")
-# Read by `ragloop api` alone (flows/api.py): the api service gets them, the worker does not need them.
+# Read by `ragloop api` alone (components/serving/app.py): the api service gets them, the worker does not need them.
 API_ONLY_SETTINGS = {"RAGLOOP_API_KEY"}
 
 
@@ -299,7 +299,7 @@ def test_the_api_service_receives_the_servers_it_reads_and_its_key() -> None:
     worker = environment(services()["prefect-worker"])
     servers = {k for k in worker if k.startswith(("MLFLOW_", "RAGLOOP_CHROMA_", "HF_", "TRANSFORMERS_"))}
     assert servers and {k: api.get(k) for k in servers} == {k: worker[k] for k in servers}
-    assert app_env_names() >= API_ONLY_SETTINGS  # the grep sees flows/api.py read the key
+    assert app_env_names() >= API_ONLY_SETTINGS  # the grep sees components/serving/app.py read the key
     assert api["RAGLOOP_API_KEY"] == "${RAGLOOP_API_KEY:?set RAGLOOP_API_KEY in infra/.env}"
     command = services()["api"]["command"]
     assert command[:2] == ["ragloop", "api"] and command[command.index("--host") + 1] == "0.0.0.0"  # hence the key

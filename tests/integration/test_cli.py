@@ -7,7 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app, optional_rollback_value
+from flows.cli import app
+from flows.cli.knowledge import OptionalRollback, optional_rollback_value
 from tests.helpers import Deployment
 
 runner = CliRunner()
@@ -44,7 +45,7 @@ def test_json_contracts(deployment: Deployment) -> None:
         "ok": True, "missing": 0, "orphaned": 0, "duplicated": 0, "foreign_embedder": 0}  # fmt: skip
     deployment.write("fees.md", "# Fees\n\nAll transfers are free.")
     _json("index", "--direct", "--json", "--params", p)
-    back = _json(*optional_rollback_value(["index", "--rollback", "--json", "--params", p]))
+    back = _json("index", "--rollback", "--json", "--params", p)  # alone: the previous version
     assert (back["index_version"], back["rolled_back_to"]) == (3, 1)
     versions = _json("versions", "--json", "--params", p)
     assert [(v["version"], v["kind"], v["published"]) for v in versions] == [
@@ -71,5 +72,9 @@ def test_rollback_needs_a_number(deployment: Deployment) -> None:
 
 
 def test_only_index_rollback_takes_an_optional_version() -> None:
-    assert optional_rollback_value(["index", "--rollback", "--json"]) == ["index", "--rollback", "previous", "--json"]
-    assert optional_rollback_value(["tune-retriever", "--rollback"]) == ["tune-retriever", "--rollback"]  # a flag
+    assert optional_rollback_value(["--rollback", "--json"]) == ["--rollback", "previous", "--json"]
+    assert optional_rollback_value(["--rollback", "2", "--json"]) == ["--rollback", "2", "--json"]
+    assert optional_rollback_value(["--json", "--rollback"]) == ["--json", "--rollback", "previous"]
+    commands = {c.callback.__name__: c.cls for c in app.registered_commands if c.callback}
+    assert commands["index"] is OptionalRollback  # tune-retriever's --rollback is a plain flag
+    assert [name for name, cls in commands.items() if cls is OptionalRollback] == ["index"]

@@ -117,9 +117,10 @@ def _dependency_paths(project: Path) -> list[str]:
 
 
 def test_bytecode_and_editor_files_in_a_dependency_folder_leave_dvc_status_clean(project: Path) -> None:
-    """With bytecode writing on, as on a user's machine: running the code of a stage's dependency folder
-    (components/knowledge, a Python package) writes its __pycache__ there; neither that nor an editor's or a
-    tool's leftovers may make DVC see a changed dependency. A real edit of a source file still does."""
+    """With bytecode writing on, as on a user's machine: running the code of a stage (components/knowledge, a Python
+    package, its files deps of the stage one by one) writes its __pycache__ there; neither that nor an editor's or a
+    tool's leftovers beside the code or in a dependency folder (data/docs) may make DVC see a changed dependency. A
+    real edit of a source file still does."""
     _sh(project, "dvc", "repro", "index", bytecode=True)
     # `python -m` from the project imports the project's own copy of the package (the `ragloop` script the stage
     # runs imports the installed one), so this is what a user's first query does to their checkout
@@ -143,7 +144,7 @@ def test_bytecode_and_editor_files_in_a_dependency_folder_leave_dvc_status_clean
     chunking = package / "chunking.py"
     chunking.write_text(chunking.read_text() + "\n# an edit\n")
     changed = json.loads(_sh(project, "dvc", "status", "index", "--json"))
-    assert changed == {"index": [{"changed deps": {"components/knowledge": "modified"}}]}
+    assert changed == {"index": [{"changed deps": {"components/knowledge/chunking.py": "modified"}}]}
 
 
 def _tiny_loop(project: Path) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from components.behaviour.eval_retrieval import evaluate_retrieval
 from components.config import Settings
 from components.tracking.mlflow_runs import client_for
 from components.tracking.retrieval_runs import QUERIES_TABLE
-from flows.eval_retrieval import evaluate_retrieval, run_command
+from flows.cli import app
 from tests.helpers import Deployment
 
 QUERIES = [
@@ -75,12 +78,28 @@ def test_chunk_and_doc_levels_are_both_measured_and_graded_gains_weigh_ndcg(dep:
     assert ndcg[0] < ndcg[1]  # fees.md (gain 3) ranks below support.txt for this query
 
 
-def test_the_table_names_the_worst_queries(dep: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_command(dep.params(), dep.root / "queries.jsonl", "1,5", "chunk", as_json=False, log=False) == 0
-    out = capsys.readouterr()
-    assert "at the chunk level: 2 of 3 queries scored" in out.out
-    assert "worst queries" in out.out and "I lost my card" in out.out
-    assert "not logged (--no-log)" in out.out
+def _eval_retrieval(dep: Deployment, path: Path, k: str, level: str, *more: str) -> Any:
+    args = [
+        "eval-retrieval",
+        str(path),
+        "--k",
+        k,
+        "--level",
+        level,
+        "--no-log",
+        *more,
+        "--params",
+        str(dep.params_file),
+    ]
+    return CliRunner().invoke(app, args, terminal_width=200)
+
+
+def test_the_table_names_the_worst_queries(dep: Deployment) -> None:
+    out = _eval_retrieval(dep, dep.root / "queries.jsonl", "1,5", "chunk")
+    assert out.exit_code == 0, out.output
+    assert "at the chunk level: 2 of 3 queries scored" in out.stdout
+    assert "worst queries" in out.stdout and "I lost my card" in out.stdout
+    assert "not logged (--no-log)" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -91,21 +110,21 @@ def test_the_table_names_the_worst_queries(dep: Deployment, capsys: pytest.Captu
         ('{"query": "q", "relevant": ["fees.md"]}\n', "5", "page", "--level must be one of chunk, doc"),
     ],
 )
-def test_bad_input_exits_2_naming_what_is_wrong(dep: Deployment, capsys: pytest.CaptureFixture[str], content: str,
-                                               k: str, level: str, message: str) -> None:  # fmt: skip
+def test_bad_input_exits_2_naming_what_is_wrong(dep: Deployment, content: str, k: str, level: str,
+                                               message: str) -> None:  # fmt: skip
     path = dep.root / "bad.jsonl"
     path.write_text(content)
-    assert run_command(dep.params(), path, k, level, as_json=True, log=False) == 2
-    out = capsys.readouterr()
-    assert message in out.err and out.out == ""
+    out = _eval_retrieval(dep, path, k, level, "--json")
+    assert out.exit_code == 2, out.output
+    assert message in out.stderr and out.stdout == ""
 
 
-def test_no_published_index_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_published_index_exits_1(tmp_path: Path) -> None:
     empty = Deployment.create(tmp_path)
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(QUERIES[0]) + "\n")
-    assert run_command(empty.params(), path, "5", "doc", as_json=True, log=False) == 1
-    assert "run `ragloop index` first" in capsys.readouterr().err
+    out = _eval_retrieval(empty, path, "5", "doc", "--json")
+    assert out.exit_code == 1 and "run `ragloop index` first" in out.stderr
 
 
 def test_query_level_doc_through_the_command(dep: Deployment) -> None:

@@ -15,9 +15,9 @@ import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from components.config import Settings
+from components.serving.app import TRACE_HEADER, ApiConfigError, api_key_for
 from components.tracking import registry, traces
 from components.tracking.trace_schema import CHECK_PREFIX, TAG_INDEX_VERSION, TAG_MODEL_VERSION, USER_FEEDBACK
-from flows.api import TRACE_HEADER, ApiConfigError, api_key_for
 from tests.helpers import REPO, Deployment, wait_until
 from tests.service.servers import chroma_server, free_port, port_of
 from tests.serving.conftest import KEY, ApiServer, build_deployment

@@ -35,8 +35,8 @@ def _serve(app):  # uvicorn on a free loopback port in a thread, stopped by the 
 
 
 def test_an_answer_past_the_timeout_is_a_504_and_a_failing_engine_a_500(deployment) -> None:
+    from components.serving.app import create_app
     from components.serving.engine import Engine
-    from flows.api import create_app
 
     params = load_params(deployment.params_file)
     params = params.model_copy(update={"api": params.api.model_copy(update={"request_timeout_s": 0.001})})
@@ -58,8 +58,8 @@ def test_an_answer_past_the_timeout_is_a_504_and_a_failing_engine_a_500(deployme
 
 
 def test_an_index_not_published_yet_is_a_503_that_says_what_to_run(tmp_path) -> None:
+    from components.serving.app import create_app
     from components.serving.engine import Engine
-    from flows.api import create_app
 
     dep = build_deployment(tmp_path, adapters=0)  # no `dep.index()`
     params = load_params(dep.params_file)

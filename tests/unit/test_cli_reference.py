@@ -1,4 +1,4 @@
-"""docs/cli.md is the command-line reference rendered from the app (flows/cli_reference.py): a test fails when it is
+"""docs/cli.md is the command-line reference rendered from the app (flows/cli/reference.py): a test fails when it is
 out of date, and the rendering depends on the app alone (not the terminal, the environment or the checkout)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated
 import pytest
 import typer
 
-from flows import cli_reference
+from flows.cli import reference as cli_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_rendering_ignores_the_terminal_the_environment_and_the_checkout(tmp_pat
     env = {**os.environ, "COLUMNS": "37", "LINES": "10", "TERM": "xterm-256color", "FORCE_COLOR": "1",
            "HOME": str(tmp_path), "PYTHONPATH": path}  # fmt: skip
     env.pop("NO_COLOR", None)
-    code = "import sys; from flows import cli_reference as c; sys.stdout.write(c.render(c.load_app()))"
+    code = "import sys; from flows.cli import reference as c; sys.stdout.write(c.render(c.load_app()))"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          encoding="utf-8", timeout=120, check=True).stdout  # fmt: skip
     here = cli_reference.render(cli_reference.load_app())

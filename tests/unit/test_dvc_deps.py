@@ -1,12 +1,16 @@
-"""dvc.yaml's deps cover each stage's code: the modules of the repo its command imports, transitively (module- and
-function-level imports, read with ast), must each be a dep or lie in a dep folder. A stage whose code is not among
-its deps would not rerun when that code changes (issue 13: evaluate did not depend on retrieval.py)."""
+"""dvc.yaml's deps are each stage's code, exactly: the modules of the repo its command imports, transitively (module-
+and function-level imports, read with ast), must each be a dep or lie in a dep folder, and each dep of code
+(components/, flows/) must be code the command runs (a folder: all of it). A stage whose code is not among its deps
+would not rerun when that code changes (issue 13: evaluate did not depend on retrieval.py); a stage with a dep it
+does not run reruns for nothing (issue 21: an edit to the HTTP app reran evaluate, finetune and gate)."""
 
 from __future__ import annotations
 
 import ast
 import shlex
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -60,47 +64,115 @@ def _imports(nodes: list[ast.AST], module: str, is_package: bool) -> set[str]:
     return {".".join(m.split(".")[: i + 1]) for m in found for i in range(m.count(".") + 1)}
 
 
-def _closure(roots: set[str], skip: frozenset[str] = frozenset({"flows.cli"})) -> set[Path]:
+def _closure(roots: set[str]) -> set[Path]:
     """The files of the repo modules `roots` import, transitively; every import in a module counts (a function's
-    import runs when that function does, and which functions a command reaches is not worth guessing)."""
+    import runs when that function does, and which functions a flow reaches is not worth guessing). The CLI's own
+    modules are left to `_cli_reach`, which follows them function by function."""
     seen: set[Path] = set()
     todo = [m for m in roots if _module_file(m)]
     while todo:
         name = todo.pop()
         path = _module_file(name)
-        if path is None or path in seen or name in skip:
+        if path is None or path in seen or _is_cli(name):
             continue
         seen.add(path)
-        tree = ast.parse(path.read_text(), str(path))
-        todo.extend(_imports(_runtime_nodes(tree), name, path.name == "__init__.py") - {name})
+        nodes = _runtime_nodes(ast.parse(path.read_text(), str(path)))
+        todo.extend((_imports(nodes, name, path.name == "__init__.py") | _run_as_scripts(nodes)) - {name})
     return {p for p in seen if p.name != "__init__.py" or p.read_text().strip()}
 
 
-def _command_roots(subcommand: str) -> set[str]:
-    """What `ragloop SUBCOMMAND` imports: flows/cli.py's module-level imports, those inside the command's function
-    and the cli.py helpers it calls, main()'s, and the Prefect connection's for a command that runs a flow."""
-    from flows import cli
+def _run_as_scripts(nodes: list[ast.AST]) -> set[str]:
+    """The repo modules named by a string, as `python -m components.behaviour.finetune_worker` names the fine-tune's
+    worker processes: code the stage runs, though no import statement names it."""
+    return {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and n.value.split(".")[0] in PACKAGES and _module_file(n.value) is not None}  # fmt: skip
 
-    source = (REPO / "flows" / "cli.py").read_text()
-    tree = ast.parse(source)
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    callbacks = {(c.name or (c.callback.__name__.replace("_", "-") if c.callback else "")):
-                 getattr(c.callback, "__wrapped__", c.callback) for c in cli.app.registered_commands}  # fmt: skip
-    assert subcommand in callbacks, f"dvc.yaml runs `ragloop {subcommand}`, which flows/cli.py does not define"
-    start = callbacks[subcommand].__name__
-    reached, todo = set(), [start, "main", "optional_rollback_value"]
-    todo += ["_on_prefect_api"] if subcommand in cli._RUNS_A_FLOW else []
+
+CLI = "flows.cli"
+
+
+def _is_cli(module: str) -> bool:
+    return module == CLI or module.startswith(CLI + ".")
+
+
+@cache
+def _cli_module(name: str) -> tuple[dict[str, ast.AST], list[ast.AST], dict[str, tuple[str, str]]]:
+    """A module of the CLI package: its top-level functions and classes, its module-level imports, and the names it
+    imports from other CLI modules (local name -> (module, name))."""
+    path = _module_file(name)
+    assert path is not None, name
+    tree = ast.parse(path.read_text(), str(path))
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    from_cli = {(a.asname or a.name): (n.module, a.name) for n in imports if isinstance(n, ast.ImportFrom)
+                and n.module and _is_cli(n.module) for a in n.names}  # fmt: skip
+    return defs, imports, from_cli
+
+
+def _commands() -> dict[str, tuple[Any, type | None]]:
+    """`ragloop`'s top-level commands: name -> (the function, unwrapped, and the command class it is registered
+    with)."""
+    from flows.cli import app
+
+    out = {}
+    for c in app.registered_commands:
+        function = getattr(c.callback, "__wrapped__", c.callback)
+        out[c.name or function.__name__.replace("_", "-")] = (function, c.cls)
+    return out
+
+
+def _cli_reach(subcommand: str) -> tuple[set[Path], set[str]]:
+    """What `ragloop SUBCOMMAND` runs of the CLI package: the files of the CLI modules it imports, and the modules
+    outside the CLI that the code it reaches imports. Followed function by function from the command (its
+    decorators and command class too) and from main(): a name that is a function or class of the same module, or one
+    imported from another CLI module, is followed; another command never is (a command never calls one). A reached
+    module's module-level imports run, except the package's imports of the area modules: those only register the
+    other commands."""
+    commands = _commands()
+    assert subcommand in commands, f"dvc.yaml runs `ragloop {subcommand}`, which flows/cli does not define"
+    function, cls = commands[subcommand]
+    others = {f.__name__ for name, (f, _) in commands.items() if name != subcommand}
+    todo = [(CLI, "main"), (function.__module__, function.__name__)]
+    todo += [(cls.__module__, cls.__name__)] if cls is not None else []
+    seen: set[tuple[str, str]] = set()
+    modules: set[str] = {CLI}
+    nodes: dict[str, list[ast.AST]] = {}
     while todo:
-        name = todo.pop()
-        if name in reached or name not in functions:
+        module, name = todo.pop()
+        if (module, name) in seen or not _module_file(module):
             continue
-        reached.add(name)
-        # the helpers it calls (private: a command never calls another command, and a name such as `rollback`
-        # inside a helper is an imported function, not the command of that name)
-        todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id.startswith("_")]
-    module_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    nodes = module_level + [n for f in reached for n in _runtime_nodes(functions[f])]
-    return _imports(nodes, "flows.cli", False) - {"flows.cli"}
+        seen.add((module, name))
+        modules.add(module)
+        defs, _, from_cli = _cli_module(module)
+        if name not in defs or name in others:
+            continue
+        reached = _runtime_nodes(defs[name])
+        nodes.setdefault(module, []).extend(reached)
+        for n in reached:
+            if isinstance(n, ast.Name) and n.id in defs:
+                todo.append((module, n.id))
+            elif isinstance(n, ast.Name) and n.id in from_cli:
+                todo.append(from_cli[n.id])
+            elif isinstance(n, ast.ImportFrom) and n.module and _is_cli(n.module):
+                todo += [(n.module, a.name) for a in n.names]
+    done: set[str] = set()
+    while modules - done:  # a reached module imports its CLI modules at module level: they run too
+        module = sorted(modules - done)[0]
+        done.add(module)
+        _, imports, _ = _cli_module(module)
+        nodes.setdefault(module, []).extend(imports)
+        for n in imports:
+            if not (isinstance(n, ast.ImportFrom) and n.module and _is_cli(n.module)):
+                continue
+            for alias in n.names:
+                submodule = f"{n.module}.{alias.name}"
+                if not _module_file(submodule):
+                    modules.add(n.module)  # a name from a CLI module
+                elif module != CLI:
+                    modules.add(submodule)  # a CLI module; the package's own imports of them register commands
+    outside = {m for module, found in nodes.items()
+               for m in _imports(found, module, module == CLI) if not _is_cli(m)}  # fmt: skip
+    return {p for m in modules if (p := _module_file(m)) is not None}, outside
 
 
 def _stages() -> dict[str, dict]:
@@ -113,34 +185,96 @@ def _covered(path: Path, deps: list[str]) -> bool:
 
 
 def stage_code(stage: dict) -> set[Path]:
+    """The files of the repo a stage's command runs: the CLI modules it reaches (its area module, the package's
+    __init__, common.py) and everything they import outside the CLI, transitively."""
     argv = shlex.split(stage["cmd"])
     assert argv[0] == "ragloop", f"a stage runs {argv[0]!r}; this test reads `ragloop` commands only"
-    return _closure(_command_roots(argv[1])) | {REPO / "flows" / "cli.py"}  # cli.py's other commands do not count
+    cli_files, outside = _cli_reach(argv[1])
+    return _closure(outside) | cli_files
+
+
+def _deps(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+def not_run(code: set[Path], deps: list[str]) -> list[str]:
+    """The deps of code (a file or folder of components/ or flows/) that are not code the stage runs: a file it does
+    not import, or a folder with a module it does not import (list that folder's files one by one instead)."""
+    out = []
+    for dep in deps:
+        path = REPO / dep.rstrip("/")
+        if dep.split("/")[0] not in PACKAGES:
+            continue
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        modules = [f for f in files if f.name != "__init__.py" or f.read_text().strip()]
+        if not modules or any(f not in code for f in modules):
+            out.append(dep)
+    return out
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_every_module_a_stage_runs_is_among_its_deps(name: str) -> None:
     stage = _stages()[name]
-    deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
-    missing = sorted(p.relative_to(REPO).as_posix() for p in stage_code(stage) if not _covered(p, deps))
+    missing = sorted(p.relative_to(REPO).as_posix() for p in stage_code(stage) if not _covered(p, _deps(stage)))
     assert not missing, f"dvc.yaml stage {name!r} runs code that is not among its deps: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_every_code_dep_of_a_stage_is_code_it_runs(name: str) -> None:
+    stage = _stages()[name]
+    extra = not_run(stage_code(stage), _deps(stage))
+    assert not extra, f"dvc.yaml stage {name!r} lists code its command does not run (it would rerun for nothing): " + (
+        ", ".join(extra))  # fmt: skip
 
 
 def test_a_stage_without_its_retrieval_code_is_caught() -> None:
     stage = _stages()["evaluate"]
-    deps = [d for d in stage["deps"] if d != "components/knowledge"]
+    deps = [d for d in _deps(stage) if d != "components/knowledge/retrieval.py"]
     missing = {p.relative_to(REPO).as_posix() for p in stage_code(stage) if not _covered(p, deps)}
-    assert "components/knowledge/retrieval.py" in missing and "components/behaviour/evaluate.py" not in missing
+    assert missing == {"components/knowledge/retrieval.py"}
+
+
+def test_a_stage_with_code_it_does_not_run_is_caught() -> None:
+    stage = _stages()["evaluate"]
+    code = stage_code(stage)
+    extra = [
+        "components/serving/app.py",
+        "flows/cli/triage.py",
+        "components/behaviour/triage.py",
+        "components/knowledge",
+    ]
+    assert not_run(code, [*_deps(stage), *extra]) == extra
+    assert not_run(code, ["data/behaviour/gate.jsonl", "params.yaml"]) == []  # data and params are not code
 
 
 def test_the_closure_follows_function_level_imports_and_skips_type_checking_ones() -> None:
     code = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["evaluate"])}
-    # imported inside functions only: the evaluate flow's retriever, the registry, the fingerprint's suite hash
-    assert {"components/knowledge/retrieval.py", "components/tracking/registry.py", "flows/behaviour.py",
-            "components/behaviour/suite.py", "components/config.py", "flows/cli.py"} <= code  # fmt: skip
-    assert not any(p.startswith("flows/api") or p.endswith("triage.py") for p in code)  # other commands' code
+    # imported inside functions only: the evaluate flow's retriever, the registry, the fingerprint's suite hash, the
+    # Prefect connection of a command that runs a flow
+    assert {
+        "components/knowledge/retrieval.py",
+        "components/tracking/registry.py",
+        "flows/behaviour.py",
+        "components/behaviour/suite.py",
+        "components/config.py",
+        "flows/prefect_server.py",
+        "flows/cli/__init__.py",
+        "flows/cli/common.py",
+        "flows/cli/behaviour.py",
+        "flows/cli/failures.py",
+    } <= code
+    # other commands' code: their CLI modules, the HTTP app, triage, the re-index flow (the `pipeline` flow's)
+    others = ("flows/cli/knowledge.py", "flows/cli/serving.py", "flows/cli/triage.py", "flows/cli/operations.py",
+              "flows/cli/retriever.py", "flows/api_deployment.py", "flows/reindex.py", "flows/pipeline.py",
+              "components/serving/", "components/behaviour/triage.py", "flows/triage.py")  # fmt: skip
+    assert not [p for p in code if p.startswith(others)]
     base = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["base_model"])}
     assert "components/behaviour/base_model.py" in base and "flows/behaviour.py" not in base
+    assert "flows/prefect_server.py" not in base  # base-model runs no flow
+    finetune = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["finetune"])}
+    assert "components/behaviour/finetune_worker.py" in finetune  # run as `python -m` on several GPUs
+    index = {p.relative_to(REPO).as_posix() for p in stage_code(_stages()["index"])}
+    assert {"flows/cli/knowledge.py", "flows/reindex.py", "flows/prefect_server.py"} <= index
 
 
 def test_base_model_does_not_depend_on_the_corpus() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.config import Settings
-from flows.failures import unreachable_server
+from flows.cli.failures import unreachable_server
 
 SERVERS = Settings(mlflow_tracking_uri="http://10.0.0.9:5000", chroma_host="chroma.internal", chroma_port=8123,
                    chroma_ssl=False)  # fmt: skip

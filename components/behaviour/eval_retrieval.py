@@ -1,27 +1,21 @@
-"""`ragloop eval-retrieval FILE`: retrieval of the published index version scored on labelled queries, in one
-process (every query embedded in one batch), printed and logged to MLflow (experiment `retrieval.experiment`).
-
-No Prefect import here (a command that runs no flow should not pay for it): the Prefect task the evaluation
-flows call is flows/retrieval_tasks.py, over `evaluate_retrieval`.
+"""Retrieval of the published index version scored on labelled queries, in one process (every query embedded in
+one batch), logged to MLflow (experiment `retrieval.experiment`): what `ragloop eval-retrieval FILE` prints
+(flows/cli/knowledge.py) and what the evaluate flow records (its Prefect task: flows/retrieval_tasks.py).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from components.config import Params, Settings
-from components.knowledge.retrieval import LEVELS, IndexNotReadyError, Retriever
+from components.knowledge.retrieval import LEVELS, Retriever
 from components.knowledge.retrieval_eval import (
     NDCG_AT,
     LabelledQuery,
-    QueryFileError,
     file_md5,
     load_queries,
-    parse_ks,
     score_query,
     summarise,
     unknown_documents,
@@ -100,55 +94,3 @@ def _worst(rows: list[dict[str, Any]], ks: tuple[int, ...]) -> list[dict[str, An
     order = sorted(rows, key=lambda r: (r[f"ndcg@{NDCG_AT}"], r[f"recall@{max(ks)}"], r["mrr"], r["line"]))
     keep = ("id", "line", "query", f"ndcg@{NDCG_AT}", f"recall@{max(ks)}", "mrr", "missed", "retrieved")
     return [{k: r[k] for k in keep} for r in order[:WORST]]
-
-
-def run_command(params: Params, queries_file: Path, k: str, level: str, as_json: bool, log: bool) -> int:
-    """What `ragloop eval-retrieval` does; returns its exit status (2: bad input, 1: no index)."""
-    from rich.console import Console
-
-    err = Console(stderr=True, soft_wrap=True)
-    try:
-        result = evaluate_retrieval(params, queries_file, parse_ks(k), level, log=log)
-    except (QueryFileError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        return 2
-    except IndexNotReadyError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        return 1
-    for u in result["unknown_documents"]:
-        hint = f" (closest indexed path: {u['closest']})" if u["closest"] else ""
-        where = f"{queries_file}:{u['line']}: relevant document {u['doc']!r}"
-        err.print(f"[yellow]warning:[/] {where} is not in index version {result['index_version']}{hint}; "
-                  "left out of the scores", highlight=False)  # fmt: skip
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        Console(soft_wrap=True).print(*views(result))
-    return 0
-
-
-def views(r: dict[str, Any]) -> list[Any]:
-    """The tables `ragloop eval-retrieval` prints: the metrics, then the worst queries."""
-    from rich.table import Table
-
-    title = (f"retrieval of index version {r['index_version']} at the {r['level']} level: {r['scored']} of "
-             f"{r['queries']} queries scored, {r['seconds']['per_query'] * 1000:.0f} ms a query")  # fmt: skip
-    metrics = Table("metric", "value", title=title)
-    for name, value in r["metrics"].items():
-        metrics.add_row(name, f"{value:.3f}")
-    worst = Table("line", "query", f"ndcg@{NDCG_AT}", "missed", title="worst queries")
-    for w in r["worst"]:
-        text = w["query"] if len(w["query"]) <= 90 else w["query"][:87] + "..."
-        worst.add_row(str(w["line"]), text, f"{w[f'ndcg@{NDCG_AT}']:.2f}", ", ".join(w["missed"]) or "-")
-    footer = f"MLflow run {r['mlflow_run_id']}" if r["mlflow_run_id"] else "not logged (--no-log)"
-    return [metrics, worst, footer]
-
-
-def doc_hits_table(hits: list[dict[str, Any]]) -> Any:
-    """`ragloop query --level doc`: each document with its score and the start of its best chunk."""
-    from rich.table import Table
-
-    t = Table("score", "doc", "best chunk")
-    for h in hits:
-        t.add_row(f"{h['score']:.3f}", h["doc"], h["chunks"][0]["text"][:160].replace("\n", " "))
-    return t

@@ -12,6 +12,9 @@
 Bad requests get a 4xx whose `error.param` names the wrong field; a failure on the server a 5xx with a message, and
 an answer that is not ready within `api.request_timeout_s` a 504. Binding anything but loopback needs an API key
 (RAGLOOP_API_KEY), then required on every /v1 call as `Authorization: Bearer <key>`.
+
+The request and response bodies, and the request's checks, are components/serving/protocol.py; no Prefect here
+(`ragloop api --prefect` runs `run_api` as a flow: flows/api_deployment.py).
 """
 
 from __future__ import annotations
@@ -23,17 +26,26 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Literal
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from components.config import Params, Settings
+from components.serving.protocol import (
+    ApiError,
+    ChatRequest,
+    FeedbackRequest,
+    check_feedback_text,
+    chunks,
+    completion,
+    error_body,
+    model_card,
+    question_of,
+)
 
 API_KEY_ENV = "RAGLOOP_API_KEY"
 TRACE_HEADER = "x-ragloop-trace-id"
@@ -43,52 +55,6 @@ log = logging.getLogger("ragloop.api")
 
 class ApiConfigError(RuntimeError):
     """The server cannot start as configured (a non-loopback bind without an API key)."""
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-
-# --- request bodies --------------------------------------------------------------------------------------------
-
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[_Part] | None = None
-
-
-class ChatRequest(BaseModel):
-    """The fields ragloop reads; the other OpenAI parameters (temperature, max_tokens, ...) are accepted and
-    ignored: decoding is greedy and grounded by design."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[_Message]
-    stream: bool = False
-    n: int = 1
-    user: str | None = None
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    trace_id: str = Field(min_length=1, max_length=200)
-    value: Any
-    comment: str | None = None
-    correction: str | None = None
-    user: str | None = Field(None, max_length=200)
-
-
-# --- the rules -------------------------------------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -112,52 +78,23 @@ def api_key_for(host: str) -> str | None:
     return key
 
 
-def question_of(req: ChatRequest, params: Params) -> str:
-    """The last user message's text, after the request's limits; ApiError naming the field otherwise."""
-    limits = params.api
-    if req.model != limits.model_id:
-        raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {limits.model_id!r} "
-                       "(GET /v1/models)", "model", "model_not_found")  # fmt: skip
-    if not req.messages:
-        raise ApiError(400, "messages: must hold at least one message", "messages")
-    if len(req.messages) > limits.max_messages:
-        raise ApiError(400, f"messages: {len(req.messages)} messages, at most {limits.max_messages} "
-                       "(api.max_messages)", "messages")  # fmt: skip
-    if req.n != 1:
-        raise ApiError(400, f"n: only one choice per request is generated, got n={req.n}", "n")
-    texts = [_text(m) for m in req.messages]
-    total = sum(len(t) for t in texts)
-    if total > limits.max_input_chars:
-        raise ApiError(400, f"messages: {total} characters of content, at most {limits.max_input_chars} "
-                       "(api.max_input_chars)", "messages", "context_length_exceeded")  # fmt: skip
-    users = [i for i, m in enumerate(req.messages) if m.role == "user"]
-    if not users:
-        raise ApiError(400, "messages: no message with role 'user' (the question is the last user message)",
-                       "messages")  # fmt: skip
-    question = texts[users[-1]].strip()
-    if not question:
-        raise ApiError(400, f"messages[{users[-1]}].content: the user message is empty",
-                       f"messages[{users[-1]}].content")  # fmt: skip
-    return question
-
-
-def _text(message: _Message) -> str:
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    return "\n".join(p.text or "" for p in message.content if p.type == "text")
-
-
 # --- the app ---------------------------------------------------------------------------------------------------
 
 
 def create_app(params: Params, settings: Settings, engine: Any, api_key: str | None) -> FastAPI:
-    """The FastAPI app around a loaded `components.serving.engine.Engine`."""
-    from components.tracking import traces
+    """The FastAPI app around a loaded `components.serving.engine.Engine`: the open health probe, then the /v1
+    routes behind the key."""
+    app = FastAPI(title="ragloop", version="0.1.0", lifespan=_spool_worker(params, settings))
+    _answer_errors(app)
+    app.include_router(_health(params, settings, engine))
+    app.include_router(_models(params, engine), dependencies=[Depends(_bearer(api_key))])
+    app.include_router(_chat(params, settings, engine), dependencies=[Depends(_bearer(api_key))])
+    app.include_router(_feedback(params, settings), dependencies=[Depends(_bearer(api_key))])
+    return app
 
-    limits = params.api
-    created = int(time.time())
+
+def _spool_worker(params: Params, settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: a thread that delivers queued feedback while the app runs (`_redeliver`)."""
     stop = threading.Event()
 
     @asynccontextmanager
@@ -171,7 +108,11 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
             stop.set()
             worker.join(timeout=30)
 
-    app = FastAPI(title="ragloop", version="0.1.0", lifespan=lifespan)
+    return lifespan
+
+
+def _bearer(api_key: str | None) -> Callable[[Request], None]:
+    """The /v1 routes' dependency: `Authorization: Bearer <key>` when the server has a key, nothing otherwise."""
 
     def authorised(request: Request) -> None:
         if api_key is None:
@@ -181,6 +122,13 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", None,
                            "invalid_api_key")  # fmt: skip
+
+    return authorised
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every failure as an OpenAI error body: ApiError with its status, a bad body 400 naming the field, anything
+    else 500 with its message."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -198,23 +146,43 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
         log.exception("request failed")
         return _error(500, f"server error: {type(exc).__name__}: {exc}", None, None, "server_error")
 
-    @app.get("/health")
+
+def _health(params: Params, settings: Settings, engine: Any) -> APIRouter:
+    from components.tracking import traces
+
+    router = APIRouter()
+
+    @router.get("/health")
     async def health() -> dict[str, Any]:
         reachable = await asyncio.to_thread(traces.store_reachable, params, settings)
         return {"status": "ok", **engine.status(), "tracking_store_reachable": reachable,
                 "spool_depth": traces.spool_depth(params)}  # fmt: skip
 
-    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    return router
+
+
+def _models(params: Params, engine: Any) -> APIRouter:
+    model_id, created = params.api.model_id, int(time.time())
+    router = APIRouter()
+
+    @router.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(limits.model_id, created, engine)]}
+        return {"object": "list", "data": [model_card(model_id, created, engine)]}
 
-    @app.get("/v1/models/{model_id}", dependencies=[Depends(authorised)])
+    @router.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
-        if model_id != limits.model_id:
+        if model_id != params.api.model_id:
             raise ApiError(404, f"model: unknown model {model_id!r}", "model", "model_not_found")
-        return _model_card(model_id, created, engine)
+        return model_card(model_id, created, engine)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorised)], response_model=None)
+    return router
+
+
+def _chat(params: Params, settings: Settings, engine: Any) -> APIRouter:
+    limits = params.api
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> JSONResponse | StreamingResponse:
         from components.knowledge.retrieval import IndexNotReadyError
         from components.serving.engine import EngineBusyError
@@ -233,19 +201,24 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
         except IndexNotReadyError as exc:
             raise ApiError(503, str(exc), None, "index_not_ready", "server_error") from None
         written = await _trace(params, settings, answered, max(1.0, deadline - time.monotonic()))
-        body = _completion(req.model, answered, written)
+        body = completion(req.model, answered, written)
         headers = {TRACE_HEADER: written.trace_id} if written.trace_id else {}
         if req.stream:
-            return StreamingResponse(_chunks(body), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(chunks(body), media_type="text/event-stream", headers=headers)
         return JSONResponse(body, headers=headers)
 
-    @app.post("/v1/feedback", dependencies=[Depends(authorised)])
+    return router
+
+
+def _feedback(params: Params, settings: Settings) -> APIRouter:
+    from components.tracking import traces
+
+    limits = params.api
+    router = APIRouter()
+
+    @router.post("/v1/feedback")
     async def feedback(req: FeedbackRequest) -> JSONResponse:
-        for name in ("comment", "correction"):
-            text = getattr(req, name)
-            if text is not None and len(text) > limits.max_feedback_chars:
-                raise ApiError(400, f"{name}: {len(text)} characters, at most {limits.max_feedback_chars} "
-                               "(api.max_feedback_chars)", name)  # fmt: skip
+        check_feedback_text(req, params)
         try:
             traces.check_value(req.value)
             result = await asyncio.wait_for(
@@ -262,7 +235,7 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
                            "server_error") from None  # fmt: skip
         return JSONResponse(result, status_code=202 if result["status"] == "queued" else 200)
 
-    return app
+    return router
 
 
 async def _trace(params: Params, settings: Settings, answered: Any, timeout: float) -> Any:
@@ -281,63 +254,9 @@ async def _trace(params: Params, settings: Settings, answered: Any, timeout: flo
     return await asyncio.to_thread(keep_trace, params, answered, trace_id)
 
 
-def _completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{(written.trace_id or '').removeprefix('tr-') or uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answered.raw},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": answered.tokens_in,
-            "completion_tokens": answered.tokens_out,
-            "total_tokens": answered.tokens_in + answered.tokens_out,
-        },
-        "ragloop": {
-            "trace_id": written.trace_id or None,
-            "traced": written.stored,
-            "trace_queued": written.queued,
-            "model_version": answered.model_version,
-            "index_version": answered.index_version,
-            "intent": answered.intent,
-            "answer": answered.answer,
-            "cited": list(answered.cited),
-            "sources": answered.sources(),
-            "checks": answered.checks,
-            "latency_ms": answered.latency_ms,
-        },
-    }
-
-
-async def _chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
-    import json
-
-    head = {k: body[k] for k in ("id", "created", "model")}
-    message = body["choices"][0]["message"]
-    first = {**head, "object": "chat.completion.chunk",
-             "choices": [{"index": 0, "delta": message, "finish_reason": None}]}  # fmt: skip
-    last = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "usage": body["usage"], "ragloop": body["ragloop"]}  # fmt: skip
-    for chunk in (first, last):
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
-
-
-def _model_card(model_id: str, created: int, engine: Any) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "ragloop",
-            "ragloop": engine.versions()}  # fmt: skip
-
-
 def _error(status: int, message: str, param: str | None, code: str | None = None,
            kind: str = "invalid_request_error") -> JSONResponse:  # fmt: skip
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+    return JSONResponse(error_body(message, param, code, kind), status)
 
 
 def _redeliver(params: Params, settings: Settings, stop: threading.Event,

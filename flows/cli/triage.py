@@ -1,11 +1,117 @@
-"""The Rich tables the `ragloop` commands print without `--json` (one per command's result; the JSON is the
-contract, these are for people)."""
+"""`ragloop` commands of production triage and of where things stand: triage, `cases list|accept` (the candidate
+training cases triage found), status and advise; with their tables."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.table import Table
+
+from flows.cli.common import JsonOpt, ParamsOpt, ReasonOpt, dict_table, emit, exits, load, on_prefect_api
+
+
+@on_prefect_api()
+def triage(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start here instead of where the last triage stopped: an ISO time (UTC unless it says) "
+            "or a duration back from now (90m, 2h, 7d)."
+        ),
+    ] = None,
+    reason: ReasonOpt = "manual",
+) -> None:
+    """Route each failing live answer since the last triage to its fix (the Prefect flow `triage`): stale
+    (re-index, then check the question retrieves it), missing (a report of the topics to write up), retrieval (the
+    answering document ranked below the context: tune the retriever), behaviour (candidate training cases for
+    `ragloop cases accept`)."""
+    from components.tracking.triage_runs import parse_since
+
+    params = load(params_file)
+    if since is not None:
+        with exits({ValueError: 2}):
+            parse_since(since, 0)
+    from flows.triage import triage as triage_flow
+
+    emit(triage_flow(params_file=str(params.source), since=since, reason=reason), as_json, triage_view)
+
+
+cases = typer.Typer(
+    name="cases",
+    help="Candidate training cases that triage found in live traffic (data/behaviour/candidates.jsonl): list them, "
+    "accept them into train.jsonl. They never enter the gate set.",
+    no_args_is_help=True,
+)
+
+
+@cases.command("list")
+def cases_list(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """The pending candidates, with what each still needs before it can be accepted."""
+    from components.behaviour.candidates import candidates_path, load_candidates
+    from components.behaviour.suite import SuiteError
+
+    params = load(params_file)
+    with exits({SuiteError: 2}):
+        rows = load_candidates(candidates_path(params))
+    emit(rows, as_json, cases_table)
+
+
+@cases.command("accept")
+def cases_accept(
+    ids: Annotated[list[str], typer.Argument(help="Candidate ids (`ragloop cases list`).")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    answer: Annotated[
+        str | None, typer.Option(help="The target answer, for a candidate the user gave no correction for.")
+    ] = None,
+    intent: Annotated[
+        str | None, typer.Option(help="The intent label, when the candidate's is missing or wrong.")
+    ] = None,
+) -> None:
+    """Move candidates into train.jsonl (validated, and refused when a question collides with the gate set)."""
+    from dataclasses import asdict
+
+    from components.behaviour.candidates import CandidateError, accept
+    from components.behaviour.suite import SuiteError
+
+    params = load(params_file)
+    with exits({(CandidateError, SuiteError): 1}):
+        done = accept(params, ids, answer=answer, intent=intent)
+    emit({"accepted": [asdict(a) for a in done], "train": str(params.paths.behaviour / "train.jsonl")}, as_json,
+         dict_table)  # fmt: skip
+
+
+def status(params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Where things stand: the index and its freshness, champion and previous with their gate-set rates, the
+    last evaluation's decision, and whether a re-index, an evaluation, a fine-tune or a gate is pending."""
+    from components.behaviour.history import status as read_status
+    from components.config import Settings
+
+    params = load(params_file)
+    emit(read_status(params, Settings.from_env()), as_json, status_view)
+
+
+def advise(
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    days: Annotated[int, typer.Option(min=1, help="How far back the recorded history is read.")] = 30,
+) -> None:
+    """RAG or fine-tuning, what goes where? Answered from this system's recorded history: how often the
+    knowledge changed, the mix of knowledge and behaviour failures, the labelled examples, and what each
+    fine-tune bought at the gate and what it cost."""
+    from components.behaviour.advice import advise as decide
+    from components.behaviour.history import evidence
+    from components.config import Settings
+
+    params = load(params_file)
+    emit(decide(evidence(params, Settings.from_env(), days)), as_json, advice_view)
+
+
+# --- the tables ------------------------------------------------------------------------------------------------
 
 
 def triage_view(r: dict) -> Table:
@@ -38,15 +144,6 @@ def cases_table(rows: list[dict]) -> Table:
             needs = [f"cannot be accepted: same question as gate case {c['gate_collision']}"]
         label = f"{c.get('intent') or '-'}" + (" (model's guess)" if c.get("intent_source") == "model" else "")
         t.add_row(c["id"], c["question"], label, c.get("answer") or "-", ", ".join(needs) or "ready")
-    return t
-
-
-def server_table(s: dict) -> Table:
-    state = "healthy" if s["healthy"] else "running, not answering" if s["running"] else "not running"
-    t = Table("", "", title=f"Prefect server: {state}" + (f" (UI {s['url']})" if s.get("url") else ""))
-    for key in ("started", "stopped", "url", "api_url", "pid", "port", "home", "log", "started_at"):
-        if key in s:
-            t.add_row(key, str(s[key]))
     return t
 
 
@@ -109,64 +206,4 @@ def advice_view(a: dict) -> Table:
         t.add_row(f"[bold]{label}[/]", "\n".join(d["advice"]))
         t.add_row("  evidence", "\n".join(f"- {e}" for e in d["evidence"]) or "-")
         t.add_row("  would change it", "\n".join(f"- {w}" for w in d["would_change"]))
-    return t
-
-
-def index_table(r: dict) -> Table:
-    state = "published" if r.get("published", True) else "unchanged"
-    t = Table(title=f"index version {r['index_version']} ({state})")
-    for col in ("", "added", "modified", "deleted", "renamed", "unchanged", "failed"):
-        t.add_column(col)
-    t.add_row("documents", *(str(r["documents"][k]) for k in list(r["documents"])))
-    t.add_row("chunks", *(f"{k} {v}" for k, v in r["chunks"].items()), "", "")
-    for e in r["errors"]:
-        t.add_row("[red]error[/]", f"{e['path']}: {e['error']}")
-    return t
-
-
-def dict_table(d: dict) -> Table:
-    t = Table("key", "value")
-    for k, v in d.items():
-        t.add_row(str(k), json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    return t
-
-
-def evaluation_table(s: dict) -> Table:
-    t = Table("slice", "pass rate", "95% interval", "n", title=f"{s['model_version']}: decision {s['decision']}")
-    for name, v in s["slices"].items():
-        t.add_row(name, f"{v['pass_rate']:.3f}", f"{v['ci_low']:.3f}-{v['ci_high']:.3f}", str(v["n"]))
-    r = s["retrieval"]
-    recall = next((f"{k.replace('_at_', '@')} {v:.3f}" for k, v in r.items() if k.startswith("recall_at_")), "")
-    t.add_row("retrieval", f"hit@k {r['hit_at_k']:.3f}", f"mrr {r['mrr']:.3f} {recall}", "")
-    t.add_row("routes", ", ".join(f"{k} {v}" for k, v in s["routes"].items()), "actions: "
-              + (", ".join(s["actions"]) or "none"), str(sum(s["routes"].values())))  # fmt: skip
-    labelled = s.get("labelled_retrieval")
-    if labelled:  # paths.retrieval_queries
-        m = labelled["metrics"]
-        recall = next((f"{k} {v:.3f}" for k, v in m.items() if k.startswith("recall@")), "")
-        t.add_row("labelled queries", recall, f"mrr {m['mrr']:.3f} ndcg@10 {m['ndcg@10']:.3f}", str(labelled["scored"]))
-    return t
-
-
-def hits_table(hits: list[dict]) -> Table:
-    t = Table("score", "doc", "text")
-    for h in hits:
-        t.add_row(f"{h['score']:.3f}", h["doc"], h["text"][:160].replace("\n", " "))
-    return t
-
-
-def verify_table(r: dict) -> Table:
-    t = Table(title=f"verify index version {r['index_version']}: {'ok' if r['ok'] else 'NOT OK'}")
-    t.add_column("check")
-    t.add_column("count")
-    for key in ("missing", "orphaned", "duplicated", "foreign_embedder", "mismatched"):
-        t.add_row(key, str(r[key]))
-    t.add_row("documents changed since publish", str(len(r["pending_documents"])))
-    return t
-
-
-def versions_table(rows: list[dict]) -> Table:
-    t = Table("version", "published", "kind", "embedder", "collection")
-    for r in rows:
-        t.add_row(str(r["version"]), "*" if r["published"] else "", r["kind"], r["embedder"], r["collection"])
     return t

@@ -1,6 +1,6 @@
 """The command-line reference, docs/cli.md, rendered from the Typer app through click's own introspection.
 
-`make docs` writes it (`python -m flows.cli_reference`); tests/unit/test_cli_reference.py fails when it is out of
+`make docs` writes it (`python -m flows.cli.reference`); tests/unit/test_cli_reference.py fails when it is out of
 date. The text depends on the app alone: no terminal width, no colours, no environment, no path of this machine (a
 default that is an absolute path is refused: give the option a relative default, or a `show_default` text).
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def load_app() -> typer.Typer:
@@ -37,7 +37,7 @@ def render(app: typer.Typer) -> str:
     root = typer.main.get_command(app)
     name = app.info.name if isinstance(app.info.name, str) else "ragloop"
     lines = [f"# `{name}` command reference", ""]
-    lines += ["Generated from the command-line app by `make docs` (flows/cli_reference.py): do not edit by hand.", ""]
+    lines += ["Generated from the command-line app by `make docs` (flows/cli/reference.py): do not edit by hand.", ""]
     for command, ctx in _walk(root, typer.Context(root, info_name=name)):
         lines += _section(command, ctx)
     return "\n".join(lines).rstrip("\n") + "\n"
