@@ -12,6 +12,7 @@ it needs when it runs.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -45,6 +46,9 @@ app.add_typer(operations.server)
 def main() -> None:
     """The `ragloop` console script: the app, and for a store that stays unreachable after the tasks' retries one
     plain line naming it instead of a traceback (exit 1)."""
+    # stdout is the commands' own (a --json object): MLflow prints "View run ... at" there after each run on a
+    # tracking server unless told not to
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
         app(prog_name="ragloop")
     except Exception as exc:

@@ -230,3 +230,16 @@ def test_a_bad_idle_period_is_refused_naming_the_variable(tmp_path: Path, deploy
     assert result.returncode == 1
     assert "RAGLOOP_PREFECT_IDLE_S must be a number of seconds >= 0 (0: never stop), got 'soon'" in result.stderr
     assert not (Path(env["PREFECT_HOME"]) / STATE_FILE).exists()
+
+
+def test_status_all_lists_every_started_server_and_stop_all_ends_them(tmp_path: Path, deployment: Deployment) -> None:
+    envs = [_env(tmp_path / name / ".prefect", RAGLOOP_PREFECT_IDLE_S="0") for name in ("one", "two")]
+    pids = [_json(deployment.cli("server", "start", "--json", env=env))["pid"] for env in envs]
+    listed = _json(deployment.cli("server", "status", "--all", "--json", env=envs[0]))["servers"]
+    assert {s["pid"] for s in listed} >= set(pids)  # both, whichever folder asks
+    assert {s["home"] for s in listed if s["pid"] in pids} == {env["PREFECT_HOME"] for env in envs}
+    stopped = _json(deployment.cli("server", "stop", "--all", "--json", env=envs[1]))["stopped"]
+    assert {s["pid"] for s in stopped} >= set(pids)
+    assert all(_group_gone(pid, timeout=60) for pid in pids)
+    assert _json(deployment.cli("server", "status", "--all", "--json", env=envs[0]))["servers"] == []
+    assert all(not (Path(env["PREFECT_HOME"]) / STATE_FILE).exists() for env in envs)
