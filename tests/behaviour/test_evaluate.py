@@ -172,6 +172,10 @@ def test_each_gate_case_is_a_trace_like_a_live_answer_linked_to_its_run(trained)
             assert [d["metadata"]["doc_uri"] for d in spans[RETRIEVE_SPAN].outputs] == [h["doc"] for h in o.hits]
             assert spans[GENERATE_SPAN].outputs == {"text": o.output}
             assert spans[GENERATE_SPAN].attributes["tokens_in"] > 0
+            assert o.answered is not None  # the trace is the answer pipeline's record, not a re-count of it
+            assert spans[GENERATE_SPAN].attributes["tokens_in"] == o.answered.tokens_in
+            assert spans[GENERATE_SPAN].attributes["tokens_out"] == o.answered.tokens_out
+            assert spans[GENERATE_SPAN].inputs == {"prompt": o.answered.prompt}
             mine = [a for a in t.info.assessments if a.name.startswith(CHECK_PREFIX)]
             assert {a.name[len(CHECK_PREFIX) :]: a.value for a in mine} == o.checks
             gold = {a.name: a.value for a in t.info.assessments if not a.name.startswith(CHECK_PREFIX)}
