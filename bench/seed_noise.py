@@ -100,16 +100,17 @@ def _train(params: Any, pairs: list[tuple[str, str]], seed: int, out: Path) -> d
 
 
 def _evaluate(params: Any, adapter: Path, gate: list[Any], retriever: _FixedHits) -> dict:
-    from components.behaviour.assistant import Generator
+    from components.behaviour.assistant import Generator, generator_identity
     from components.behaviour.checks import retrieval_metrics, slice_results
     from components.behaviour.contract import contract_for
     from components.behaviour.evaluate import run_cases
+    from components.behaviour.pipeline import Model
     from components.hashing import folder_digest
 
     t0 = time.perf_counter()
     contract = contract_for(params)
-    outcomes = run_cases(gate, retriever, Generator(params, adapter, device="cpu"), params.generator,
-                         params.generator.context_chunks, contract)  # fmt: skip
+    model = Model(Generator(params, adapter, device="cpu"), "seed", None, generator_identity(params))
+    outcomes = run_cases(gate, retriever, model, params.generator, params.generator.context_chunks, contract)
     behaviour = slice_results(outcomes, contract.slice_names, behaviour_only=True)
     every = slice_results(outcomes, contract.slice_names)
     return {

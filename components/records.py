@@ -3,14 +3,16 @@ package that produces or reads them, so that tracking can write what serving ans
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Answered:
-    """One answer with everything its trace records: what was retrieved, the prompt, the raw output, which model
-    and index version produced it, the token counts and the time spent (retrieval, generation, in all)."""
+    """One answer of the answer pipeline (components/behaviour/pipeline.py) with everything its trace records: what
+    was retrieved, the prompt, the raw output and what the contract read in it, which model and index version
+    produced it, the token counts, the time spent (retrieval, generation, in all) and the checks."""
 
     question: str
     answer: str  # the contract line's answer, or the raw output when it is not a contract line
@@ -32,10 +34,21 @@ class Answered:
     started_ns: int  # wall clock (ns since the epoch) at the start of retrieval, its end, and the answer's end
     retrieved_ns: int
     ended_ns: int
-    checks: dict[str, bool] = field(default_factory=dict)  # the contract's live checks (Contract.live_check)
+    checks: dict[str, bool] = field(default_factory=dict)  # the contract's checks: a live answer's live slices
+    # (Contract.live_check), a gate case's slices that apply to it (Contract.check)
+    check_errors: dict[str, str] = field(default_factory=dict)  # check -> the error its assertion raised (it failed)
+
+    def retrieved(self) -> tuple[str, ...]:
+        """The retrieved documents, best first, once each: what the checks judge citations against."""
+        return distinct_docs(self.hits)
 
     def sources(self) -> list[dict[str, Any]]:
         return [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in self.hits]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def distinct_docs(hits: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The documents of retrieved chunks, in rank order, once each."""
+    return tuple(dict.fromkeys(h["doc"] for h in hits))

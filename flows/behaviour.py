@@ -69,7 +69,7 @@ def record(params: Params, settings: Settings, ev: Evaluation, reason: str, base
     if params.tracking.evaluation_traces:
         from components.behaviour.evaluation_traces import trace_evaluation
 
-        trace_evaluation(params, settings, ev.outcomes, ev.summary, run_id, ev.seconds)
+        trace_evaluation(params, settings, ev.outcomes, run_id, ev.seconds)
     return run_id
 
 

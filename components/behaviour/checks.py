@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from components.records import Answered
 from components.routes import BEHAVIOUR, MISSING, PASS, RETRIEVAL, STALE
 
 
@@ -35,14 +36,18 @@ class CaseOutcome:
     route: str  # routes.PASS or one of routes.ROUTES
     route_docs: tuple[str, ...] = field(default=())  # stale: the stale gold docs; retrieval: the ones indexed and
     # not in the context; missing: the gold docs the index lacks
-    prompt: str = ""  # what the generator was given (the case's trace records it)
-    hits: tuple[dict, ...] = field(default=(), compare=False)  # the retrieved chunks, best first
     errors: dict[str, str] = field(default_factory=dict)  # slice -> the error its assertion raised on this case
     group: str = ""  # the case's group (cases of one seed): the unit of the gate's paired test
     gold_rank: int | None = None  # rank of the best gold document at the document level (None: below recall_k)
     reason: str = ""  # the evidence that chose the route
     gold_current: tuple[str, ...] = ()  # gold documents indexed and current: what retrieval could have found
     gold_found: tuple[str, ...] = ()  # those among the top recall_k documents
+    answered: Answered | None = field(default=None, compare=False)  # the answer pipeline's record (its trace)
+
+    @property
+    def hits(self) -> tuple[dict, ...]:
+        """The retrieved chunks, best first."""
+        return () if self.answered is None else self.answered.hits
 
 
 def route_case(gold_docs: tuple[str, ...], context: tuple[str, ...], checks: dict[str, bool],

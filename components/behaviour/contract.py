@@ -102,23 +102,38 @@ class Contract:
         return _parse_line(self, output) if self.format == "line" else _parse_json(self, output)
 
     def answer_of(self, output: str) -> Answer | None:
-        parsed = self.parse(output)
+        return self._roles(self.parse(output))
+
+    def check(self, case: Any, output: str, retrieved: tuple[str, ...]) -> tuple[dict[str, bool], dict[str, str]]:
+        """(slice -> passed, slice -> error) for every slice that applies to the case. An assertion that raises
+        fails its slice for this case only, and its error is kept for the case's row."""
+        return _run(self._case_slices(case), self._subject(output, retrieved, case))
+
+    def live_check(self, output: str, retrieved: tuple[str, ...]) -> tuple[dict[str, bool], dict[str, str]]:
+        """The slices that have a live form, on an answer whose right answer nobody knows."""
+        return _run(self._live_slices(), self._subject(output, retrieved))
+
+    def judge(self, output: str, retrieved: tuple[str, ...],
+              case: Any = None) -> tuple[Answer | None, dict[str, bool], dict[str, str]]:  # fmt: skip
+        """The output parsed once: its roles (None: not in the contract's format) and its checks, `check` for a
+        gate case, `live_check` for a live answer (`case` None)."""
+        subject = self._subject(output, retrieved, case)
+        checks, errors = _run(self._live_slices() if case is None else self._case_slices(case), subject)
+        return self._roles(subject.parsed), checks, errors
+
+    def _case_slices(self, case: Any) -> list[tuple[str, Any]]:
+        return [(s.name, s.check) for s in self.slices if s.applies(case)]
+
+    def _live_slices(self) -> list[tuple[str, Any]]:
+        return [(s.name, s.live) for s in self.slices if s.live is not None]
+
+    def _roles(self, parsed: Mapping[str, Any] | None) -> Answer | None:
         if parsed is None:
             return None
         label, sources = parsed.get(self.roles.get("label", "")), parsed.get(self.roles.get("sources", ""))
         text = parsed.get(self.roles["answer"])
         return Answer(label if isinstance(label, str) else None, text if isinstance(text, str) else "",
                       tuple(str(s) for s in sources) if isinstance(sources, list | tuple) else ())  # fmt: skip
-
-    def check(self, case: Any, output: str, retrieved: tuple[str, ...]) -> tuple[dict[str, bool], dict[str, str]]:
-        """(slice -> passed, slice -> error) for every slice that applies to the case. An assertion that raises
-        fails its slice for this case only, and its error is kept for the case's row."""
-        subject = self._subject(output, retrieved, case)
-        return _run([(s.name, s.check) for s in self.slices if s.applies(case)], subject)
-
-    def live_check(self, output: str, retrieved: tuple[str, ...]) -> tuple[dict[str, bool], dict[str, str]]:
-        """The slices that have a live form, on an answer whose right answer nobody knows."""
-        return _run([(s.name, s.live) for s in self.slices if s.live is not None], self._subject(output, retrieved))
 
     def target_for(self, case: Any, cited: list[str] | tuple[str, ...]) -> str:
         """What the fine-tune teaches for a case: its gold intent, answer and the cited documents, or the

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from components.behaviour.assistant import build_prompt, context_docs
 from components.behaviour.checks import (
     CaseOutcome,
     retrieval_metrics,
@@ -28,6 +27,7 @@ from components.behaviour.checks import (
     slice_results,
 )
 from components.behaviour.contract import Contract
+from components.behaviour.pipeline import Model, answer_batch
 from components.behaviour.stats import Results, detect_regression, slice_summary
 from components.behaviour.suite import Case
 from components.config import GeneratorParams, RegressionParams
@@ -46,14 +46,12 @@ from components.routes import (
 
 
 class _Retriever(Protocol):
+    @property
+    def version(self) -> int: ...
     def search(self, texts: list[str], k: int) -> list[list[dict]]: ...
     def search_docs(self, texts: list[str], k: int) -> list[list[dict]]: ...
     def stale_docs(self) -> set[str]: ...
     def indexed_docs(self) -> set[str]: ...
-
-
-class _Generator(Protocol):
-    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -65,35 +63,34 @@ class Evaluation:
     retrieval: Results | None = None  # the retrieval test's per-case results (checks.retrieval_results)
 
 
-def run_cases(cases: list[Case], retriever: _Retriever, generator: _Generator, params: GeneratorParams,
+def run_cases(cases: list[Case], retriever: _Retriever, model: Model, params: GeneratorParams,
               k: int, contract: Contract, seconds: dict[str, float] | None = None, changed: set[str] | None = None,
               recall_k: int = 10) -> list[CaseOutcome]:  # fmt: skip
-    """Each case retrieved, answered, checked against the contract and routed. `changed`: documents edited,
-    added or removed on disk since the published version (stale, with those whose last parse failed);
-    `recall_k`: how deep the document-level ranking is read for the retrieval evidence. `seconds`, when given,
-    receives the wall time of retrieval and of generation ("retrieve", "generate") for the whole batch."""
-    t0 = time.perf_counter()
+    """Each case answered by the answer pipeline (as `ragloop api` answers it, checked against the case's slices)
+    and routed. `changed`: documents edited, added or removed on disk since the published version (stale, with
+    those whose last parse failed); `recall_k`: how deep the document-level ranking is read for the retrieval
+    evidence. `seconds`, when given, receives the wall time of retrieval and of generation ("retrieve",
+    "generate") for the whole batch."""
     questions = [c.question for c in cases]
-    hits = retriever.search(questions, k)
+    answers = answer_batch(questions, retriever, model, contract, params, k, cases)
+    t0 = time.perf_counter()
     ranked = [[d["doc"] for d in docs] for docs in retriever.search_docs(questions, recall_k)]
-    t1 = time.perf_counter()
-    prompts = [build_prompt(params, c.question, h) for c, h in zip(cases, hits, strict=True)]
-    outputs = generator.generate(prompts, [context_docs(params, h) for h in hits])
-    if seconds is not None:
-        seconds.update(retrieve=t1 - t0, generate=time.perf_counter() - t1)
+    if seconds is not None and answers:
+        ranking = time.perf_counter() - t0
+        seconds.update(retrieve=answers[0].retrieve_ms / 1000 + ranking, generate=answers[0].generate_ms / 1000)
     stale = retriever.stale_docs() | (changed or set())
     indexed = retriever.indexed_docs()
     outcomes = []
-    for case, found, docs, prompt, output in zip(cases, hits, ranked, prompts, outputs, strict=True):
-        retrieved = tuple(dict.fromkeys(h["doc"] for h in found))
-        checks, errors = contract.check(case, output, retrieved)
+    for case, answered, docs in zip(cases, answers, ranked, strict=True):
+        retrieved = answered.retrieved()
         rank = next((i + 1 for i, d in enumerate(docs) if d in case.gold_docs), None)
-        route, named, reason = route_case(case.gold_docs, retrieved, checks, indexed, stale,
+        route, named, reason = route_case(case.gold_docs, retrieved, answered.checks, indexed, stale,
                                           contract.knowledge_slices, rank)  # fmt: skip
         current = tuple(d for d in case.gold_docs if d in indexed and d not in stale)
-        outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, output,
-                                    checks, route, named, prompt, tuple(found), errors, case.group, rank, reason,
-                                    current, tuple(d for d in current if d in docs)))  # fmt: skip
+        outcomes.append(CaseOutcome(case.id, case.question, case.intent, case.gold_docs, retrieved, answered.raw,
+                                    answered.checks, route, named, errors=answered.check_errors, group=case.group,
+                                    gold_rank=rank, reason=reason, gold_current=current,
+                                    gold_found=tuple(d for d in current if d in docs), answered=answered))  # fmt: skip
     return outcomes
 
 

@@ -11,12 +11,15 @@ gate set in batches (the same greedy decoding, several times faster on a CPU), a
 whole case (gold documents, what was retrieved), which they already have here. The traces it would write are
 the ones written here.
 
-The evaluation's generation is batched, so a case has no latency of its own: its spans are laid out one after
-another over the batch's measured time (each case gets the mean), and the trace says so
-(`TAG_TIMING`)."""
+Each case's trace is written from the answer pipeline's record (`CaseOutcome.answered`, components/behaviour/
+pipeline.py): the prompt, the output, what the contract read in it, the token counts and the checks are those the
+evaluation computed, never parsed or counted again. The evaluation's generation is batched, so a case has no
+latency of its own: its spans are laid out one after another over the batch's measured time (each case gets the
+mean), and the trace says so (`TAG_TIMING`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -31,43 +34,29 @@ TAG_RUN = "ragloop.evaluation_run"
 _LINK_BATCH = 100  # MLflow links at most 100 traces to a run per call
 
 
-def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutcome], summary: dict[str, Any],
-                     run_id: str, seconds: tuple[float, float]) -> list[str]:  # fmt: skip
+def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutcome], run_id: str,
+                     seconds: tuple[float, float]) -> list[str]:  # fmt: skip
     """Write one trace per case into the evaluation experiment and link them to `run_id`; their ids.
     `seconds`: (retrieval, generation) wall time of the whole evaluation."""
     from mlflow import MlflowClient
-    from transformers import AutoTokenizer
 
-    from components.behaviour.assistant import context_docs, generator_identity, resolve_generator
-    from components.behaviour.contract import contract_for
-    from components.records import Answered
     from components.tracking.mlflow_runs import tracking_uri
     from components.tracking.traces import write_trace
 
     if not outcomes:
         return []
-    tokenizer = AutoTokenizer.from_pretrained(resolve_generator(params), revision=params.generator.revision)
     n = len(outcomes)
     retrieve_ns, generate_ns = (int(s * 1e9 / n) for s in seconds)
-    model_version = str(summary["model_version"])
-    adapter = model_version[1:] if model_version.startswith("v") and model_version[1:].isdigit() else None
-    base = generator_identity(params)
-    contract = contract_for(params)
     start = time.time_ns() - n * (retrieve_ns + generate_ns)
     ids: list[str] = []
     for i, o in enumerate(outcomes):
+        if o.answered is None:
+            raise ValueError(f"case {o.id}: no answer recorded (evaluate.run_cases records one for each case)")
         t0 = start + i * (retrieve_ns + generate_ns)
-        parsed = contract.answer_of(o.output)
-        answered = Answered(
-            question=o.question, answer=parsed.answer if parsed else o.output,
-            intent=parsed.intent if parsed else None, cited=parsed.sources if parsed else (), raw=o.output,
-            prompt=o.prompt, hits=o.hits, context_docs=tuple(context_docs(params.generator, list(o.hits))),
-            model_version=model_version, adapter_version=adapter, base_model=base,
-            index_version=int(summary["index_version"]),
-            tokens_in=len(tokenizer(o.prompt)["input_ids"]), tokens_out=len(tokenizer(o.output)["input_ids"]),
-            retrieve_ms=retrieve_ns / 1e6, generate_ms=generate_ns / 1e6,
-            latency_ms=(retrieve_ns + generate_ns) / 1e6,
-            started_ns=t0, retrieved_ns=t0 + retrieve_ns, ended_ns=t0 + retrieve_ns + generate_ns, checks=o.checks,
+        answered = dataclasses.replace(
+            o.answered, retrieve_ms=retrieve_ns / 1e6, generate_ms=generate_ns / 1e6,
+            latency_ms=(retrieve_ns + generate_ns) / 1e6, started_ns=t0, retrieved_ns=t0 + retrieve_ns,
+            ended_ns=t0 + retrieve_ns + generate_ns,
         )  # fmt: skip
         expectations: dict[str, Any] = {"intent": o.intent, "gold_docs": list(o.gold_docs)}
         written = write_trace(

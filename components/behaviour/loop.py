@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from components.behaviour.assistant import Generator, build_prompt, context_docs, generator_identity
+from components.behaviour.assistant import generator_identity
 from components.behaviour.contract import contract_for
 from components.behaviour.evaluate import Evaluation, run_cases, summarise
+from components.behaviour.pipeline import answer_batch, load_model
 from components.behaviour.stats import Results
 from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
 from components.config import Params, Settings
@@ -65,12 +66,12 @@ def evaluate_model(params: Params, settings: Settings, adapter: Path | None, bas
     the baselines are the champion's recorded behaviour and retrieval results (None: floors only)."""
     gate, _ = load_suite(params)
     contract = contract_for(params)
-    generator = Generator(params, adapter)
+    model = load_model(params, adapter, model_version)
     seconds: dict[str, float] = {}
     changed = changed_documents(params, settings)
     with Retriever(params, settings) as retriever:
         k, reg = params.generator.context_chunks, params.regression
-        outcomes = run_cases(gate, retriever, generator, params.generator, k, contract, seconds, changed,
+        outcomes = run_cases(gate, retriever, model, params.generator, k, contract, seconds, changed,
                              reg.recall_k)  # fmt: skip
         ev = summarise(outcomes, baseline, reg, model_version, retriever.version, contract, retrieval_baseline)
     return dataclasses.replace(ev, seconds=(seconds["retrieve"], seconds["generate"]))
@@ -78,19 +79,17 @@ def evaluate_model(params: Params, settings: Settings, adapter: Path | None, bas
 
 def answer_question(params: Params, settings: Settings, question: str, adapter: Path | None,
                     model_version: str) -> dict:  # fmt: skip
-    """`ragloop ask`: the answer, what it cites, the retrieved sources, and which model and index answered."""
-    with Retriever(params, settings) as retriever:
-        hits = retriever.search([question], params.generator.context_chunks)[0]
-        index_version = retriever.version
-    prompt = build_prompt(params.generator, question, hits)
-    output = Generator(params, adapter).generate([prompt], [context_docs(params.generator, hits)])[0]
-    parsed = contract_for(params).answer_of(output)
+    """`ragloop ask`: the answer, what it cites, the retrieved sources, and which model and index answered (the
+    answer pipeline's record, as `ragloop api` serves it)."""
+    with Retriever(params, settings) as retriever:  # first: no index published fails before the model loads
+        model = load_model(params, adapter, model_version)
+        (answered,) = answer_batch([question], retriever, model, contract_for(params), params.generator)
     return {
-        "answer": parsed.answer if parsed else output,
-        "intent": parsed.intent if parsed else None,
-        "cited": list(parsed.sources) if parsed else [],
-        "sources": [{"doc": h["doc"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits],
-        "model_version": model_version,
-        "index_version": index_version,
-        "raw": output,
+        "answer": answered.answer,
+        "intent": answered.intent,
+        "cited": list(answered.cited),
+        "sources": answered.sources(),
+        "model_version": answered.model_version,
+        "index_version": answered.index_version,
+        "raw": answered.raw,
     }

@@ -41,9 +41,9 @@ def mine_training_pairs(params: Params, settings: Settings, champion_adapter: Pa
     """The fine-tune's training pairs: the training set retrieved once, and, with a champion (its adapter), answered
     by it to find its behaviour failures. With no champion yet (None) there is nothing to mine: the untrained base
     model fails every case alike, so repeating all of them is no signal."""
-    from components.behaviour.assistant import Generator
     from components.behaviour.evaluate import run_cases
     from components.behaviour.loop import load_suite
+    from components.behaviour.pipeline import load_model
     from components.knowledge.retrieval import Retriever
 
     _, suite = load_suite(params)
@@ -55,6 +55,6 @@ def mine_training_pairs(params: Params, settings: Settings, champion_adapter: Pa
     with Retriever(params, settings) as retriever:
         hits = retriever.search([c.question for c in train], max(k, params.finetune.gold_context_depth))
         if repeats and champion_adapter is not None:
-            generator = Generator(params, champion_adapter)
-            outcomes = run_cases(train, retriever, generator, params.generator, k, contract)
+            model = load_model(params, champion_adapter, "champion")
+            outcomes = run_cases(train, retriever, model, params.generator, k, contract)
     return with_hard_cases(train, hits, outcomes, params.generator, repeats, contract)

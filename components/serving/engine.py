@@ -4,7 +4,8 @@ switched without a restart when the `champion` alias moves or a new index versio
 Every answer is computed on one worker thread ("ragloop-engine"): generation is CPU-bound (two requests at once
 only share the cores), the embedded index's SQLite connections belong to the thread that opened them, and a
 switch happens on that thread between two batches. The questions waiting when the worker is free are answered
-together, up to `api.max_batch` (one retrieval call, one batched generation: on 2 CPU cores a batch of 8 cost
+together, up to `api.max_batch`, by the answer pipeline the gate evaluation uses too
+(components/behaviour/pipeline.py: one retrieval call, one batched generation: on 2 CPU cores a batch of 8 cost
 0.3x the time per answer of eight single calls, measured on the default-size model). So an answer uses one
 snapshot from its retrieval to its generation (never a new index with an old model, or the reverse), no answer
 fails because of a switch, and the snapshot it replaced is closed at once: no answer holds it any more. A
@@ -26,14 +27,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from components.behaviour.assistant import (
-    Generator,
-    build_prompt,
-    context_docs,
-    encode_turn,
-    generator_identity,
-)
+from components.behaviour.assistant import Generator, generator_identity
 from components.behaviour.contract import contract_for
+from components.behaviour.pipeline import Model, answer_batch
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
@@ -44,17 +40,6 @@ log = logging.getLogger("ragloop.serving")
 
 class EngineBusyError(RuntimeError):
     """More answers are waiting than `api.max_queue` allows."""
-
-
-@dataclass
-class _Model:
-    version: str | None  # registry version; None: the base model
-    generator: Generator
-    identity: str
-
-    @property
-    def label(self) -> str:
-        return "base" if self.version is None else f"v{self.version}"
 
 
 @dataclass
@@ -70,12 +55,12 @@ class Engine:
     def __init__(self, params: Params, settings: Settings) -> None:
         self.params = params
         self.settings = settings
-        self.contract = contract_for(params)  # parses each answer and holds the live checks
+        self.contract = contract_for(params)  # parses each answer and holds the live checks (answer_batch)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-engine")
         self._lock = threading.Lock()
         self._queued = 0
         self._waiting: queue.SimpleQueue[tuple[str, Future[Answered]]] = queue.SimpleQueue()
-        self._model: _Model | None = None
+        self._model: Model | None = None
         self._index: _Index | None = None
         self._checked = float("-inf")
         self.counts = {"answered": 0, "failed": 0, "batches": 0, "model_switches": 0, "index_switches": 0,
@@ -167,55 +152,12 @@ class Engine:
         if index is None:
             raise IndexNotReadyError(f"no index published under {self.params.paths.index}: run `ragloop index`")
         assert model is not None
-        g = self.params.generator
-        t0, started_ns = time.perf_counter(), time.time_ns()
-        all_hits = index.retriever.search(questions, g.context_chunks)
-        t1, retrieved_ns = time.perf_counter(), time.time_ns()
-        prompts = [build_prompt(g, q, hits) for q, hits in zip(questions, all_hits, strict=True)]
-        all_docs = [context_docs(g, hits) for hits in all_hits]
-        raws = model.generator.generate(prompts, all_docs)
-        t2 = time.perf_counter()
-        rows = zip(questions, all_hits, prompts, all_docs, raws, strict=True)
-        clock, wall = (t0, t1, t2), (started_ns, retrieved_ns)
-        return [self._answered(q, hits, prompt, docs, raw, model, index, clock, wall)
-                for q, hits, prompt, docs, raw in rows]  # fmt: skip
-
-    def _answered(self, question: str, hits: list[dict[str, Any]], prompt: str, docs: list[str], raw: str,
-                  model: _Model, index: _Index, clock: tuple[float, float, float],
-                  wall: tuple[int, int]) -> Answered:  # fmt: skip
-        t0, t1, t2 = clock
-        started_ns, retrieved_ns = wall
-        parsed = self.contract.answer_of(raw)
-        tokenizer = model.generator.tokenizer
-        tokens_in = len(encode_turn(tokenizer, prompt)[0])
-        tokens_out = len(tokenizer(raw, add_special_tokens=False)["input_ids"]) if raw else 0
-        checks, errors = self.contract.live_check(raw, tuple(h["doc"] for h in hits))
+        answers = answer_batch(questions, index.retriever, model, self.contract, self.params.generator)
+        errors = [a.check_errors for a in answers if a.check_errors]
         if errors:  # a declared assertion that raised fails its check; the answer is still given
-            self.counts["assertion_errors"] += len(errors)
+            self.counts["assertion_errors"] += sum(len(e) for e in errors)
             log.warning("live checks raised on an answer: %s", errors)
-        return Answered(
-            question=question,
-            answer=parsed.answer if parsed else raw,
-            intent=parsed.intent if parsed else None,
-            cited=tuple(parsed.sources) if parsed else (),
-            raw=raw,
-            prompt=prompt,
-            hits=tuple(hits),
-            context_docs=tuple(docs),
-            model_version=model.label,
-            adapter_version=model.version,
-            base_model=model.identity,
-            index_version=index.version,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            retrieve_ms=round((t1 - t0) * 1000, 3),
-            generate_ms=round((t2 - t1) * 1000, 3),
-            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-            started_ns=started_ns,
-            retrieved_ns=retrieved_ns,
-            ended_ns=time.time_ns(),
-            checks=checks,
-        )
+        return answers
 
     def _refresh(self, force: bool) -> None:
         now = time.monotonic()
@@ -273,7 +215,8 @@ class Engine:
             version, info = None, None  # nothing loaded yet: start on the base model, switch once it is readable
         started = time.perf_counter()
         generator = Generator(self.params, None if info is None else info.adapter_dir)
-        self._model = _Model(version, generator, generator_identity(self.params))
+        label = "base" if version is None else f"v{version}"
+        self._model = Model(generator, label, version, generator_identity(self.params))
         if current is not None:
             self.counts["model_switches"] += 1
         log.info("model %s loaded (%.2f s)%s", self._model.label, time.perf_counter() - started,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from components.behaviour.assistant import Generator
+from components.behaviour.assistant import Generator, generator_identity
 from components.behaviour.base_model import build_base_model
 from components.behaviour.contract import contract_for
 from components.behaviour.evaluate import run_cases, summarise
 from components.behaviour.finetune import train_lora, training_pairs
+from components.behaviour.pipeline import Model
 from components.behaviour.suite import Case
 from components.config import FinetuneParams, RegressionParams, load_params
 from components.knowledge.retrieval import Retriever
@@ -50,7 +51,8 @@ def _evaluate(dep: Deployment, gen, baseline=None, cases=CASES, k=2, changed=Non
     params = load_params(dep.params_file)
     with Retriever(params) as r:
         contract = contract_for(params)
-        outcomes = run_cases(cases, r, gen, params.generator, k, contract, changed=changed)
+        model = Model(gen, "test", None, generator_identity(params))
+        outcomes = run_cases(cases, r, model, params.generator, k, contract, changed=changed)
         return summarise(outcomes, baseline, regression, "test", r.version, contract)
 
 
@@ -153,7 +155,7 @@ def test_each_gate_case_is_a_trace_like_a_live_answer_linked_to_its_run(trained)
     for _ in range(2):
         ev = _evaluate(dep, gen)
         run_id = log_evaluation_run(params, settings, ev.summary, [], {}, "test", None)
-        ids = trace_evaluation(params, settings, ev.outcomes, ev.summary, run_id, (0.2, 1.0))
+        ids = trace_evaluation(params, settings, ev.outcomes, run_id, (0.2, 1.0))
         assert len(ids) == len(CASES) == len(set(ids))
         runs.append((run_id, ev))
     exp = client.get_experiment_by_name(params.tracking.evaluation_experiment)
@@ -170,6 +172,10 @@ def test_each_gate_case_is_a_trace_like_a_live_answer_linked_to_its_run(trained)
             assert [d["metadata"]["doc_uri"] for d in spans[RETRIEVE_SPAN].outputs] == [h["doc"] for h in o.hits]
             assert spans[GENERATE_SPAN].outputs == {"text": o.output}
             assert spans[GENERATE_SPAN].attributes["tokens_in"] > 0
+            assert o.answered is not None  # the trace is the answer pipeline's record, not a re-count of it
+            assert spans[GENERATE_SPAN].attributes["tokens_in"] == o.answered.tokens_in
+            assert spans[GENERATE_SPAN].attributes["tokens_out"] == o.answered.tokens_out
+            assert spans[GENERATE_SPAN].inputs == {"prompt": o.answered.prompt}
             mine = [a for a in t.info.assessments if a.name.startswith(CHECK_PREFIX)]
             assert {a.name[len(CHECK_PREFIX) :]: a.value for a in mine} == o.checks
             gold = {a.name: a.value for a in t.info.assessments if not a.name.startswith(CHECK_PREFIX)}
