@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Params, Settings
+from components.files import EVALUATION_RESULTS
 from tests.helpers import REPO
 
 T0_MS = 1_780_000_000_000  # 2026-05-28: a fixed origin for test timestamps
@@ -63,7 +64,7 @@ def flawless_base_results(metrics: Path) -> None:
     """The serving model's own gate results, as `evaluate` saves them when no champion is registered (the base
     model's), never failing the format or the citation: any live behaviour failure there is above its rate."""
     metrics.mkdir(parents=True, exist_ok=True)
-    (metrics / "evaluation_results.json").write_text(json.dumps({
+    (metrics / EVALUATION_RESULTS).write_text(json.dumps({
         "summary": {"model_version": "base"},
         "behaviour": {"format": {f"g{i}": True for i in range(20)}, "citation": {f"g{i}": True for i in range(20)}},
     }))  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 
 from components.behaviour.suite import OUT_OF_SCOPE, SuiteError, check_questions_disjoint
 from components.config import Params, RetrieverParams
+from components.files import GATE_CASES, TRAIN_CASES
 from components.hashing import normalise
 from components.knowledge.embedder import resolve_model
 from components.knowledge.retrieval import Retriever
@@ -80,7 +81,7 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def training_questions(params: Params) -> list[TrainingQuestion]:
     """The in-scope training cases with gold documents, then the labelled training queries, in file order."""
     out: list[TrainingQuestion] = []
-    train = params.paths.behaviour / "train.jsonl"
+    train = params.paths.behaviour / TRAIN_CASES
     if train.is_file():
         for number, row in _jsonl_rows(train):
             docs = tuple(row.get("gold_docs") or ())
@@ -97,7 +98,7 @@ def training_questions(params: Params) -> list[TrainingQuestion]:
 def gate_questions(params: Params) -> dict[str, str]:
     """Every question that gates a retriever (normalised) -> where it is: the gate set's and the labelled queries'."""
     found: dict[str, str] = {}
-    gate = params.paths.behaviour / "gate.jsonl"
+    gate = params.paths.behaviour / GATE_CASES
     if gate.is_file():
         for number, row in _jsonl_rows(gate):
             found.setdefault(normalise(str(row.get("question", ""))), f"{gate}:{number}")

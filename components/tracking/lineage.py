@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from components.files import PLOTS
+
 
 def git_commit(where: Path) -> str:
     """HEAD's sha, with '-dirty' when tracked files differ from it; 'unknown' outside a git checkout."""
@@ -48,5 +50,5 @@ def docs_dvc_md5(folder: Path) -> str:
 
 def write_plot(folder: Path, name: str, rows: list[dict]) -> None:
     """A `dvc plots` data file (a list of records) under <folder>/plots/; dvc.yaml says how to draw it."""
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
-    (folder / "plots" / name).write_text(json.dumps(rows, indent=2) + "\n")
+    (folder / PLOTS).mkdir(parents=True, exist_ok=True)
+    (folder / PLOTS / name).write_text(json.dumps(rows, indent=2) + "\n")

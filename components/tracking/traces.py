@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import Params, Settings
+from components.files import GATE_CASES
 from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
 from components.tracking.trace_schema import (
     ANSWER_SPAN,
@@ -193,7 +194,7 @@ def write_trace(params: Params, settings: Settings, answered: Answered, origin: 
                                  start_time_ns=answered.retrieved_ns)  # fmt: skip
         client.end_span(trace_id, span.span_id, outputs={"text": answered.raw}, end_time_ns=answered.ended_ns)
         code = AssessmentSource(source_type="CODE", source_id=CHECK_SOURCE)
-        gold = AssessmentSource(source_type="HUMAN", source_id="gate.jsonl")
+        gold = AssessmentSource(source_type="HUMAN", source_id=GATE_CASES)
         assessments: list[Any] = [Feedback(name=CHECK_PREFIX + k, value=bool(v), source=code)
                                   for k, v in answered.checks.items()]  # fmt: skip
         assessments += [Expectation(name=k, value=v, source=gold) for k, v in (expectations or {}).items()]

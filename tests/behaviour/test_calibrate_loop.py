@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.behaviour.base_model import build_base_model
-from components.behaviour.calibration import CALIBRATION_FILE
+from components.files import CALIBRATION
 from tests.behaviour.test_finetune import TINY
 from tests.behaviour.test_loop import _configure, write_suite
 from tests.helpers import DOCS, Deployment
@@ -54,7 +54,7 @@ def test_calibration_is_measured_then_reused_then_measured_again(candidate: tupl
     assert set(first["against_seed_noise"]) == set(calibration["slices"])
     assert all(" vs seed noise " in shown for shown in first["against_seed_noise"].values())
     assert first["correction"].startswith("group-level sign test, Holm over ")
-    stored = json.loads((dep.params().paths.metrics / CALIBRATION_FILE).read_text())
+    stored = json.loads((dep.params().paths.metrics / CALIBRATION).read_text())
     assert list(stored["calibrations"]) == [calibration["key"]]
 
     again = _gate(dep, version)
@@ -69,5 +69,5 @@ def test_calibration_is_measured_then_reused_then_measured_again(candidate: tupl
     finally:
         _configure(dep)
     assert changed["calibration"]["reused"] is False and changed["calibration"]["key"] != calibration["key"]
-    kept = json.loads((dep.params().paths.metrics / CALIBRATION_FILE).read_text())["calibrations"]
+    kept = json.loads((dep.params().paths.metrics / CALIBRATION).read_text())["calibrations"]
     assert set(kept) == {calibration["key"], changed["calibration"]["key"]}
