@@ -40,7 +40,7 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
 
     from components.behaviour.assistant import context_docs, generator_identity, resolve_generator
     from components.behaviour.contract import contract_for
-    from components.records import Answered
+    from components.records import Answered, label_version
     from components.tracking.mlflow_runs import tracking_uri
     from components.tracking.traces import write_trace
 
@@ -50,7 +50,7 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
     n = len(outcomes)
     retrieve_ns, generate_ns = (int(s * 1e9 / n) for s in seconds)
     model_version = str(summary["model_version"])
-    adapter = model_version[1:] if model_version.startswith("v") and model_version[1:].isdigit() else None
+    adapter = label_version(model_version)
     base = generator_identity(params)
     contract = contract_for(params)
     start = time.time_ns() - n * (retrieve_ns + generate_ns)

@@ -37,7 +37,7 @@ from components.behaviour.contract import contract_for
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
-from components.records import Answered
+from components.records import Answered, model_label
 
 log = logging.getLogger("ragloop.serving")
 
@@ -54,7 +54,7 @@ class _Model:
 
     @property
     def label(self) -> str:
-        return "base" if self.version is None else f"v{self.version}"
+        return model_label(self.version)
 
 
 @dataclass
