@@ -27,6 +27,7 @@ from components.behaviour.suite import (
 from components.config import Params
 from components.files import CANDIDATES, GATE_CASES, LABELS_FILE, TRAIN_CASES
 from components.hashing import normalise, text_hash
+from components.jsonl import read_jsonl
 from components.tracking.production import LiveTrace
 
 
@@ -73,13 +74,7 @@ def load_candidates(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{path}:{lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+    for lineno, row in read_jsonl(path, SuiteError):
         if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("question"), str):
             raise SuiteError(f"{path}:{lineno}: expected a candidate object with string fields 'id' and 'question'")
         out.append(row)

@@ -100,6 +100,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "components.config",
         "components.files",
         "components.hashing",
+        "components.jsonl",
         "components.records",
         "components.routes",
     ),
