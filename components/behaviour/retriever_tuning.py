@@ -27,7 +27,7 @@ import numpy as np
 from components.behaviour.suite import OUT_OF_SCOPE, SuiteError, check_questions_disjoint
 from components.config import Params, RetrieverParams
 from components.files import GATE_CASES, TRAIN_CASES
-from components.hashing import normalise
+from components.hashing import file_sha256, normalise
 from components.jsonl import read_jsonl
 from components.knowledge.embedder import resolve_model
 from components.knowledge.retrieval import Retriever
@@ -218,5 +218,4 @@ def save_model(model: Any, out: Path) -> None:
 
 
 def weights_sha256(folder: Path) -> str:
-    with open(folder / WEIGHTS, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_sha256(folder / WEIGHTS)

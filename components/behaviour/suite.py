@@ -12,14 +12,13 @@ an out-of-scope case has intent `out_of_scope`, answer null and no gold document
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from components.hashing import normalise, text_hash
+from components.hashing import file_md5, normalise, text_hash
 from components.jsonl import read_jsonl
 
 OUT_OF_SCOPE = "out_of_scope"
@@ -56,15 +55,11 @@ class Case:
 
 
 def suite_hash(path: Path) -> str:
-    """md5 (hex) of the file's bytes, the digest DVC records for a file out."""
-    digest = hashlib.md5()
+    """md5 (hex) of the file's bytes, the digest DVC records for a file out; SuiteError when it cannot be read."""
     try:
-        with Path(path).open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return file_md5(Path(path))
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def load_labels(path: Path) -> dict[str, str]:

@@ -11,12 +11,12 @@ MRR, nDCG@10 with the gains). Retrieval and tracking happen in flows/eval_retrie
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.hashing import file_md5 as file_md5  # flows/eval_retrieval.py imports it from here
 from components.jsonl import read_jsonl
 
 NDCG_AT = 10
@@ -33,10 +33,6 @@ class LabelledQuery:
     line: int
     query: str
     gains: dict[str, float]  # relevant document -> gain (> 0)
-
-
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()  # an identity of the file, not a secret
 
 
 def load_queries(path: Path) -> list[LabelledQuery]:

@@ -8,7 +8,7 @@ import pytest
 
 from components.config import Settings
 from components.files import INDEX_METRICS
-from components.tracking.lineage import docs_dvc_md5
+from components.hashing import dvc_folder_md5
 from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     assert run.data.metrics["chunks_embedded"] == 6
     assert run.data.metrics["documents_added"] == 3
     assert run.data.tags["ragloop.reason"] == "test"
-    assert run.data.tags["docs_dvc_md5"] == docs_dvc_md5(deployment.docs)
+    assert run.data.tags["docs_dvc_md5"] == dvc_folder_md5(deployment.docs)
     assert len(run.data.tags["git_commit"]) >= 7
     client = MlflowClient(tracking_uri=f"sqlite:///{deployment.root / 'state' / 'mlflow' / 'mlflow.db'}")
     names = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -220,3 +220,23 @@ def test_the_suite_and_metrics_files_are_named_in_one_place() -> None:
     spelled = [s for s in _spelled(names, COMPONENTS / "files.py", [COMPONENTS]) if not s.startswith(pointer + ":")]
     assert not spelled, "a suite or metrics file named outside components/files.py:\n" + "\n".join(spelled)
     assert _spelled(names, COMPONENTS / "files.py", [COMPONENTS / "knowledge"])  # the check sees the pointer
+
+
+def test_files_are_hashed_in_one_module() -> None:
+    """A file's or folder's digest comes from components/hashing.py: no other module reads a file into hashlib."""
+    offenders = [
+        f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}"
+        for root in (COMPONENTS, COMPONENTS.parent / "flows")
+        for path in sorted(root.rglob("*.py"))
+        if path != COMPONENTS / "hashing.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "hashlib"
+        and (
+            node.func.attr == "file_digest"
+            or any(isinstance(a, ast.Call) and getattr(a.func, "attr", "") == "read_bytes" for a in node.args)
+        )
+    ]
+    assert not offenders, f"a file hashed outside components/hashing.py: {offenders}"

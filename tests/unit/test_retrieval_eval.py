@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from components.hashing import file_md5
 from components.knowledge.retrieval import aggregate_docs
 from components.knowledge.retrieval_eval import (
     QueryFileError,
-    file_md5,
     load_queries,
     parse_ks,
     score_query,
