@@ -9,11 +9,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from components.behaviour.base_model import build_base_model
 from components.files import CALIBRATION
-from tests.behaviour.test_finetune import TINY
 from tests.behaviour.test_loop import _configure, write_suite
-from tests.helpers import DOCS, Deployment
+from tests.conftest import build_tiny_model
+from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,7 @@ def candidate(tmp_path_factory, prefect_server) -> tuple[Deployment, str]:
     root = tmp_path_factory.mktemp("calibrate")
     dep = Deployment.create(root)
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     _configure(dep)
     dep.index()
     p = str(dep.params_file)

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from components.behaviour.base_model import build_base_model
 from components.config import Settings, load_params
 from components.files import EVALUATION_METRICS, FINETUNE_METRICS, GATE_METRICS, LABELS_FILE
 from components.tracking import registry
 from components.tracking.mlflow_runs import client_for
-from tests.behaviour.test_finetune import TINY
-from tests.helpers import DOCS, Deployment
+from tests.conftest import build_tiny_model
+from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +69,7 @@ def loop_dep(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("loop")
     dep = Deployment.create(root)
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     _configure(dep)
     dep.index()
     return dep

@@ -149,8 +149,8 @@ def test_bytecode_and_editor_files_in_a_dependency_folder_leave_dvc_status_clean
 
 def _tiny_loop(project: Path) -> None:
     """The repo's dvc.yaml on a tiny real stack: a 60-step base model, a 6-chunk index, an 18-case gate set."""
-    from tests.behaviour.test_finetune import TINY
     from tests.behaviour.test_loop import write_suite
+    from tests.conftest import TINY
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["base_model"] = TINY.model_dump()
