@@ -166,7 +166,7 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     _served(dep, "How much are SWIFT transfers abroad?", "9 EUR", 101,
             correction="intent: fees | answer: 9 EUR per transfer | sources: [fees.md]")  # fmt: skip
     _served(dep, GATE[0]["question"], "it costs 9 EUR", 102)
-    from components.tracking.traces import log_feedback
+    from components.tracking.feedback import log_feedback
 
     log_feedback(params, Settings.from_env(), freeze, False, comment="the card number",
                  correction="intent: card_lost | answer: Freeze it under Cards, then Freeze | sources: "

@@ -75,7 +75,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         assert again["index_version"] == 2
         from components.config import Settings
         from components.tracking.trace_schema import RETRIEVE_SPAN
-        from components.tracking.traces import read_trace
+        from components.tracking.trace_writer import read_trace
 
         trace = read_trace(dep.params(), Settings.from_env(), again["trace_id"])
         [retrieve] = [s for s in trace.data.spans if s.name == RETRIEVE_SPAN]
