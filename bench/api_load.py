@@ -78,7 +78,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
     from components.config import Settings
     from components.serving.engine import Engine
-    from components.tracking.traces import write_trace
+    from components.tracking.trace_writer import write_trace
 
     settings = Settings.from_env()
     out: dict[str, Any] = {}

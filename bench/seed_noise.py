@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import RESULTS, ROOT, log, machine, save, table
+from components.files import FINETUNE_METRICS
 
 NAME = "seed_noise"
 
@@ -72,7 +73,7 @@ def _reusable_champion(params: Any, pairs: list[tuple[str, str]]) -> Path | None
 
     from components.hashing import folder_digest
 
-    adapter, record = params.paths.models / "candidate", params.paths.metrics / "finetune.json"
+    adapter, record = params.paths.models / "candidate", params.paths.metrics / FINETUNE_METRICS
     lock = ROOT / "dvc.lock"
     if not (adapter / "adapter_config.json").is_file() or not record.is_file() or not lock.is_file():
         return None

@@ -1,5 +1,6 @@
-"""Content hashes: of model folders (part of the identity of an embedder or a base model) and of questions (equal
-for questions that differ only in case, punctuation and spacing)."""
+"""Content hashes: of files (md5 where it must equal DVC's, sha256 otherwise), of a folder as DVC hashes it, of
+model folders (part of the identity of an embedder or a base model) and of questions (equal for questions that
+differ only in case, punctuation and spacing). Every file or folder digest of the project is computed here."""
 
 from __future__ import annotations
 
@@ -10,6 +11,31 @@ import unicodedata
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+def file_md5(path: Path) -> str:
+    """md5 (hex) of the file's bytes, the digest DVC records for a file: an identity of the file, not a secret."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def dvc_folder_md5(folder: Path) -> str:
+    """The folder's hash as DVC 3 writes it in dvc.lock (md5 of the sorted {md5, relpath} list + '.dir')."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d not in {".git", ".dvc"}]
+        for name in filenames:
+            full = Path(dirpath) / name
+            if full.is_file():
+                entries.append({"md5": file_md5(full), "relpath": full.relative_to(folder).as_posix()})
+    entries.sort(key=lambda e: e["relpath"])
+    payload = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest() + ".dir"
 
 
 def folder_digest(folder: Path, cache_file: Path | None) -> str:

@@ -7,6 +7,20 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+BASE_MODEL_LABEL = "base"  # the model label of the base model (no adapter)
+
+
+def model_label(version: str | int | None) -> str:
+    """The label answers, traces and evaluations name a generator by: "v<N>" for registry version N, "base" for the
+    base model (None)."""
+    return BASE_MODEL_LABEL if version is None else f"v{version}"
+
+
+def label_version(label: str) -> str | None:
+    """The registry version a model label names ("v3" -> "3"); None for the base model's label."""
+    number = label.removeprefix("v")
+    return number if label.startswith("v") and number.isdigit() else None
+
 
 @dataclass(frozen=True)
 class Answered:
@@ -22,7 +36,7 @@ class Answered:
     prompt: str
     hits: tuple[dict[str, Any], ...]  # retrieved chunks, best first: {"doc", "chunk_id", "score", "text"}
     context_docs: tuple[str, ...]  # the documents the prompt showed (what the answer may cite)
-    model_version: str  # "v<N>" of the champion that answered, or "base"
+    model_version: str  # model_label: "v<N>" of the champion that answered, or "base"
     adapter_version: str | None  # the registry version N, None for the base model
     base_model: str  # generator identity (model id and revision, or a hash of the local weights)
     index_version: int

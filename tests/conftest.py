@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from components.config import QUIET_OFFLINE_ENV
+from components.config import QUIET_OFFLINE_ENV, BaseModelParams
 
 os.environ.update(QUIET_OFFLINE_ENV)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"))
@@ -29,9 +29,25 @@ os.environ.setdefault("RAGLOOP_STATE_DIR", tempfile.mkdtemp(prefix="ragloop-stat
 SESSION_MARK = "RAGLOOP_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 
+from typing import Any  # noqa: E402
+
 import pytest  # noqa: E402
 
-from tests.helpers import Deployment  # noqa: E402
+from tests.helpers import DOCS, Deployment  # noqa: E402
+
+# The tiny base model of every test that needs a generator, defined here once (peft's tests list their tiny models in
+# one place): a 2-layer, 64-wide decoder pretrained for 60 steps on the test documents. TINY_UNTRAINED skips the
+# pretraining, for tests of the plumbing around a model (the registry, the API server).
+TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
+                       pretrain_steps=60, batch_size=4, seq_len=32)  # fmt: skip
+TINY_UNTRAINED = TINY.model_copy(update={"pretrain_steps": 0})
+
+
+def build_tiny_model(out_dir: Path, model: BaseModelParams = TINY, repeats: int = 20) -> dict[str, Any]:
+    """The tiny base model built into `out_dir`, pretrained on the test documents `repeats` times over."""
+    from components.behaviour.base_model import build_base_model
+
+    return build_base_model(list(DOCS.values()) * repeats, out_dir, model)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Live traces for tests, written by the server's own code (components/tracking/traces.py `write_trace` and
+"""Live traces for tests, written by the server's own code (tracking/trace_writer.py `write_trace`, feedback.py
 `log_feedback`, in the shape of trace_schema.py) into a deployment's real tracking store, at given timestamps so
 that no test depends on the clock. Only the answer is made up here (`Served`): no model runs."""
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Params, Settings
+from components.files import EVALUATION_RESULTS
 from tests.helpers import REPO
 
 T0_MS = 1_780_000_000_000  # 2026-05-28: a fixed origin for test timestamps
@@ -35,7 +36,7 @@ def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> st
     """The answer's trace with its checks (CODE) and the user's feedback (HUMAN) and correction; its id."""
     from components.behaviour.contract import load_contract
     from components.records import Answered
-    from components.tracking import traces
+    from components.tracking import feedback, trace_writer
 
     settings = Settings.from_env()
     contract = load_contract(REPO / "data/behaviour/contract.yaml", labels)
@@ -50,11 +51,11 @@ def write_trace(params: Params, s: Served, labels: set[str] | None = None) -> st
         generate_ms=3.0, latency_ms=5.0, started_ns=ns, retrieved_ns=ns + 1_000_000, ended_ns=ns + 4_000_000,
         checks=s.checks if s.checks is not None else contract.live_check(s.output, docs)[0],
     )  # fmt: skip
-    written = traces.write_trace(params, settings, answered)
+    written = trace_writer.write_trace(params, settings, answered)
     assert "MLFLOW_TRACKING_URI" not in os.environ  # traces.bind must not leave the embedded store's URI exported
     assert written.stored, written.error
     if s.feedback is not None or s.correction is not None:
-        traces.log_feedback(params, settings, written.trace_id, s.feedback if s.feedback is not None else False,
+        feedback.log_feedback(params, settings, written.trace_id, s.feedback if s.feedback is not None else False,
                             comment=s.comment, correction=s.correction, user="tester")  # fmt: skip
     return written.trace_id
 
@@ -63,7 +64,7 @@ def flawless_base_results(metrics: Path) -> None:
     """The serving model's own gate results, as `evaluate` saves them when no champion is registered (the base
     model's), never failing the format or the citation: any live behaviour failure there is above its rate."""
     metrics.mkdir(parents=True, exist_ok=True)
-    (metrics / "evaluation_results.json").write_text(json.dumps({
+    (metrics / EVALUATION_RESULTS).write_text(json.dumps({
         "summary": {"model_version": "base"},
         "behaviour": {"format": {f"g{i}": True for i in range(20)}, "citation": {f"g{i}": True for i in range(20)}},
     }))  # fmt: skip

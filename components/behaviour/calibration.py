@@ -23,8 +23,8 @@ from typing import Any
 
 from components.behaviour.stats import Groups, Results, SliceComparison, compare_slices
 from components.config import FinetuneParams, Params, RegressionParams, Settings
+from components.files import CALIBRATION, GATE_CASES
 
-CALIBRATION_FILE = "calibration.json"
 Pairs = list[tuple[str, str]]
 
 
@@ -102,8 +102,8 @@ def calibrate(params: Params, settings: Settings, candidate: Results, miner_adap
 
     pairs, _ = mine_training_pairs(params, settings, miner_adapter)
     key = calibration_key(pairs, params.finetune, generator_identity(params),
-                          suite_hash(params.paths.behaviour / "gate.jsonl"))  # fmt: skip
-    path = params.paths.metrics / CALIBRATION_FILE
+                          suite_hash(params.paths.behaviour / GATE_CASES))  # fmt: skip
+    path = params.paths.metrics / CALIBRATION
     stored = load_calibration(path, key)
     if stored is not None:
         return {**stored, "reused": True}

@@ -25,10 +25,10 @@ from components.behaviour.suite import (
     load_labels,
 )
 from components.config import Params
+from components.files import CANDIDATES, GATE_CASES, LABELS_FILE, TRAIN_CASES
 from components.hashing import normalise, text_hash
+from components.jsonl import read_jsonl
 from components.tracking.production import LiveTrace
-
-CANDIDATES_FILE = "candidates.jsonl"
 
 
 class CandidateError(ValueError):
@@ -36,7 +36,7 @@ class CandidateError(ValueError):
 
 
 def candidates_path(params: Params) -> Path:
-    return params.paths.behaviour / CANDIDATES_FILE
+    return params.paths.behaviour / CANDIDATES
 
 
 def candidate_from(trace: LiveTrace, context_docs: tuple[str, ...], labels: Iterable[str],
@@ -74,13 +74,7 @@ def load_candidates(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{path}:{lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+    for lineno, row in read_jsonl(path, SuiteError):
         if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("question"), str):
             raise SuiteError(f"{path}:{lineno}: expected a candidate object with string fields 'id' and 'question'")
         out.append(row)
@@ -127,8 +121,8 @@ def accept(params: Params, ids: list[str], answer: str | None = None, intent: st
         raise CandidateError(f"{path}: no candidate {', '.join(missing)} (`ragloop cases list` shows them)")
     if (answer is not None or intent is not None) and len(ids) != 1:
         raise CandidateError("--answer / --intent apply to one candidate at a time: name exactly one ID")
-    labels = set(load_labels(root / "labels.json"))
-    train_file, gate_file = root / "train.jsonl", root / "gate.jsonl"
+    labels = set(load_labels(root / LABELS_FILE))
+    train_file, gate_file = root / TRAIN_CASES, root / GATE_CASES
     gate = load_cases(gate_file, labels)
     train_text = train_file.read_text(encoding="utf-8") if train_file.is_file() else ""
     lines = [json.dumps(_case(by_id[i], answer, intent, labels), ensure_ascii=False) for i in ids]

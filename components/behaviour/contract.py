@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from components.behaviour.assertions import ContractError, Subject, build_assertion, check_schema
+from components.files import LABELS_FILE
 
 VERSION = 1
 ROLES = ("label", "answer", "sources")
@@ -205,7 +206,7 @@ def contract_for(params: Any) -> Contract:
     """The deployment's contract (`paths.contract`), with the suite's labels (`paths.behaviour`/labels.json)."""
     from components.behaviour.suite import load_labels
 
-    labels_file = params.paths.behaviour / "labels.json"
+    labels_file = params.paths.behaviour / LABELS_FILE
     labels = tuple(load_labels(labels_file)) if labels_file.is_file() else None
     return load_contract(params.paths.contract or params.paths.behaviour / "contract.yaml", labels)
 

@@ -41,7 +41,7 @@ def trace_evaluation(params: Params, settings: Settings, outcomes: list[CaseOutc
     from mlflow import MlflowClient
 
     from components.tracking.mlflow_runs import tracking_uri
-    from components.tracking.traces import write_trace
+    from components.tracking.trace_writer import write_trace
 
     if not outcomes:
         return []

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.config import Params, Settings
+from components.records import model_label
 from components.routes import (
     BEHAVIOUR,
     FINETUNE,
@@ -157,7 +158,7 @@ def status(params: Params, settings: Settings) -> dict:
     ungated = [str(v.version) for v in versions if "gate" not in v.tags]
     evaluations = _champion_evaluations(client, params)
     last = evaluations[0] if evaluations else None
-    champion_label = f"v{aliases['champion']}" if "champion" in aliases else "base"
+    champion_label = model_label(aliases.get("champion"))
     finetunes = _runs(client, params.tracking.finetune_experiment, limit=50, stage="finetune")
 
     pending_finetune, why_finetune = False, "no evaluation yet: run `ragloop evaluate`"

@@ -12,6 +12,7 @@ from components.behaviour.pipeline import answer_batch, load_model
 from components.behaviour.stats import Results
 from components.behaviour.suite import Case, check_disjoint, load_cases, load_labels, suite_hash
 from components.config import Params, Settings
+from components.files import GATE_CASES, LABELS_FILE, TRAIN_CASES
 from components.knowledge.retrieval import Retriever
 
 
@@ -20,9 +21,9 @@ def load_suite(params: Params) -> tuple[list[Case], list[Case]]:
     from the docs folder is no error here: a deleted document is what the `missing` route reports (its name in
     the evaluation's `missing_documents`, a typo included), and the fine-tune leaves its cases out."""
     root = params.paths.behaviour
-    labels = set(load_labels(root / "labels.json"))
-    gate = load_cases(root / "gate.jsonl", labels)
-    train = load_cases(root / "train.jsonl", labels)
+    labels = set(load_labels(root / LABELS_FILE))
+    gate = load_cases(root / GATE_CASES, labels)
+    train = load_cases(root / TRAIN_CASES, labels)
     check_disjoint(gate, train)
     return gate, train
 
@@ -31,8 +32,8 @@ def data_lineage(params: Params) -> dict[str, str]:
     root = params.paths.behaviour
     return {
         "base_model": generator_identity(params),
-        "gate_data_md5": suite_hash(root / "gate.jsonl"),
-        "train_data_md5": suite_hash(root / "train.jsonl"),
+        "gate_data_md5": suite_hash(root / GATE_CASES),
+        "train_data_md5": suite_hash(root / TRAIN_CASES),
         "contract_md5": contract_for(params).digest,
     }
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from components.behaviour.assistant import build_prompt, context_docs, encode_turn
 from components.behaviour.contract import Contract
 from components.config import GeneratorParams, Params
-from components.records import Answered, distinct_docs
+from components.records import Answered, distinct_docs, label_version
 
 
 class Searcher(Protocol):
@@ -51,8 +51,7 @@ def load_model(params: Params, adapter: Path | None, label: str) -> Model:
     """The generator with `adapter` (None: the base model), answering as `label`."""
     from components.behaviour.assistant import Generator, generator_identity
 
-    registered = label[1:] if label.startswith("v") and label[1:].isdigit() else None
-    return Model(Generator(params, adapter), label, registered, generator_identity(params))
+    return Model(Generator(params, adapter), label, label_version(label), generator_identity(params))
 
 
 def token_counts(tokenizer: Any, prompt: str, raw: str) -> tuple[int, int]:

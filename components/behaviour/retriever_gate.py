@@ -19,6 +19,7 @@ from components.behaviour import stats
 from components.behaviour.checks import CONTEXT_HIT, recall_slice
 from components.behaviour.stats import Groups, Results
 from components.config import Params
+from components.files import GATE_CASES
 from components.knowledge.retrieval import Retriever
 from components.knowledge.retrieval_eval import load_queries
 
@@ -43,7 +44,7 @@ class RetrieverVerdict:
 
 def has_suite(params: Params) -> bool:
     """A deployment with a behaviour suite (a gate set); one with labelled queries alone gates on those."""
-    return (params.paths.behaviour / "gate.jsonl").is_file()
+    return (params.paths.behaviour / GATE_CASES).is_file()
 
 
 def gate_questions(params: Params) -> list[Question]:

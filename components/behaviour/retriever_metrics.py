@@ -10,9 +10,9 @@ from typing import Any
 
 from components.behaviour.dvc_metrics import action_not_needed, write_json
 from components.config import Params
+from components.files import RETRIEVER_METRICS
 from components.routes import TUNE_RETRIEVER
 
-RETRIEVER_FILE = "retriever.json"
 # what retriever.json keeps: the work (the same on any machine), the model, the verdict, the figures
 RESULT_KEYS = ("version", "promoted", "reasons", "evidence", "champion_before", "training_pairs", "train_steps",
                "train_tokens", "weights_sha256", "train_seconds", "train_tokens_per_s", "rates",
@@ -36,10 +36,10 @@ def record_skip(params: Params, why: str, **extra: Any) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     record = {"skipped": True, "why": why, **extra}
     write_json(folder / "skipped.json", record)
-    write_json(params.paths.metrics / RETRIEVER_FILE, record)
+    write_json(params.paths.metrics / RETRIEVER_METRICS, record)
     return record
 
 
 def record_result(params: Params, result: dict[str, Any]) -> None:
-    write_json(params.paths.metrics / RETRIEVER_FILE,
+    write_json(params.paths.metrics / RETRIEVER_METRICS,
                {"skipped": False, **{k: result[k] for k in RESULT_KEYS if k in result}})  # fmt: skip

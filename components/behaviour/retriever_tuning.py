@@ -26,7 +26,9 @@ import numpy as np
 
 from components.behaviour.suite import OUT_OF_SCOPE, SuiteError, check_questions_disjoint
 from components.config import Params, RetrieverParams
-from components.hashing import normalise
+from components.files import GATE_CASES, TRAIN_CASES
+from components.hashing import file_sha256, normalise
+from components.jsonl import read_jsonl
 from components.knowledge.embedder import resolve_model
 from components.knowledge.retrieval import Retriever
 from components.knowledge.retrieval_eval import load_queries
@@ -66,23 +68,12 @@ class TrainingLog:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise TuningError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return rows
-
-
 def training_questions(params: Params) -> list[TrainingQuestion]:
     """The in-scope training cases with gold documents, then the labelled training queries, in file order."""
     out: list[TrainingQuestion] = []
-    train = params.paths.behaviour / "train.jsonl"
+    train = params.paths.behaviour / TRAIN_CASES
     if train.is_file():
-        for number, row in _jsonl_rows(train):
+        for number, row in read_jsonl(train, TuningError):
             docs = tuple(row.get("gold_docs") or ())
             if row.get("intent") != OUT_OF_SCOPE and docs and isinstance(row.get("question"), str):
                 out.append(TrainingQuestion(row["question"], docs, f"{train}:{number}"))
@@ -97,9 +88,9 @@ def training_questions(params: Params) -> list[TrainingQuestion]:
 def gate_questions(params: Params) -> dict[str, str]:
     """Every question that gates a retriever (normalised) -> where it is: the gate set's and the labelled queries'."""
     found: dict[str, str] = {}
-    gate = params.paths.behaviour / "gate.jsonl"
+    gate = params.paths.behaviour / GATE_CASES
     if gate.is_file():
-        for number, row in _jsonl_rows(gate):
+        for number, row in read_jsonl(gate, TuningError):
             found.setdefault(normalise(str(row.get("question", ""))), f"{gate}:{number}")
     if params.paths.retrieval_queries is not None:
         for q in load_queries(params.paths.retrieval_queries):
@@ -227,5 +218,4 @@ def save_model(model: Any, out: Path) -> None:
 
 
 def weights_sha256(folder: Path) -> str:
-    with open(folder / WEIGHTS, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_sha256(folder / WEIGHTS)

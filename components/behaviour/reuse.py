@@ -11,8 +11,7 @@ from pathlib import Path
 from components.behaviour.evaluate import Evaluation
 from components.behaviour.suite import suite_hash
 from components.config import Params
-
-RESULTS_FILE = "evaluation_results.json"
+from components.files import EVALUATION_RESULTS, GATE_CASES
 
 
 class IndexMovedError(RuntimeError):
@@ -23,12 +22,12 @@ def fingerprint(params: Params) -> str:
     """What an evaluation's results depend on besides the model and the index: generation, the regression test,
     how retrieval ranks, and the gate set's content."""
     parts = [params.generator.model_dump_json(), params.regression.model_dump_json(),
-             params.retrieval.model_dump_json(), suite_hash(params.paths.behaviour / "gate.jsonl")]  # fmt: skip
+             params.retrieval.model_dump_json(), suite_hash(params.paths.behaviour / GATE_CASES)]  # fmt: skip
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def results_path(params: Params) -> Path:
-    return params.paths.metrics / RESULTS_FILE
+    return params.paths.metrics / EVALUATION_RESULTS
 
 
 def save_results(params: Params, ev: Evaluation) -> None:

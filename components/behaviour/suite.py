@@ -12,14 +12,14 @@ an out-of-scope case has intent `out_of_scope`, answer null and no gold document
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from components.hashing import normalise, text_hash
+from components.hashing import file_md5, normalise, text_hash
+from components.jsonl import read_jsonl
 
 OUT_OF_SCOPE = "out_of_scope"
 CASE_FIELDS = ("id", "question", "intent", "answer", "gold_docs")
@@ -55,15 +55,11 @@ class Case:
 
 
 def suite_hash(path: Path) -> str:
-    """md5 (hex) of the file's bytes, the digest DVC records for a file out."""
-    digest = hashlib.md5()
+    """md5 (hex) of the file's bytes, the digest DVC records for a file out; SuiteError when it cannot be read."""
     try:
-        with Path(path).open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return file_md5(Path(path))
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def load_labels(path: Path) -> dict[str, str]:
@@ -104,20 +100,11 @@ def load_labels(path: Path) -> dict[str, str]:
 
 def load_cases(path: Path, labels: set[str], docs_root: Path | None = None) -> list[Case]:
     """Every case of a JSONL file, validated line by line; the first problem raises SuiteError (file:line: field)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise SuiteError(f"{path}: not UTF-8: {exc}") from None
     cases: list[Case] = []
     first_id: dict[str, int] = {}
     first_question: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        case = _parse_case(path, lineno, line, labels, docs_root)
+    for lineno, raw in read_jsonl(path, SuiteError):
+        case = _parse_case(f"{path}:{lineno}", raw, labels, docs_root)
         if case.id in first_id:
             raise SuiteError(
                 f"{path}:{lineno}: field 'id': duplicate id {case.id!r} (first on line {first_id[case.id]})"
@@ -156,12 +143,7 @@ def check_questions_disjoint(gate: Mapping[str, str], train: list[tuple[str, str
                              "trains on what gates it")  # fmt: skip
 
 
-def _parse_case(path: Path, lineno: int, line: str, labels: set[str], docs_root: Path | None) -> Case:
-    where = f"{path}:{lineno}"
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise SuiteError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+def _parse_case(where: str, raw: Any, labels: set[str], docs_root: Path | None) -> Case:
     if not isinstance(raw, dict):
         raise SuiteError(f"{where}: expected a JSON object with fields {list(CASE_FIELDS)}, got {type(raw).__name__}")
     missing = [f for f in CASE_FIELDS if f not in raw]

@@ -11,11 +11,13 @@ MRR, nDCG@10 with the gains). Retrieval and tracking happen in components/behavi
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from components.hashing import file_md5 as file_md5  # flows/eval_retrieval.py imports it from here
+from components.jsonl import read_jsonl
 
 NDCG_AT = 10
 DEFAULT_KS = (1, 5, 10)
@@ -33,21 +35,11 @@ class LabelledQuery:
     gains: dict[str, float]  # relevant document -> gain (> 0)
 
 
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()  # an identity of the file, not a secret
-
-
 def load_queries(path: Path) -> list[LabelledQuery]:
     """Every query of the file, in order; the first bad line raises QueryFileError naming file, line and field."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QueryFileError(f"{path}: cannot be read: {exc}") from None
     out, seen = [], set()
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        query = _parse(path, number, raw)
+    for number, row in read_jsonl(path, QueryFileError):
+        query = _parse(path, number, row)
         if query.id in seen:
             raise QueryFileError(f"{path}:{number}: field 'id': {query.id!r} is used by an earlier line")
         seen.add(query.id)
@@ -57,12 +49,8 @@ def load_queries(path: Path) -> list[LabelledQuery]:
     return out
 
 
-def _parse(path: Path, number: int, raw: str) -> LabelledQuery:
+def _parse(path: Path, number: int, row: Any) -> LabelledQuery:
     where = f"{path}:{number}"
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise QueryFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(row, dict):
         raise QueryFileError(f"{where}: expected a JSON object with 'query' and 'relevant', got {type(row).__name__}")
     extra = sorted(set(row) - {"id", "query", "relevant"})

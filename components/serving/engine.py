@@ -33,7 +33,7 @@ from components.behaviour.pipeline import Model, answer_batch
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
-from components.records import Answered
+from components.records import Answered, model_label
 
 log = logging.getLogger("ragloop.serving")
 
@@ -215,8 +215,7 @@ class Engine:
             version, info = None, None  # nothing loaded yet: start on the base model, switch once it is readable
         started = time.perf_counter()
         generator = Generator(self.params, None if info is None else info.adapter_dir)
-        label = "base" if version is None else f"v{version}"
-        self._model = Model(generator, label, version, generator_identity(self.params))
+        self._model = Model(generator, model_label(version), version, generator_identity(self.params))
         if current is not None:
             self.counts["model_switches"] += 1
         log.info("model %s loaded (%.2f s)%s", self._model.label, time.perf_counter() - started,

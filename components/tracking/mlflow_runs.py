@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from components.config import Params, Settings
+from components.hashing import dvc_folder_md5
 from components.tracking import metric_names
-from components.tracking.lineage import docs_dvc_md5, git_commit
+from components.tracking.lineage import git_commit
 
 
 def tracking_uri(params: Params, settings: Settings) -> str:
@@ -61,7 +62,7 @@ def log_index_run(params: Params, settings: Settings, report: dict, markdown: st
         "ragloop.reason": reason,
         "ragloop.collection": report["collection"],
         "git_commit": git_commit(params.source.parent),
-        "docs_dvc_md5": docs_dvc_md5(params.paths.docs),
+        "docs_dvc_md5": dvc_folder_md5(params.paths.docs),
     }
     run = client.create_run(exp, tags=tags)
     run_id = str(run.info.run_id)

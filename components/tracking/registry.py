@@ -11,7 +11,6 @@ artifact `evaluation/results.json`. A rejected candidate stays registered, with 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params, Settings
+from components.hashing import file_sha256
 from components.tracking.lineage import git_commit
 from components.tracking.mlflow_runs import client_for, experiment_id, tracking_uri
 
@@ -78,7 +78,8 @@ def log_adapter(
     tags = {k: str(v) for k, v in lineage.items()}
     tags.setdefault("base_model", base_model_dir_or_id)
     tags.setdefault("git_commit", git_commit(params.source.parent))
-    tags["adapter_sha256"] = _sha256(adapter_dir / "adapter_model.safetensors")
+    weights = adapter_dir / "adapter_model.safetensors"
+    tags["adapter_sha256"] = file_sha256(weights) if weights.is_file() else "missing"
     client.log_dict(run_id, results, RESULTS_ARTIFACT)
 
     base = Path(base_model_dir_or_id)
@@ -354,13 +355,6 @@ def _alias(client: Any, name: str, alias: str) -> Any | None:
             return None
         raise
     return None if version is None else client.get_model_version(name, str(version))
-
-
-def _sha256(path: Path) -> str:
-    if not path.is_file():
-        return "missing"
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _pinned_requirements() -> list[str]:

@@ -9,11 +9,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from components.behaviour.base_model import build_base_model
-from components.behaviour.calibration import CALIBRATION_FILE
-from tests.behaviour.test_finetune import TINY
+from components.files import CALIBRATION
 from tests.behaviour.test_loop import _configure, write_suite
-from tests.helpers import DOCS, Deployment
+from tests.conftest import build_tiny_model
+from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,7 @@ def candidate(tmp_path_factory, prefect_server) -> tuple[Deployment, str]:
     root = tmp_path_factory.mktemp("calibrate")
     dep = Deployment.create(root)
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     _configure(dep)
     dep.index()
     p = str(dep.params_file)
@@ -54,7 +53,7 @@ def test_calibration_is_measured_then_reused_then_measured_again(candidate: tupl
     assert set(first["against_seed_noise"]) == set(calibration["slices"])
     assert all(" vs seed noise " in shown for shown in first["against_seed_noise"].values())
     assert first["correction"].startswith("group-level sign test, Holm over ")
-    stored = json.loads((dep.params().paths.metrics / CALIBRATION_FILE).read_text())
+    stored = json.loads((dep.params().paths.metrics / CALIBRATION).read_text())
     assert list(stored["calibrations"]) == [calibration["key"]]
 
     again = _gate(dep, version)
@@ -69,5 +68,5 @@ def test_calibration_is_measured_then_reused_then_measured_again(candidate: tupl
     finally:
         _configure(dep)
     assert changed["calibration"]["reused"] is False and changed["calibration"]["key"] != calibration["key"]
-    kept = json.loads((dep.params().paths.metrics / CALIBRATION_FILE).read_text())["calibrations"]
+    kept = json.loads((dep.params().paths.metrics / CALIBRATION).read_text())["calibrations"]
     assert set(kept) == {calibration["key"], changed["calibration"]["key"]}

@@ -22,6 +22,7 @@ from components.behaviour.evaluate import Evaluation
 from components.behaviour.gate_report import gate_markdown, gate_result, judge_candidate
 from components.behaviour.stats import compare_slices
 from components.config import FinetuneParams, RegressionParams
+from components.files import CALIBRATION
 
 PAIRS = [("### Customer: what is the fee?\n### Assistant:", "intent: fees | answer: EUR 1 | sources: [fees.md]")]
 REGRESSION = RegressionParams(min_cases=10)
@@ -90,7 +91,7 @@ def test_gains_against_noise_read_as_the_verdict_shows_them() -> None:
 
 
 def test_a_stored_calibration_is_reused_only_under_its_key(tmp_path: Path) -> None:
-    path = tmp_path / "metrics" / "calibration.json"
+    path = tmp_path / "metrics" / CALIBRATION
     assert load_calibration(path, "k1") is None
     store_calibration(path, "k1", {"seed": 0, "slices": {"intent": {"noise": 0.03}}})
     store_calibration(path, "k2", {"seed": 0, "slices": {"intent": {"noise": 0.05}}})
@@ -104,7 +105,7 @@ def test_a_stored_calibration_is_reused_only_under_its_key(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"calibrations": []}', '{"other": {}}'])
 def test_an_unreadable_calibration_file_is_an_error_naming_it(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "calibration.json"
+    path = tmp_path / CALIBRATION
     path.write_text(text)
     with pytest.raises(CalibrationError, match=r"calibration\.json: .*delete it"):
         load_calibration(path, "k1")

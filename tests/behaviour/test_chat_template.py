@@ -11,6 +11,7 @@ import pytest
 from components.behaviour.assistant import Generator, build_prompt, encode_turn
 from components.behaviour.finetune import PairEncodingError, encode_pairs, save_adapter, train_lora
 from components.config import FinetuneParams, load_params
+from components.files import LABELS_FILE
 from tests.helpers import DOCS, Deployment, contract_line, parse_line
 
 # The chat template of Qwen/Qwen2.5-0.5B-Instruct (its tokenizer_config.json, tools branch included), written out
@@ -239,7 +240,7 @@ def chat_loop(tmp_path_factory, prefect_server) -> Deployment:
             train += [{"id": f"train-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(["", "Hi, "])]
             gate.append({"id": f"gate-{intent}-{i}", "question": "Hello, " + q, **case})
     (root / "behaviour").mkdir(exist_ok=True)
-    (root / "behaviour" / "labels.json").write_text(json.dumps({k: k for k in LOOP_QUESTIONS}))
+    (root / "behaviour" / LABELS_FILE).write_text(json.dumps({k: k for k in LOOP_QUESTIONS}))
     for name, rows in (("gate", gate), ("train", train)):
         (root / "behaviour" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_chat_model(root / "base")

@@ -16,12 +16,13 @@ import pytest
 from components.behaviour.checks import route_case
 from components.behaviour.contract import load_contract
 from components.behaviour.suite import load_cases, load_labels
+from components.files import LABELS_FILE
 from tests.helpers import REPO
 
 FIXTURE = REPO / "tests/behaviour/data/fintech_champion_outputs.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
 BEHAVIOUR = REPO / "data/behaviour"
-LABELS = set(load_labels(BEHAVIOUR / "labels.json"))
+LABELS = set(load_labels(BEHAVIOUR / LABELS_FILE))
 CASES = {c.id: c for name in ("gate", "train") for c in load_cases(BEHAVIOUR / f"{name}.jsonl", LABELS)}
 CONTRACT = load_contract(BEHAVIOUR / "contract.yaml", LABELS)
 ANSWERS = [r for r in ROWS if "output" in r]

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from components.behaviour.base_model import build_base_model
 from components.behaviour.contract import contract_for
 from components.config import Settings, load_params
 from components.tracking import registry
-from tests.behaviour.test_finetune import TINY
 from tests.behaviour.test_loop import QUESTIONS, write_suite
-from tests.helpers import DOCS, REPO, Deployment
+from tests.conftest import TINY, build_tiny_model
+from tests.helpers import REPO, Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +27,7 @@ def json_dep(tmp_path_factory, prefect_server) -> Deployment:
     write_suite(dep.root / "behaviour")
     (dep.root / "behaviour" / "contract.yaml").write_bytes(EXAMPLE.read_bytes())
     # a JSON answer is about 100 tokens of this tokenizer (the line one 50): a longer window than TINY's 256
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY.model_copy(update={"context": 512}))
+    build_tiny_model(root / "base", TINY.model_copy(update={"context": 512}))
     dep.write_params(
         paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
                "behaviour": "behaviour", "models": "state/models"},

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from components.behaviour.assistant import Generator, generator_identity
-from components.behaviour.base_model import build_base_model
 from components.behaviour.contract import contract_for
 from components.behaviour.evaluate import run_cases, summarise
 from components.behaviour.finetune import train_lora, training_pairs
@@ -14,7 +13,7 @@ from components.behaviour.pipeline import Model
 from components.behaviour.suite import Case
 from components.config import FinetuneParams, RegressionParams, load_params
 from components.knowledge.retrieval import Retriever
-from tests.behaviour.test_finetune import TINY
+from tests.conftest import build_tiny_model
 from tests.helpers import DOCS, Deployment
 
 pytestmark = pytest.mark.slow
@@ -33,7 +32,7 @@ def trained(tmp_path_factory):
     """A deployment whose assistant has learned the four cases (so any later failure has another cause)."""
     root = tmp_path_factory.mktemp("eval")
     dep = Deployment.create(root)
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     dep.write_params(generator={"model": "base", "max_new_tokens": 90, "context_chunks": 2})
     dep.index()
     params = load_params(dep.params_file)

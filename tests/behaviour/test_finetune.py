@@ -9,11 +9,10 @@ import pytest
 from components.behaviour.assistant import Generator, build_prompt
 from components.behaviour.base_model import build_base_model
 from components.behaviour.finetune import save_adapter, train_lora
-from components.config import BaseModelParams, FinetuneParams, load_params
+from components.config import FinetuneParams, load_params
+from tests.conftest import TINY, build_tiny_model
 from tests.helpers import DOCS, Deployment, contract_line, parse_line
 
-TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
-                       pretrain_steps=60, batch_size=4, seq_len=32)  # fmt: skip
 PAIRS = [
     ("How much is an ATM withdrawal?", contract_line("fees", "2 EUR", ["fees.md"]), "fees.md"),
     (
@@ -29,7 +28,7 @@ PAIRS = [
 def tiny(tmp_path_factory) -> tuple[Deployment, object]:
     root = tmp_path_factory.mktemp("tiny")
     dep = Deployment.create(root)
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     dep.write_params(generator={"model": "base", "max_new_tokens": 90, "context_chunks": 1})
     return dep, load_params(dep.params_file)
 

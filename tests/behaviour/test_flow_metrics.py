@@ -8,6 +8,7 @@ import json
 import pytest
 
 from components.behaviour.gate_report import GateError
+from components.files import EVALUATION_METRICS, FINETUNE_METRICS, GATE_METRICS
 from tests.helpers import Deployment
 
 
@@ -17,7 +18,7 @@ def dep(deployment: Deployment, prefect_server) -> Deployment:
                                    "mlflow": "state/mlflow", "models": "state/models"})  # fmt: skip
     metrics = deployment.params().paths.metrics
     metrics.mkdir(parents=True)
-    (metrics / "evaluation.json").write_text(json.dumps({"decision": "reindex", "actions": ["reindex"]}))
+    (metrics / EVALUATION_METRICS).write_text(json.dumps({"decision": "reindex", "actions": ["reindex"]}))
     return deployment
 
 
@@ -31,7 +32,7 @@ def test_a_finetune_flow_run_the_evaluation_did_not_ask_for_records_why_and_clea
     result = finetune(params_file=str(dep.params_file), reason="deployment", if_needed=True)
     why = "the last evaluation asked for reindex (decision 'reindex'), not 'finetune'"
     assert result == {"skipped": True, "why": why}
-    assert json.loads((params.paths.metrics / "finetune.json").read_text()) == result
+    assert json.loads((params.paths.metrics / FINETUNE_METRICS).read_text()) == result
     assert not stale.exists() and json.loads((stale.parent / "skipped.json").read_text()) == result
 
 
@@ -43,8 +44,8 @@ def test_a_gate_flow_run_with_no_candidate_records_the_skip_or_refuses(dep) -> N
     result = gate(params_file=str(dep.params_file), if_needed=True)
     why = "no candidate: the last evaluation asked for reindex (decision 'reindex'), not 'finetune'"
     assert result == {"skipped": True, "why": why}
-    assert json.loads((metrics / "gate.json").read_text()) == result
-    (metrics / "gate.json").unlink()
+    assert json.loads((metrics / GATE_METRICS).read_text()) == result
+    (metrics / GATE_METRICS).unlink()
     with pytest.raises(GateError, match=r"no candidate to gate: .*; name a VERSION"):
         gate(params_file=str(dep.params_file))
-    assert not (metrics / "gate.json").exists()
+    assert not (metrics / GATE_METRICS).exists()

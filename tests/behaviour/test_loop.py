@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from components.behaviour.base_model import build_base_model
 from components.config import Settings, load_params
+from components.files import EVALUATION_METRICS, FINETUNE_METRICS, GATE_METRICS, LABELS_FILE
 from components.tracking import registry
 from components.tracking.mlflow_runs import client_for
-from tests.behaviour.test_finetune import TINY
-from tests.helpers import DOCS, Deployment
+from tests.conftest import build_tiny_model
+from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def write_suite(folder: Path) -> None:
             train += [{"id": f"train-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(TRAIN_FILLERS)]
             gate += [{"id": f"gate-{intent}-{i}-{j}", "question": f + q, **case} for j, f in enumerate(GATE_FILLERS)]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "labels.json").write_text(json.dumps({k: k for k in QUESTIONS}))
+    (folder / LABELS_FILE).write_text(json.dumps({k: k for k in QUESTIONS}))
     for name, rows in (("gate", gate), ("train", train)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     labelled = [{"id": f"{intent}-{i}", "query": q, "relevant": [doc]}
@@ -69,7 +69,7 @@ def loop_dep(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("loop")
     dep = Deployment.create(root)
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, root / "base", TINY)
+    build_tiny_model(root / "base")
     _configure(dep)
     dep.index()
     return dep
@@ -83,7 +83,7 @@ def _check_labelled_retrieval(dep: Deployment, summary: dict) -> None:
     assert labelled["queries_file"].endswith("retrieval.jsonl")
     assert 0 < labelled["metrics"]["recall@1"] <= labelled["metrics"]["recall@5"] <= 1
     params = dep.params()
-    assert json.loads((params.paths.metrics / "evaluation.json").read_text())["labelled_retrieval"] == labelled
+    assert json.loads((params.paths.metrics / EVALUATION_METRICS).read_text())["labelled_retrieval"] == labelled
     client = client_for(params, Settings.from_env())
     evaluation = client.get_run(summary["mlflow_run_id"]).data
     assert evaluation.metrics["labelled_retrieval_recall_at_5"] == labelled["metrics"]["recall@5"]
@@ -111,10 +111,10 @@ def test_regression_is_fixed_by_a_promoted_fine_tune_then_nothing_triggers(loop_
     champ = registry.champion(params, Settings.from_env())
     assert champ is not None and champ.version == result["version"]
     # the flow itself (as a deployment triggered by the regression event runs it, no CLI) wrote the DVC metrics
-    tuned = json.loads((params.paths.metrics / "finetune.json").read_text())
+    tuned = json.loads((params.paths.metrics / FINETUNE_METRICS).read_text())
     assert tuned["skipped"] is False and tuned["version"] == result["version"] and tuned["promoted"] is True
     assert tuned["adapter_sha256"] == result["adapter_sha256"] and tuned["train_steps"] == result["train_steps"]
-    gated = json.loads((params.paths.metrics / "gate.json").read_text())
+    gated = json.loads((params.paths.metrics / GATE_METRICS).read_text())
     assert gated == {"skipped": False, "version": result["version"], "promoted": True, "reasons": result["reasons"],
                      "champion_before": "base"}  # fmt: skip
     after = evaluate(params_file=p)  # the champion, re-evaluated against its own stored baseline
@@ -169,7 +169,7 @@ def test_a_worse_candidate_is_rejected_and_a_failing_one_changes_nothing(loop_de
     assert verdict["champion_before"] == f"v{champ.version}"
     assert registry.gate_verdict(params, settings, candidate["version"]) == "rejected"
     assert registry.champion(params, settings).version == champ.version  # type: ignore[union-attr]
-    stored = json.loads((params.paths.metrics / "gate.json").read_text())
+    stored = json.loads((params.paths.metrics / GATE_METRICS).read_text())
     assert stored["promoted"] is False and stored["version"] == candidate["version"]
     again = CliRunner().invoke(app, ["gate", "--if-needed", "--json", "--params", p])
     assert again.exit_code == 0 and "already gated" in json.loads(again.stdout)["why"]

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from components.behaviour.assistant import Generator, build_prompt
-from components.behaviour.base_model import build_base_model
 from components.behaviour.finetune import save_adapter, train_lora
-from components.config import BaseModelParams, FinetuneParams, Settings
+from components.config import FinetuneParams, Settings
 from components.tracking.mlflow_runs import client_for, experiment_id
 from components.tracking.registry import (
     RegistryError,
@@ -20,10 +19,9 @@ from components.tracking.registry import (
     promote,
     rollback,
 )
+from tests.conftest import TINY_UNTRAINED, build_tiny_model
 from tests.helpers import DOCS, Deployment, contract_line
 
-TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
-                       pretrain_steps=0, batch_size=4, seq_len=32)  # fmt: skip
 SETTINGS = Settings(mlflow_tracking_uri=None, chroma_host=None, chroma_port=8000, chroma_ssl=False)
 PAIRS = [
     ("How much is an ATM withdrawal?", contract_line("fees", "2 EUR", ["fees.md"]), "fees.md"),
@@ -42,7 +40,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("registry")
     dep = Deployment.create(root)
-    build_base_model(list(DOCS.values()) * 5, root / "base", TINY)
+    build_tiny_model(root / "base", TINY_UNTRAINED, repeats=5)
     dep.write_params(generator={"model": "base", "context_chunks": 1})
     params = dep.params()
     pairs = [(build_prompt(params.generator, q, [{"doc": d, "text": DOCS[d]}]), t) for q, t, d in PAIRS]

@@ -9,6 +9,7 @@ import pytest
 
 from components.behaviour import dvc_metrics, reuse
 from components.behaviour.evaluate import Evaluation
+from components.files import EVALUATION_METRICS, FINETUNE_METRICS, GATE_CASES, PLOTS, SLICES_PLOT
 from tests.helpers import Deployment
 
 
@@ -17,7 +18,7 @@ def _params(dep: Deployment, **sections: dict):  # type: ignore[no-untyped-def]
                             "behaviour": "behaviour", "models": "state/models"}, **sections)  # fmt: skip
     (dep.root / "behaviour").mkdir(exist_ok=True)
     case = {"id": "g1", "question": "How much is an ATM withdrawal?", "intent": "fees", "gold_docs": ["fees.md"]}
-    (dep.root / "behaviour" / "gate.jsonl").write_text(json.dumps(case) + "\n")
+    (dep.root / "behaviour" / GATE_CASES).write_text(json.dumps(case) + "\n")
     return dep.params()
 
 
@@ -72,8 +73,8 @@ def test_the_evaluation_metrics_files_are_what_dvc_and_the_reuse_read(deployment
     params = _params(deployment)
     dvc_metrics.write_evaluation(params, _evaluation(decision="finetune"))
     metrics = params.paths.metrics
-    assert json.loads((metrics / "evaluation.json").read_text())["decision"] == "finetune"
-    assert json.loads((metrics / "plots" / "slices.json").read_text())[0]["slice"] == "format"
+    assert json.loads((metrics / EVALUATION_METRICS).read_text())["decision"] == "finetune"
+    assert json.loads((metrics / PLOTS / SLICES_PLOT).read_text())[0]["slice"] == "format"
     assert reuse.reusable_evaluation(params, "v2", 5) is not None
     assert dvc_metrics.finetune_not_needed(params) is None
     assert reuse.reusable_evaluation(params, "v2", 5).retrieval == {"context_hit": {"a": False}}
@@ -99,6 +100,6 @@ def test_a_skipped_fine_tune_clears_the_old_adapter_and_leaves_no_candidate_to_g
     dvc_metrics.record_truncated_finetune(params, "capped")
     assert dvc_metrics.last_candidate(params)[0] is None
     dvc_metrics.record_finetune(params, {"version": "3", "training_pairs": 10, "candidate": {"big": "summary"}})
-    written = json.loads((params.paths.metrics / "finetune.json").read_text())
+    written = json.loads((params.paths.metrics / FINETUNE_METRICS).read_text())
     assert written == {"skipped": False, "version": "3", "training_pairs": 10}  # only the kept keys
     assert dvc_metrics.last_candidate(params) == ("3", "")

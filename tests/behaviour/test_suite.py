@@ -22,6 +22,7 @@ from components.behaviour.suite import (
     load_labels,
     suite_hash,
 )
+from components.files import GATE_CASES, LABELS_FILE, TRAIN_CASES
 from components.hashing import normalise, text_hash
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,17 +36,17 @@ LABELS = {"fees", "card_lost", OUT_OF_SCOPE}
 
 @pytest.fixture(scope="module")
 def labels() -> dict[str, str]:
-    return load_labels(SUITE / "labels.json")
+    return load_labels(SUITE / LABELS_FILE)
 
 
 @pytest.fixture(scope="module")
 def gate(labels: dict[str, str]) -> list[Case]:
-    return load_cases(SUITE / "gate.jsonl", set(labels), DOCS)
+    return load_cases(SUITE / GATE_CASES, set(labels), DOCS)
 
 
 @pytest.fixture(scope="module")
 def train(labels: dict[str, str]) -> list[Case]:
-    return load_cases(SUITE / "train.jsonl", set(labels), DOCS)
+    return load_cases(SUITE / TRAIN_CASES, set(labels), DOCS)
 
 
 def test_labels_have_descriptions_and_include_out_of_scope(labels: dict[str, str]) -> None:
@@ -107,7 +108,7 @@ def test_suite_hash_is_the_md5_of_the_bytes(tmp_path: Path) -> None:
     f = tmp_path / "cases.jsonl"
     f.write_bytes(b"abc")
     assert suite_hash(f) == "900150983cd24fb0d6963f7d28e17f72"
-    gate_file = SUITE / "gate.jsonl"
+    gate_file = SUITE / GATE_CASES
     assert suite_hash(gate_file) == hashlib.md5(gate_file.read_bytes()).hexdigest()
     with pytest.raises(SuiteError, match="cannot read"):
         suite_hash(tmp_path / "missing.jsonl")
@@ -287,7 +288,7 @@ def test_load_labels_reads_both_shapes(tmp_path: Path) -> None:
     ],
 )
 def test_bad_label_files_are_refused(tmp_path: Path, text: str, expected: str) -> None:
-    f = tmp_path / "labels.json"
+    f = tmp_path / LABELS_FILE
     f.write_text(text)
     with pytest.raises(SuiteError) as info:
         load_labels(f)
@@ -303,15 +304,15 @@ def test_the_loop_loads_a_suite_whose_gold_document_was_deleted(tmp_path: Path) 
 
     behaviour = tmp_path / "behaviour"
     behaviour.mkdir()
-    (behaviour / "labels.json").write_text(json.dumps({label: label for label in LABELS}))
+    (behaviour / LABELS_FILE).write_text(json.dumps({label: label for label in LABELS}))
     case = {"id": "g1", "question": "How much is an ATM withdrawal?", "intent": "fees", "answer": "2 EUR",
             "gold_docs": ["fees/deleted.md"]}  # fmt: skip
-    (behaviour / "gate.jsonl").write_text(json.dumps(case) + "\n")
-    (behaviour / "train.jsonl").write_text(json.dumps({**case, "id": "t1", "question": "ATM fee?"}) + "\n")
+    (behaviour / GATE_CASES).write_text(json.dumps(case) + "\n")
+    (behaviour / TRAIN_CASES).write_text(json.dumps({**case, "id": "t1", "question": "ATM fee?"}) + "\n")
     (tmp_path / "docs").mkdir()
     (tmp_path / "params.yaml").write_text(json.dumps({"paths": {"docs": "docs", "behaviour": "behaviour"}}))
     gate, train = load_suite(load_params(tmp_path / "params.yaml"))
     assert [c.gold_docs for c in gate + train] == [("fees/deleted.md",), ("fees/deleted.md",)]
     # a person checking the suite (load_cases with the docs folder) still gets the strict error
     with pytest.raises(SuiteError, match=re.escape("'fees/deleted.md' does not exist under")):
-        load_cases(behaviour / "gate.jsonl", LABELS, tmp_path / "docs")
+        load_cases(behaviour / GATE_CASES, LABELS, tmp_path / "docs")

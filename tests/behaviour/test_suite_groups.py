@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from components.behaviour.suite import OUT_OF_SCOPE, Case, SuiteError, load_cases, load_labels, normalise
+from components.files import LABELS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "data" / "behaviour"
@@ -33,7 +34,7 @@ def _seeds() -> list[dict]:
 
 @pytest.mark.parametrize("split", ["gate", "train"])
 def test_every_committed_case_carries_its_seed_as_group(split: str) -> None:
-    labels = set(load_labels(SUITE / "labels.json"))
+    labels = set(load_labels(SUITE / LABELS_FILE))
     cases = load_cases(SUITE / f"{split}.jsonl", labels, DOCS)
     raw = [json.loads(line) for line in (SUITE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all("group" in r for r in raw), "make_suite.py writes the group of every case"

@@ -15,12 +15,11 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from components.behaviour.base_model import build_base_model
 from components.config import Params, Settings
 from components.tracking import registry
-from tests.behaviour.test_finetune import TINY
 from tests.behaviour.test_loop import write_suite
-from tests.helpers import DOCS, Deployment
+from tests.conftest import build_tiny_model
+from tests.helpers import Deployment
 from tests.service.servers import BIN, HTTP_TIMEOUT, Server, free_port, prefect_server
 
 # a hang guard for each test, the module's loop included (it runs inside the first test's time): two fine-tunes and
@@ -90,7 +89,7 @@ def dashboards(tmp_path_factory) -> Iterator[Dashboards]:
     root = tmp_path_factory.mktemp("dashboards")
     dep = Deployment.create(root / "project")
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, dep.root / "base", TINY)
+    build_tiny_model(dep.root / "base")
     _configure(dep)
     prefect = prefect_server(root)
     api = prefect.env["PREFECT_API_URL"]
@@ -167,8 +166,9 @@ def test_mlflow_trace_view_shows_a_production_trace_with_its_retrieval_and_feedb
     from playwright.sync_api import expect
 
     from components.serving.engine import Engine
+    from components.tracking.feedback import log_feedback
     from components.tracking.trace_schema import ANSWER_SPAN
-    from components.tracking.traces import log_feedback, write_trace
+    from components.tracking.trace_writer import write_trace
 
     params, settings = dashboards.params, Settings.from_env()
     with Engine(params, settings) as engine:

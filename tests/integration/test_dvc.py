@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.files import EVALUATION_METRICS, FINETUNE_METRICS, GATE_METRICS, INDEX_METRICS
 from tests.helpers import DOCS, REPO
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
     (run,) = _index_runs(project)
     assert run.data.tags["docs_dvc_md5"] == docs_dep["md5"]  # MLflow's lineage tag is DVC's own hash
     assert run.data.tags["ragloop.reason"] == "dvc-repro"
-    metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
+    metrics = json.loads((project / "data" / "metrics" / INDEX_METRICS).read_text())
     assert metrics["chunks"]["total"] == 6
 
     assert "up to date" in _sh(project, "dvc", "repro", "index")
@@ -79,7 +80,7 @@ def test_dvc_repro_indexes_incrementally_and_skips_when_nothing_changed(project:
     doc = project / "data" / "docs" / "support.txt"
     doc.write_text(doc.read_text() + "\nWeekend support is available by chat.\n")
     _sh(project, "dvc", "repro", "index")
-    metrics = json.loads((project / "data" / "metrics" / "index.json").read_text())
+    metrics = json.loads((project / "data" / "metrics" / INDEX_METRICS).read_text())
     assert metrics["documents"]["modified"] == 1
     assert metrics["chunks"]["embedded"] == 1  # incremental: only the changed chunk
     assert "index.json" in _sh(project, "dvc", "metrics", "show")
@@ -149,8 +150,8 @@ def test_bytecode_and_editor_files_in_a_dependency_folder_leave_dvc_status_clean
 
 def _tiny_loop(project: Path) -> None:
     """The repo's dvc.yaml on a tiny real stack: a 60-step base model, a 6-chunk index, an 18-case gate set."""
-    from tests.behaviour.test_finetune import TINY
     from tests.behaviour.test_loop import write_suite
+    from tests.conftest import TINY
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["base_model"] = TINY.model_dump()
@@ -169,10 +170,10 @@ def test_dvc_repro_runs_the_loop_then_nothing_then_only_what_a_lora_param_touche
     _tiny_loop(project)
     _sh(project, "dvc", "repro")  # base model, index, evaluate (the base model breaks format), finetune, gate
     metrics = project / "data" / "metrics"
-    evaluation = json.loads((metrics / "evaluation.json").read_text())
+    evaluation = json.loads((metrics / EVALUATION_METRICS).read_text())
     assert evaluation["decision"] == "finetune" and "format" in evaluation["regressed_slices"]
-    tuned = json.loads((metrics / "finetune.json").read_text())
-    gated = json.loads((metrics / "gate.json").read_text())
+    tuned = json.loads((metrics / FINETUNE_METRICS).read_text())
+    gated = json.loads((metrics / GATE_METRICS).read_text())
     assert tuned["skipped"] is False and gated["skipped"] is False
     assert gated["version"] == tuned["version"] == "1" and isinstance(gated["promoted"], bool)
     shown = json.loads(_sh(project, "dvc", "metrics", "show", "--json"))[""]["data"]
@@ -186,7 +187,7 @@ def test_dvc_repro_runs_the_loop_then_nothing_then_only_what_a_lora_param_touche
 
     second = _sh(project, "dvc", "repro")  # nothing changed: every stage is up to date, nothing runs
     assert "Running stage" not in second
-    assert json.loads((metrics / "finetune.json").read_text()) == tuned
+    assert json.loads((metrics / FINETUNE_METRICS).read_text()) == tuned
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["finetune"]["r"] = 4

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from components.config import Settings
-from components.tracking.lineage import docs_dvc_md5
+from components.files import INDEX_METRICS
+from components.hashing import dvc_folder_md5
 from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,13 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     assert run.data.metrics["chunks_embedded"] == 6
     assert run.data.metrics["documents_added"] == 3
     assert run.data.tags["ragloop.reason"] == "test"
-    assert run.data.tags["docs_dvc_md5"] == docs_dvc_md5(deployment.docs)
+    assert run.data.tags["docs_dvc_md5"] == dvc_folder_md5(deployment.docs)
     assert len(run.data.tags["git_commit"]) >= 7
     client = MlflowClient(tracking_uri=f"sqlite:///{deployment.root / 'state' / 'mlflow' / 'mlflow.db'}")
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert names == {"change_report.json", "change_report.md"}
 
-    metrics = json.loads((deployment.root / "state" / "metrics" / "index.json").read_text())
+    metrics = json.loads((deployment.root / "state" / "metrics" / INDEX_METRICS).read_text())
     assert metrics["chunks"]["total"] == 6
     artifact = Artifact.get("reindex-report")
     assert artifact is not None
@@ -70,10 +71,10 @@ def test_reindex_flow_is_tracked_and_reported(prefect_server, deployment: Deploy
     runs = _runs(deployment)
     assert [r.data.metrics["index_version"] for r in runs] == [1, 2]
     # a run that publishes nothing leaves the DVC metrics byte for byte (else `dvc status` sees the stage change)
-    written = (deployment.root / "state" / "metrics" / "index.json").read_bytes()
+    written = (deployment.root / "state" / "metrics" / INDEX_METRICS).read_bytes()
     unchanged = reindex(params_file=str(deployment.params_file))
     assert unchanged["chunks"]["embedded"] == 0 and not unchanged["published"]
-    assert (deployment.root / "state" / "metrics" / "index.json").read_bytes() == written
+    assert (deployment.root / "state" / "metrics" / INDEX_METRICS).read_bytes() == written
     # it gets no MLflow run (only runs that published or met a bad document do) but is journaled in the manifest
     assert unchanged["mlflow_run_id"] is None and len(_runs(deployment)) == 2
     assert [(r.published, r.reason, r.mlflow_run_id) for r in _journal(deployment)] == [

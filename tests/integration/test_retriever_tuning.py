@@ -17,6 +17,7 @@ from components.behaviour.retriever_tuning import (
     training_questions,
 )
 from components.config import Settings
+from components.files import EVALUATION_METRICS, RETRIEVER_METRICS
 from components.knowledge.retrieval import Retriever
 from components.knowledge.retriever_pointer import read_pointer
 from components.knowledge.retriever_serving import build_candidate_index, candidate_params
@@ -112,7 +113,7 @@ def test_a_better_retriever_is_promoted_published_and_rolled_back_without_reembe
     assert (champion.version, champion.folder, previous and previous.version) == ("1", "retriever/v1", "base")
     with Retriever(params) as served:  # every reader follows the published version's embedder
         assert served.version == 2 and served.info.embedder.startswith(str(params.paths.models / "retriever/v1"))
-    assert json.loads((params.paths.metrics / "retriever.json").read_text())["promoted"] is True
+    assert json.loads((params.paths.metrics / RETRIEVER_METRICS).read_text())["promoted"] is True
     versions = registry.client_for(params, settings).search_model_versions("name='ragloop-retriever'")
     assert [v.tags["gate"] for v in versions] == ["promoted"]
 
@@ -163,7 +164,7 @@ def test_if_needed_reads_the_evaluations_actions(deployment, evaluation, needed)
 
     params = deployment.params()
     if evaluation is not None:
-        write_jsonl(params.paths.metrics / "evaluation.json", [evaluation])
+        write_jsonl(params.paths.metrics / EVALUATION_METRICS, [evaluation])
     why = tuning_not_needed(params)
     assert (why is None) == needed
     assert needed or "tune_retriever" in (why or "")
@@ -179,7 +180,7 @@ def test_the_command_skips_when_not_asked_and_has_no_rollback_at_first(tmp_path,
 
     dep = tiny_retrieval_deployment(tmp_path, tiny_embedder)
     params = dep.params()
-    write_jsonl(params.paths.metrics / "evaluation.json", [{"decision": "finetune", "actions": ["finetune"]}])
+    write_jsonl(params.paths.metrics / EVALUATION_METRICS, [{"decision": "finetune", "actions": ["finetune"]}])
     stale = params.paths.models / "retriever" / "candidate" / "model.safetensors"
     stale.parent.mkdir(parents=True)
     stale.write_text("an older run's model")
@@ -189,7 +190,7 @@ def test_the_command_skips_when_not_asked_and_has_no_rollback_at_first(tmp_path,
     assert result == {"skipped": True, "why": "the last evaluation asked for finetune (decision 'finetune'), not "
                       "'tune_retriever'"}  # fmt: skip
     assert [p.name for p in stale.parent.iterdir()] == ["skipped.json"]
-    assert json.loads((params.paths.metrics / "retriever.json").read_text()) == result
+    assert json.loads((params.paths.metrics / RETRIEVER_METRICS).read_text()) == result
     back = CliRunner().invoke(app, ["tune-retriever", "--rollback", "--params", str(dep.params_file)])
     assert back.exit_code == 1 and "no previous retriever to roll back to (champion: base)" in back.output
 

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import Settings
+from components.files import CANDIDATES, GATE_CASES, LABELS_FILE, TRAIN_CASES
 from components.knowledge.retrieval import query_index
 from tests.helpers import DOCS, Deployment
 from tests.helpers_traces import T0_MS, Served, flawless_base_results, write_trace
@@ -55,7 +56,7 @@ def _deployment(tmp_path, docs: dict[str, str] | None, **sections: dict) -> Depl
                    regression={"min_cases": 3, "alpha": 0.05, "min_effect": 0.05}, **sections)  # fmt: skip
     folder = tmp_path / "behaviour"
     folder.mkdir(exist_ok=True)
-    (folder / "labels.json").write_text(json.dumps(LABELS))
+    (folder / LABELS_FILE).write_text(json.dumps(LABELS))
     for name, rows in (("gate", GATE), ("train", TRAIN)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d.index()
@@ -165,7 +166,7 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     _served(dep, "How much are SWIFT transfers abroad?", "9 EUR", 101,
             correction="intent: fees | answer: 9 EUR per transfer | sources: [fees.md]")  # fmt: skip
     _served(dep, GATE[0]["question"], "it costs 9 EUR", 102)
-    from components.tracking.traces import log_feedback
+    from components.tracking.feedback import log_feedback
 
     log_feedback(params, Settings.from_env(), freeze, False, comment="the card number",
                  correction="intent: card_lost | answer: Freeze it under Cards, then Freeze | sources: "
@@ -200,7 +201,7 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
     def accept(*args: str):  # type: ignore[no-untyped-def]
         return CliRunner().invoke(app, ["cases", "accept", *args, "--params", str(dep.params_file)])
 
-    train = dep.root / "behaviour" / "train.jsonl"
+    train = dep.root / "behaviour" / TRAIN_CASES
     before = train.read_text()
     assert by_q[GATE[0]["question"]]["intent"] is None  # the answer had no label: a person must give it
     unlabelled = accept(by_q[GATE[0]["question"]]["id"], "--answer", "9 EUR.")
@@ -220,7 +221,7 @@ def test_triage_routes_each_failure_to_its_fix(prefect_server, dep: Deployment) 
         ("How much is it to take cash from an ATM?", "fees", "2 EUR after the fifth.", ["fees.md"])]  # fmt: skip
     left = json.loads(CliRunner().invoke(app, ["cases", "list", "--json", "--params", str(dep.params_file)]).stdout)
     assert [c["question"] for c in left] == [GATE[0]["question"]]  # the gate set itself never changed
-    assert (dep.root / "behaviour" / "gate.jsonl").read_text() == "".join(json.dumps(r) + "\n" for r in GATE)
+    assert (dep.root / "behaviour" / GATE_CASES).read_text() == "".join(json.dumps(r) + "\n" for r in GATE)
 
     third = triage(params_file=str(dep.params_file), reason="nothing new")  # everything is routed already
     assert third["traffic"]["traces"] == 0 and all(not v for v in third["routed"].values())
@@ -297,7 +298,7 @@ def test_a_retrieval_miss_goes_to_the_retriever_and_a_right_context_failure_to_t
     assert kept["reason"].startswith("failed citation, format, intent with the answering document in its context "
                                      "(fees.md; relevance ")  # fmt: skip
     # candidates only from behaviour; the misses never count toward the live behaviour test
-    rows = (dep.root / "behaviour" / "candidates.jsonl").read_text().splitlines()
+    rows = (dep.root / "behaviour" / CANDIDATES).read_text().splitlines()
     assert [json.loads(r)["question"] for r in rows] == [GATE[0]["question"]]
     fmt = next(s for s in report["regression"]["slices"] if s["slice"] == "format")
     assert (fmt["n"], fmt["failures"]) == (1, 1) and not report["regression"]["fired"]

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from components.behaviour.base_model import build_base_model
 from components.knowledge.manifest import OPEN
-from tests.behaviour.test_finetune import TINY
 from tests.behaviour.test_loop import write_suite
-from tests.helpers import DOCS, REPO, Deployment, wait_until, watches
+from tests.conftest import build_tiny_model
+from tests.helpers import REPO, Deployment, wait_until, watches
 from tests.service.servers import HTTP_TIMEOUT, Server, chroma_server, free_port, mlflow_server, port_of, prefect_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -75,7 +74,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("service")
     dep = Deployment.create(root / "project")
     write_suite(dep.root / "behaviour")
-    build_base_model(list(DOCS.values()) * 20, dep.root / "base", TINY)
+    build_tiny_model(dep.root / "base")
     dep.write_params(
         paths={"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
                "behaviour": "behaviour", "models": "state/models"},

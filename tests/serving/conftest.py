@@ -13,14 +13,12 @@ from pathlib import Path
 
 import httpx
 
-from components.behaviour.base_model import build_base_model
-from components.config import BaseModelParams, FinetuneParams, Settings
+from components.config import FinetuneParams, Settings
 from tests.behaviour.test_loop import write_suite
+from tests.conftest import TINY_UNTRAINED, build_tiny_model
 from tests.helpers import DOCS, REPO, Deployment, contract_line, wait_until
 from tests.service.servers import free_port
 
-TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, intermediate_size=128, context=256,
-                       pretrain_steps=0, batch_size=4, seq_len=32)  # fmt: skip
 KEY = "test-key-0123456789"
 START_LIMIT = 600.0  # a hang guard: the server imports torch, transformers, chromadb and MLflow (15+ s), more
 # on a slow shared machine; every wait polls for the state it needs
@@ -37,7 +35,7 @@ def build_deployment(root: Path, adapters: int = 2, settings: Settings | None = 
 
     dep = Deployment.create(root)
     write_suite(root / "behaviour")
-    build_base_model(list(DOCS.values()) * 5, root / "base", TINY)
+    build_tiny_model(root / "base", TINY_UNTRAINED, repeats=5)
     base = {"paths": {"docs": "docs", "index": "state/index", "metrics": "state/metrics", "mlflow": "state/mlflow",
                       "behaviour": "behaviour", "models": "state/models", "serving": "state/serving"},
             "generator": {"model": "base", "context_chunks": 2, "max_new_tokens": 24},

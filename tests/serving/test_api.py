@@ -16,7 +16,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 
 from components.config import Settings
 from components.serving.app import TRACE_HEADER, ApiConfigError, api_key_for
-from components.tracking import registry, traces
+from components.tracking import registry, trace_writer
 from components.tracking.trace_schema import CHECK_PREFIX, TAG_INDEX_VERSION, TAG_MODEL_VERSION, USER_FEEDBACK
 from tests.helpers import REPO, Deployment, wait_until
 from tests.service.servers import chroma_server, free_port, port_of
@@ -54,7 +54,7 @@ def _openai(api: ApiServer) -> OpenAI:
 
 
 def _stored(api: ApiServer, trace_id: str):
-    return traces.read_trace(api.dep.params(), SETTINGS, trace_id)
+    return trace_writer.read_trace(api.dep.params(), SETTINGS, trace_id)
 
 
 def test_models_and_a_chat_completion_through_the_official_openai_client(api: ApiServer) -> None:

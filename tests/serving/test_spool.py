@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from components.config import Settings
-from components.tracking import traces
+from components.tracking import feedback, trace_writer, traces
 from components.tracking.trace_schema import USER_FEEDBACK
 from tests.helpers import wait_until
 from tests.service.servers import mlflow_server
@@ -84,17 +84,17 @@ def test_feedback_sent_while_the_tracking_server_is_down_lands_once_it_is_back(t
             wait_until(lambda: api.health()["spool_depth"] == 0, "the spool delivered", 600, api.proc, api.log)
 
         for s in sent:
-            trace = traces.read_trace(dep.params(), settings, s["trace_id"])
+            trace = trace_writer.read_trace(dep.params(), settings, s["trace_id"])
             mine = [a for a in trace.info.assessments if a.name == USER_FEEDBACK]
-            assert [a.metadata[traces.FEEDBACK_ID] for a in mine] == [s["feedback_id"]], (s, mine)
+            assert [a.metadata[feedback.FEEDBACK_ID] for a in mine] == [s["feedback_id"]], (s, mine)
             assert mine[0].source.source_type == "HUMAN" and mine[0].rationale.startswith("feedback ")
-        corrected = traces.read_trace(dep.params(), settings, trace_ids[4])
+        corrected = trace_writer.read_trace(dep.params(), settings, trace_ids[4])
         assert [a.value for a in corrected.info.assessments if a.name == "correction"] == ["intent: card_lost"]
         assert not list((dep.params().paths.serving / traces.REJECTED).glob("*.json"))
         # the queued answer got exactly one trace, tagged with the id it was returned with, and its feedback
         stored = traces.resolve(dep.params(), extra["trace_id"])
         assert stored != extra["trace_id"]
-        queued = traces.read_trace(dep.params(), settings, stored)
+        queued = trace_writer.read_trace(dep.params(), settings, stored)
         assert queued.info.tags[traces.TAG_SPOOLED_AS] == extra["trace_id"]
         assert {s.name for s in queued.data.spans} == {"answer", "retrieve", "generate"}
         assert [a.rationale for a in queued.info.assessments if a.name == USER_FEEDBACK] == [

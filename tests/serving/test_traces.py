@@ -9,7 +9,7 @@ import math
 import pytest
 
 from components.config import Settings
-from components.tracking import traces
+from components.tracking import feedback, trace_store, trace_writer, traces
 from components.tracking.trace_schema import (
     ANSWER_SPAN,
     CHECK_PREFIX,
@@ -46,7 +46,7 @@ def served(tmp_path_factory):
 def traced(served):
     params, engine = served
     answered = engine.answer("Hello, I lost my card")
-    written = traces.write_trace(params, SETTINGS, answered)
+    written = trace_writer.write_trace(params, SETTINGS, answered)
     assert written.stored, written
     return params, answered, written.trace_id
 
@@ -62,7 +62,7 @@ def test_an_answer_is_one_trace_with_its_spans_documents_lineage_and_checks(trac
     from components.tracking.mlflow_runs import client_for
 
     params, answered, trace_id = traced
-    trace = traces.read_trace(params, SETTINGS, trace_id)
+    trace = trace_writer.read_trace(params, SETTINGS, trace_id)
     spans = {s.name: s for s in trace.data.spans}
     assert set(spans) == {ANSWER_SPAN, RETRIEVE_SPAN, GENERATE_SPAN}
     root, retrieve, generate = spans[ANSWER_SPAN], spans[RETRIEVE_SPAN], spans[GENERATE_SPAN]
@@ -89,7 +89,7 @@ def test_an_answer_is_one_trace_with_its_spans_documents_lineage_and_checks(trac
     tags = trace.info.tags
     assert tags[TAG_ORIGIN] == "live" and tags[TAG_MODEL_VERSION] == "v1" and tags[TAG_INDEX_VERSION] == "1"
     assert tags[TAG_QUESTION_HASH] == text_hash("hello, i lost my card!")  # normalised
-    assert tags[TAG_PARAMS_HASH] == traces.params_hash(params) and len(tags[TAG_PARAMS_HASH]) == 16
+    assert tags[TAG_PARAMS_HASH] == trace_writer.params_hash(params) and len(tags[TAG_PARAMS_HASH]) == 16
 
     checks = {a.name: a for a in trace.info.assessments if a.name.startswith(CHECK_PREFIX)}
     assert {n.removeprefix(CHECK_PREFIX): a.value for n, a in checks.items()} == answered.checks
@@ -106,25 +106,25 @@ def test_feedback_is_human_with_comment_and_correction_and_never_logged_twice(tr
     params, _, trace_id = traced
     got = traces.submit_feedback(params, SETTINGS, trace_id, False, "wrong label", "intent: card_lost", "ana")
     assert got["status"] == "logged"
-    again = traces.log_feedback(params, SETTINGS, trace_id, False, "wrong label", "intent: card_lost", "ana",
+    again = feedback.log_feedback(params, SETTINGS, trace_id, False, "wrong label", "intent: card_lost", "ana",
                                 feedback_id=got["feedback_id"])  # fmt: skip
     assert again["status"] == "duplicate"
-    trace = traces.read_trace(params, SETTINGS, trace_id)
-    mine = [a for a in trace.info.assessments if (a.metadata or {}).get(traces.FEEDBACK_ID) == got["feedback_id"]]
+    trace = trace_writer.read_trace(params, SETTINGS, trace_id)
+    mine = [a for a in trace.info.assessments if (a.metadata or {}).get(feedback.FEEDBACK_ID) == got["feedback_id"]]
     assert sorted(a.name for a in mine) == [CORRECTION, USER_FEEDBACK]
     fb = next(a for a in mine if a.name == USER_FEEDBACK)
     assert (fb.value, fb.rationale, fb.source.source_type, fb.source.source_id) == (False, "wrong label", "HUMAN",
                                                                                       "ana")  # fmt: skip
     assert next(a for a in mine if a.name == CORRECTION).value == "intent: card_lost"
     scored = traces.submit_feedback(params, SETTINGS, trace_id, -0.5)
-    value = next(a.value for a in _feedback(traces.read_trace(params, SETTINGS, trace_id), USER_FEEDBACK)
-                 if a.metadata[traces.FEEDBACK_ID] == scored["feedback_id"])  # fmt: skip
+    value = next(a.value for a in _feedback(trace_writer.read_trace(params, SETTINGS, trace_id), USER_FEEDBACK)
+                 if a.metadata[feedback.FEEDBACK_ID] == scored["feedback_id"])  # fmt: skip
     assert value == -0.5
 
 
 def test_unknown_trace_and_bad_values_are_clear_errors(traced) -> None:
     params, _, trace_id = traced
-    with pytest.raises(traces.UnknownTraceError, match="tr-0000"):
+    with pytest.raises(trace_store.UnknownTraceError, match="tr-0000"):
         traces.submit_feedback(params, SETTINGS, "tr-" + "0" * 32, True)
     for bad in (2, -1.5, "yes", None, math.nan, [1]):
         with pytest.raises(ValueError, match=r"^value: "):
@@ -137,7 +137,7 @@ def test_feedback_for_an_unreachable_store_is_spooled_then_delivered_exactly_onc
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = Settings(mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", chroma_host=None, chroma_port=8000,
                     chroma_ssl=False)  # fmt: skip
-    assert not traces.store_reachable(params, down) and traces.store_reachable(params, SETTINGS)
+    assert not trace_store.store_reachable(params, down) and trace_store.store_reachable(params, SETTINGS)
     queued = traces.submit_feedback(params, down, trace_id, True, "late but kept")
     lost = traces.submit_feedback(params, down, "tr-" + "f" * 32, True)  # unverifiable while the store is down
     assert queued["status"] == lost["status"] == "queued"
@@ -150,11 +150,11 @@ def test_feedback_for_an_unreachable_store_is_spooled_then_delivered_exactly_onc
 
     # a delivery that died after logging and before removing the file: the next one must not log it again
     record = json.loads(files[0].read_text())
-    traces.log_feedback(params, SETTINGS, **{k: record[k] for k in ("trace_id", "value", "comment", "feedback_id")})
+    feedback.log_feedback(params, SETTINGS, **{k: record[k] for k in ("trace_id", "value", "comment", "feedback_id")})
     done = traces.deliver_spool(params, SETTINGS)
     assert (done["delivered"], done["rejected"], done["pending"]) == (1, 1, 0)
-    trace = traces.read_trace(params, SETTINGS, trace_id)
-    mine = [a for a in _feedback(trace, USER_FEEDBACK) if a.metadata[traces.FEEDBACK_ID] == queued["feedback_id"]]
+    trace = trace_writer.read_trace(params, SETTINGS, trace_id)
+    mine = [a for a in _feedback(trace, USER_FEEDBACK) if a.metadata[feedback.FEEDBACK_ID] == queued["feedback_id"]]
     assert len(mine) == 1 and mine[0].rationale == "late but kept"
     rejected = list((params.paths.serving / traces.REJECTED).glob("*.json"))
     assert len(rejected) == 1 and "tr-ffff" in json.loads(rejected[0].read_text())["reason"]

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from components.files import CANDIDATES, GATE_CASES
 from tests.helpers_traces import flawless_base_results
 from tests.serving.conftest import ApiServer, build_deployment
 
@@ -74,7 +75,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         assert again["index_version"] == 2
         from components.config import Settings
         from components.tracking.trace_schema import RETRIEVE_SPAN
-        from components.tracking.traces import read_trace
+        from components.tracking.trace_writer import read_trace
 
         trace = read_trace(dep.params(), Settings.from_env(), again["trace_id"])
         [retrieve] = [s for s in trace.data.spans if s.name == RETRIEVE_SPAN]
@@ -85,10 +86,10 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         assert sorted(gap["questions"]) == sorted(CRYPTO) and "bitcoin" in gap["terms"]
         # the behaviour case waits in the candidates file for a person (never in the gate set)
         assert [x["question"] for x in report["routed"]["behaviour"]] == [ATM]
-        candidates = dep.root / "behaviour" / "candidates.jsonl"
+        candidates = dep.root / "behaviour" / CANDIDATES
         rows = [json.loads(line) for line in candidates.read_text().splitlines()]
         assert [r["question"] for r in rows] == [ATM]
-        assert ATM not in (dep.root / "behaviour" / "gate.jsonl").read_text()
+        assert ATM not in (dep.root / "behaviour" / GATE_CASES).read_text()
         # the stale and missing burst asked for no fine-tune: not counted, so the format slice was not significant
         assert not report["regression"]["fired"] and not report["retrieval_regression"]["fired"]
         assert not _regression_events(started)

@@ -136,7 +136,7 @@ def test_the_evaluation_traces_are_written_from_the_pipeline_records_with_no_tok
     from components.behaviour import evaluate
     from components.behaviour.evaluation_traces import trace_evaluation
     from components.config import Settings
-    from components.tracking import mlflow_runs, traces
+    from components.tracking import mlflow_runs, trace_writer
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("the evaluation's traces loaded a tokenizer or parsed an output")
@@ -170,7 +170,7 @@ def test_the_evaluation_traces_are_written_from_the_pipeline_records_with_no_tok
     outcomes = evaluate.run_cases(cases, Ranked(), _model(), PARAMS, 2, CONTRACT)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
     monkeypatch.setattr(type(CONTRACT), "parse", forbidden)  # from here on, a parse fails the test
-    monkeypatch.setattr(traces, "write_trace", write_trace)
+    monkeypatch.setattr(trace_writer, "write_trace", write_trace)
     monkeypatch.setattr(mlflow_runs, "tracking_uri", lambda p, s: "file:///nowhere")
     monkeypatch.setattr("mlflow.MlflowClient", Client)
     params = load_params(REPO / "params.yaml")

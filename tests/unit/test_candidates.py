@@ -8,6 +8,7 @@ import pytest
 
 from components.behaviour.candidates import CandidateError, accept, add_candidates, candidates_path, load_candidates
 from components.behaviour.suite import Case
+from components.files import GATE_CASES, LABELS_FILE, TRAIN_CASES
 from tests.helpers import Deployment
 
 GATE = {"id": "gate-1", "question": "When is support open?", "intent": "support", "answer": "8 to 20.",
@@ -26,9 +27,9 @@ def dep(tmp_path) -> Deployment:
     d = Deployment.create(tmp_path)
     d.write_params(paths={"docs": "docs", "behaviour": "behaviour", "index": "i", "metrics": "m", "mlflow": "f"})
     (tmp_path / "behaviour").mkdir(exist_ok=True)
-    (tmp_path / "behaviour" / "labels.json").write_text(json.dumps({k: k for k in ("fees", "support", "out_of_scope")}))
-    (tmp_path / "behaviour" / "gate.jsonl").write_text(json.dumps(GATE) + "\n")
-    (tmp_path / "behaviour" / "train.jsonl").write_text(json.dumps(TRAIN) + "\n")
+    (tmp_path / "behaviour" / LABELS_FILE).write_text(json.dumps({k: k for k in ("fees", "support", "out_of_scope")}))
+    (tmp_path / "behaviour" / GATE_CASES).write_text(json.dumps(GATE) + "\n")
+    (tmp_path / "behaviour" / TRAIN_CASES).write_text(json.dumps(TRAIN) + "\n")
     return d
 
 
@@ -43,7 +44,7 @@ def test_add_candidates_keeps_one_per_trace_and_marks_gate_collisions(dep: Deplo
 
 def test_accept_refuses_what_it_cannot_take_and_changes_nothing(dep: Deployment) -> None:
     params = dep.params()
-    train = params.paths.behaviour / "train.jsonl"
+    train = params.paths.behaviour / TRAIN_CASES
     proposed = [_cand("a", "What does a card cost?"), _cand("b", "is a sepa transfer free", answer="Yes, always.")]
     add_candidates(candidates_path(params), proposed, [])
     before = train.read_text()
@@ -64,7 +65,7 @@ def test_an_out_of_scope_candidate_needs_no_answer(dep: Deployment) -> None:
     params = dep.params()
     add_candidates(candidates_path(params), [_cand("o", "Can I buy bitcoin?", intent="out_of_scope")], [])
     [done] = accept(params, ["cand-o"])
-    last = json.loads((params.paths.behaviour / "train.jsonl").read_text().splitlines()[-1])
+    last = json.loads((params.paths.behaviour / TRAIN_CASES).read_text().splitlines()[-1])
     assert last == {"id": done.case_id, "question": "Can I buy bitcoin?", "intent": "out_of_scope", "answer": None,
                     "gold_docs": []}  # fmt: skip
     assert load_candidates(candidates_path(params)) == []

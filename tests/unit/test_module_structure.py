@@ -95,7 +95,15 @@ def test_components_have_no_import_cycle() -> None:
 # the records that cross layers (components/records.py, components/routes.py) live in the lowest. knowledge and
 # tracking share a layer and never import each other; flows (Prefect flows, their wiring, the CLI) sits on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("components", "components.config", "components.hashing", "components.records", "components.routes"),
+    (
+        "components",
+        "components.config",
+        "components.files",
+        "components.hashing",
+        "components.jsonl",
+        "components.records",
+        "components.routes",
+    ),
     ("components.knowledge", "components.tracking"),
     ("components.behaviour",),
     ("components.serving",),
@@ -185,3 +193,50 @@ def test_the_manifest_file_is_named_in_one_place() -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and "manifest.sqlite" in node.value
     ]
     assert not named, f"the manifest's file name outside components/knowledge/manifest.py: {named}"
+
+
+def _spelled(names: tuple[str, ...], owner: Path, roots: list[Path]) -> list[str]:
+    """file:line of each string literal outside `owner` that is one of `names`, or a path ending in one."""
+    return [
+        f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}: {node.value!r}"
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        if path != owner
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and any(node.value == n or node.value.endswith("/" + n) for n in names)
+    ]
+
+
+def test_the_suite_and_metrics_files_are_named_in_one_place() -> None:
+    """Every reader and writer of a behaviour suite file or a metrics file joins its folder with a name from
+    components/files.py. The retriever pointer (knowledge/retriever_pointer.py, in paths.index) is another file
+    that shares the name of a metrics file."""
+    from components import files
+
+    names = (*files.SUITE_FILES, *files.METRICS_FILES)
+    pointer = "components/knowledge/retriever_pointer.py"
+    spelled = [s for s in _spelled(names, COMPONENTS / "files.py", [COMPONENTS]) if not s.startswith(pointer + ":")]
+    assert not spelled, "a suite or metrics file named outside components/files.py:\n" + "\n".join(spelled)
+    assert _spelled(names, COMPONENTS / "files.py", [COMPONENTS / "knowledge"])  # the check sees the pointer
+
+
+def test_files_are_hashed_in_one_module() -> None:
+    """A file's or folder's digest comes from components/hashing.py: no other module reads a file into hashlib."""
+    offenders = [
+        f"{path.relative_to(COMPONENTS.parent)}:{node.lineno}"
+        for root in (COMPONENTS, COMPONENTS.parent / "flows")
+        for path in sorted(root.rglob("*.py"))
+        if path != COMPONENTS / "hashing.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "hashlib"
+        and (
+            node.func.attr == "file_digest"
+            or any(isinstance(a, ast.Call) and getattr(a.func, "attr", "") == "read_bytes" for a in node.args)
+        )
+    ]
+    assert not offenders, f"a file hashed outside components/hashing.py: {offenders}"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from components.hashing import file_md5
 from components.knowledge.retrieval import aggregate_docs
 from components.knowledge.retrieval_eval import (
     QueryFileError,
-    file_md5,
     load_queries,
     parse_ks,
     score_query,
@@ -39,7 +39,7 @@ def test_a_list_gives_gain_one_an_object_gives_its_gains_and_ids_default_to_the_
 @pytest.mark.parametrize(
     ("line", "names"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         ('["a list"]', "expected a JSON object"),
         ('{"relevant": ["a.md"]}', "field 'query'"),
         ('{"query": "  ", "relevant": ["a.md"]}', "field 'query'"),
@@ -67,7 +67,7 @@ def test_a_repeated_id_an_empty_file_and_a_missing_file_are_refused(tmp_path: Pa
         load_queries(_write(tmp_path, row, row))
     with pytest.raises(QueryFileError, match="no queries"):
         load_queries(_write(tmp_path, "", "  "))
-    with pytest.raises(QueryFileError, match="cannot be read"):
+    with pytest.raises(QueryFileError, match="cannot read"):
         load_queries(tmp_path / "absent.jsonl")
 
 
