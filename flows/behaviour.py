@@ -29,6 +29,7 @@ from components.behaviour.gate_report import (
 from components.behaviour.loop import data_lineage, evaluate_model, finetune_evidence
 from components.behaviour.training import TruncatedTraining, machine_info
 from components.config import Params, Settings, load_params
+from components.records import model_label
 from components.routes import FINETUNE, TUNE_RETRIEVER
 from components.tracking.mlflow_runs import evaluation_note, log_evaluation_run
 from components.tracking.registry import VersionInfo
@@ -51,7 +52,7 @@ def load_champion(params: Params, settings: Settings) -> VersionInfo | None:
 
 
 def _label(champ: VersionInfo | None) -> str:
-    return f"v{champ.version}" if champ else "base"
+    return model_label(champ.version if champ else None)
 
 
 @step("evaluate on the gate set")

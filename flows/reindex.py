@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from components.config import EmbedderParams, Params, Settings, load_params
+from components.files import INDEX_METRICS, INDEX_SIZE_PLOT
 from components.knowledge import indexer
 from components.knowledge.embedder import Embedder
 from components.knowledge.report import contract, to_markdown
@@ -105,13 +106,13 @@ def write_metrics(params: Params, report: dict) -> None:
     """The DVC metrics of the published version. A run that published nothing leaves them as they are (once
     they exist): they describe what DVC tracks, and rewriting its timing would make `dvc status` report the
     index stage as changed after a command that changed nothing."""
-    if not report["published"] and (params.paths.metrics / "index.json").is_file():
+    if not report["published"] and (params.paths.metrics / INDEX_METRICS).is_file():
         return
     params.paths.metrics.mkdir(parents=True, exist_ok=True)
     keep = {k: report[k] for k in ("index_version", "documents", "chunks", "duration_s", "freshness_lag_s")}
-    (params.paths.metrics / "index.json").write_text(json.dumps(keep, indent=2) + "\n")
+    (params.paths.metrics / INDEX_METRICS).write_text(json.dumps(keep, indent=2) + "\n")
     live = sum(v for k, v in report["documents"].items() if k not in {"deleted", "failed"})
-    write_plot(params.paths.metrics, "index_size.json", [{"index_version": report["index_version"], "documents": live,
+    write_plot(params.paths.metrics, INDEX_SIZE_PLOT, [{"index_version": report["index_version"], "documents": live,
                                             "chunks": report["chunks"]["total"]}])  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from components.behaviour.retriever_gate import RetrieverVerdict
 from components.behaviour.retriever_tuning import Pair, TrainingLog, evidence_key
 from components.behaviour.training import machine_info
 from components.config import Params, Settings, load_params
+from components.files import TRAIN_CASES
 from components.knowledge.retriever_pointer import BASE, Served, read_pointer
 from flows.deployments import EMBEDDING_LIMIT, TRAINING_LIMIT, slot
 from flows.tasks import io_task, step
@@ -167,7 +168,7 @@ def _lineage(params: Params, evidence: str, base_identity: str, champion_before:
     from components.tracking.retriever_runs import EVIDENCE_TAG
 
     tags = {EVIDENCE_TAG: evidence, "base_embedder": base_identity, "parent_version": champion_before}
-    train = params.paths.behaviour / "train.jsonl"
+    train = params.paths.behaviour / TRAIN_CASES
     if train.is_file():
         tags["train_data_md5"] = suite_hash(train)
     if params.paths.retrieval_train is not None:

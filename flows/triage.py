@@ -17,6 +17,8 @@ from prefect.events import emit_event
 from components.behaviour import triage as rules
 from components.behaviour.triage_evidence import IndexView
 from components.config import Params, Settings, load_params
+from components.files import CANDIDATES, EVALUATION_RESULTS, GATE_CASES, LABELS_FILE
+from components.records import model_label
 from components.routes import BEHAVIOUR, MISSING
 from components.tracking.production import LiveTrace
 from flows.events import BEHAVIOUR_REGRESSION, MODEL_RESOURCE, RETRIEVAL_REGRESSION, RETRIEVER_RESOURCE
@@ -63,8 +65,8 @@ def write_candidates(params: Params, behaviour: list[tuple[LiveTrace, rules.Rout
     from components.behaviour.suite import load_cases, load_labels
 
     root = params.paths.behaviour
-    labels = set(load_labels(root / "labels.json"))
-    gate = load_cases(root / "gate.jsonl", labels)
+    labels = set(load_labels(root / LABELS_FILE))
+    gate = load_cases(root / GATE_CASES, labels)
     contract = contract_for(params)
     found = [candidate_from(t, r.docs, labels, contract) for t, r in behaviour]
     added = add_candidates(candidates_path(params), found, gate)
@@ -78,13 +80,13 @@ def champion_rates(params: Params, settings: Settings) -> tuple[str, dict[str, f
 
     champ = champion(params, settings)
     if champ is not None:
-        return f"v{champ.version}", rules.champion_fail_rates((champ.results or {}).get("behaviour"))
-    saved = params.paths.metrics / "evaluation_results.json"  # no champion yet: the base model's evaluation
+        return model_label(champ.version), rules.champion_fail_rates((champ.results or {}).get("behaviour"))
+    saved = params.paths.metrics / EVALUATION_RESULTS  # no champion yet: the base model's evaluation
     if saved.is_file():
         data = json.loads(saved.read_text())
-        if data.get("summary", {}).get("model_version") == "base":
-            return "base", rules.champion_fail_rates(data.get("behaviour"))
-    return "base", {}
+        if data.get("summary", {}).get("model_version") == model_label(None):
+            return model_label(None), rules.champion_fail_rates(data.get("behaviour"))
+    return model_label(None), {}
 
 
 @io_task("tag routed traces")
@@ -128,7 +130,7 @@ def triage(params_file: str = "params.yaml", since: str | None = None, reason: s
         "late_traces": len(traces) - len(new), "traffic": summarise_traffic(new, routes),
         "routes": {r: sum(1 for x in routes.values() if x == r) for r in rules.ROUTES_ORDER},
         "routed": _by_route(failing, routed), "reindex": reindex, "index_version": view.index_version, "gaps": gaps,
-        "candidates": {"added": added, "file": str(params.paths.behaviour / "candidates.jsonl")},
+        "candidates": {"added": added, "file": str(params.paths.behaviour / CANDIDATES)},
         "regression": {"fired": fired, "model_version": model, "slices": [asdict(s) for s in tests]},
         "retrieval_regression": {"fired": retrieval_fired, **asdict(misses)},
     }  # fmt: skip

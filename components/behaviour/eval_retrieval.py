@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params, Settings
+from components.hashing import file_md5
 from components.knowledge.retrieval import LEVELS, Retriever
 from components.knowledge.retrieval_eval import (
     NDCG_AT,
     LabelledQuery,
-    file_md5,
     load_queries,
     score_query,
     summarise,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.hashing import file_md5 as file_md5  # flows/eval_retrieval.py imports it from here
 from components.jsonl import read_jsonl
 
 NDCG_AT = 10

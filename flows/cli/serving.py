@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from components.records import model_label
 from flows.cli.common import JsonOpt, ParamsOpt, dict_table, emit, exits, load, on_prefect_api
 
 
@@ -24,7 +25,7 @@ def ask(
     params = load(params_file)
     settings = Settings.from_env()
     champ = champion(params, settings)
-    adapter, version = (champ.adapter_dir, f"v{champ.version}") if champ else (None, "base")
+    adapter, version = (champ.adapter_dir, model_label(champ.version)) if champ else (None, model_label(None))
     emit(answer_question(params, settings, question, adapter, version), as_json, dict_table)
 
 

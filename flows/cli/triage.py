@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from components.files import TRAIN_CASES
 from flows.cli.common import JsonOpt, ParamsOpt, ReasonOpt, dict_table, emit, exits, load, on_prefect_api
 
 
@@ -81,7 +82,7 @@ def cases_accept(
     params = load(params_file)
     with exits({(CandidateError, SuiteError): 1}):
         done = accept(params, ids, answer=answer, intent=intent)
-    emit({"accepted": [asdict(a) for a in done], "train": str(params.paths.behaviour / "train.jsonl")}, as_json,
+    emit({"accepted": [asdict(a) for a in done], "train": str(params.paths.behaviour / TRAIN_CASES)}, as_json,
          dict_table)  # fmt: skip
 
 
