@@ -61,9 +61,14 @@ class Generator:
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[list[str]] | None]] = []
 
-    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None,
+                 listeners: list | None = None) -> list[str]:  # fmt: skip
         self.calls.append((prompts, sources))
-        return [next(out for q, out in OUTPUTS.items() if q in p) for p in prompts]
+        outs = [next(out for q, out in OUTPUTS.items() if q in p) for p in prompts]
+        for out, listener in zip(outs, listeners or [None] * len(outs), strict=True):
+            for word in out.split(" ") if listener else ():
+                listener(word + " ")
+        return outs
 
 
 def _model() -> Model:
