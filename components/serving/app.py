@@ -1,16 +1,18 @@
 """`ragloop api`: the assistant behind an OpenAI-compatible HTTP API (FastAPI + uvicorn), every answer traced.
 
 - `POST /v1/chat/completions`, `GET /v1/models[/{id}]`: the OpenAI shapes (the official `openai` client works
-  unchanged; `stream: true` gets the whole answer as one server-sent chunk, then `[DONE]`). The question is the
-  last user message. Each answer carries `ragloop: {trace_id, model_version, index_version, sources, cited,
-  intent, answer, checks, traced}` (the openai client keeps it in `model_extra`) and the header
-  `x-ragloop-trace-id`.
+  unchanged). The question is the last user message. Each answer carries `ragloop: {trace_id, model_version,
+  index_version, sources, cited, intent, answer, checks, traced}` (the openai client keeps it in `model_extra`)
+  and the header `x-ragloop-trace-id`. `stream: true` streams the tokens as they are generated, in OpenAI's
+  chunks (components/serving/answers.py): `ragloop` in the last one, which comes once the whole answer is traced,
+  no header (the trace id is not known before), the usage when `stream_options.include_usage` asks.
 - `POST /v1/feedback {trace_id, value, comment?, correction?, user?}`: 200 logged, 202 queued (the tracking store is
   unreachable: the feedback is spooled on disk and delivered later), 404 unknown trace.
 - `GET /health` (no key needed): model and index version, whether the tracking store answers, the spool depth.
 
-Bad requests get a 4xx whose `error.param` names the wrong field; a failure on the server a 5xx with a message, and
-an answer that is not ready within `api.request_timeout_s` a 504. Binding anything but loopback needs an API key
+Bad requests get a 4xx whose `error.param` names the wrong field (a body over `api.max_body_bytes` a 413, before it
+is parsed: components/serving/body_limit.py); a failure on the server a 5xx with a message, and an answer that is
+not ready within `api.request_timeout_s` a 504. Binding anything but loopback needs an API key
 (RAGLOOP_API_KEY), then required on every /v1 call as `Authorization: Bearer <key>`.
 
 The request and response bodies, and the request's checks, are components/serving/protocol.py; no Prefect here

@@ -9,7 +9,8 @@ together, up to `api.max_batch`, by the answer pipeline the gate evaluation uses
 0.3x the time per answer of eight single calls, measured on the default-size model). So an answer uses one
 snapshot from its retrieval to its generation (never a new index with an old model, or the reverse), no answer
 fails because of a switch, and the snapshot it replaced is closed at once: no answer holds it any more. A
-request for an answer waits in the queue (`api.max_queue` at most).
+request for an answer waits in the queue (`api.max_queue` at most). A request submitted with a listener receives its
+answer's text as its batch generates it (components/behaviour/token_stream.py); its future holds the whole answer.
 
 Before each answer (at most every `api.switch_check_s`), the worker reads the published version from the
 manifest and the champion from the registry; a change loads the new model (the registry's adapter, or the base
