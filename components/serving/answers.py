@@ -69,11 +69,16 @@ class Streams:
         future = submit(engine, question, listener)
         finished = asyncio.ensure_future(self._finish(future, deadline, pieces))
         self._tasks.add(finished)
-        finished.add_done_callback(self._tasks.discard)
+        finished.add_done_callback(self._forget)
         first = await pieces.get()
         if first is _END:
             await finished  # the answer failed before any text: its ApiError, with its status
         return StreamingResponse(self._events(chunks, first, pieces, finished), media_type="text/event-stream")
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a client gone before the end never reads it
 
     async def _finish(self, future: Future[Answered], deadline: float, pieces: asyncio.Queue[Any]) -> Any:
         """(answer, trace written). `_END` follows the answer's last piece: the listener's hand-offs were queued
