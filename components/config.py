@@ -319,6 +319,7 @@ class ApiParams(_Section):
     max_input_chars: int = Field(4000, gt=0)  # all message contents of one request together
     max_messages: int = Field(32, gt=0)
     max_feedback_chars: int = Field(4000, gt=0)  # comment and correction, each
+    max_body_bytes: int = Field(1_048_576, gt=0)  # a request body over this is refused with a 413, unparsed
     request_timeout_s: float = Field(120.0, gt=0)  # an answer not ready by then gets a 504 (generation is queued)
     max_queue: int = Field(64, ge=1)  # answers waiting for the generator; more get a 503
     max_batch: int = Field(8, ge=1)  # questions waiting together are answered in one batch, at most this many

@@ -6,11 +6,15 @@ data/behaviour/contract.yaml), which parses it, writes the fine-tune's targets a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.config import GeneratorParams, Params
 from components.hashing import folder_digest
+
+if TYPE_CHECKING:
+    from components.behaviour.token_stream import Listener
 
 
 def build_prompt(params: GeneratorParams, question: str, hits: list[dict]) -> str:
@@ -117,14 +121,17 @@ class Generator:
             self.labels = sorted(contract.labels) if contract.labels is not None else None
         torch.manual_seed(0)
 
-    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None,
+                 listeners: Sequence[Listener | None] | None = None) -> list[str]:  # fmt: skip
         """Greedy continuations (deterministic: the evaluation compares runs case by case), each stopped at the
         first of `eos_ids`. With `sources` (the documents each prompt's context shows) and `generator.grounded`,
         the line can only cite those documents and name known labels, after the markers the contract declares
-        (components/behaviour/constrain.py)."""
+        (components/behaviour/constrain.py). With `listeners`, prompt i's text also goes to `listeners[i]` (None:
+        not streamed) as it is generated, adding up to the continuation returned (token_stream.py)."""
         import torch
 
         from components.behaviour.constrain import GroundedDecoding
+        from components.behaviour.token_stream import BatchStreamer
 
         pad = self.tokenizer.pad_token_id
         out: list[str] = []
@@ -138,11 +145,13 @@ class Generator:
                 batch_sources = sources[i : i + self.params.batch_size]
                 grounded = GroundedDecoding(self.tokenizer, width, batch_sources, self.labels, self.eos_ids,
                                             **self.grounding)  # fmt: skip
+            streamed = None if listeners is None else listeners[i : i + self.params.batch_size]
+            streamer = BatchStreamer(self.tokenizer, streamed) if streamed and any(streamed) else None
             with torch.no_grad():
                 done = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=pad,
                                            max_new_tokens=self.params.max_new_tokens,
                                            eos_token_id=self.eos_ids or None,
-                                           prefix_allowed_tokens_fn=grounded)  # fmt: skip
+                                           prefix_allowed_tokens_fn=grounded, streamer=streamer)  # fmt: skip
             out.extend(t.strip() for t in self.tokenizer.batch_decode(done[:, width:], skip_special_tokens=True))
         return out
 

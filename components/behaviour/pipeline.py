@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from components.behaviour.assistant import build_prompt, context_docs, encode_turn
 from components.behaviour.contract import Contract
+from components.behaviour.token_stream import Listener
 from components.config import GeneratorParams, Params
 from components.records import Answered, distinct_docs, label_version
 
@@ -34,7 +35,8 @@ class Searcher(Protocol):
 class TextGenerator(Protocol):
     tokenizer: Any
 
-    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]: ...
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None,
+                 listeners: Sequence[Listener | None] | None = None) -> list[str]: ...  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,23 @@ def token_counts(tokenizer: Any, prompt: str, raw: str) -> tuple[int, int]:
 
 
 def answer_batch(questions: Sequence[str], retriever: Searcher, model: Model, contract: Contract,
-                 params: GeneratorParams, k: int | None = None,
-                 cases: Sequence[Any] | None = None) -> list[Answered]:  # fmt: skip
+                 params: GeneratorParams, k: int | None = None, cases: Sequence[Any] | None = None,
+                 listeners: Sequence[Listener | None] | None = None) -> list[Answered]:  # fmt: skip
     """Each question answered on one snapshot (this retriever's index version, this model), in order. `k`: chunks
     retrieved (default `generator.context_chunks`; the prompt shows at most that many); `cases`: the gate cases
-    the questions are (checked against their slices), None for live questions (checked by the live slices)."""
+    the questions are (checked against their slices), None for live questions (checked by the live slices);
+    `listeners`: question i's raw text also goes to `listeners[i]` as it is generated (None: not streamed); its
+    record (parsed, checked) is only complete once the whole batch is."""
     if cases is not None and len(cases) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(cases)} cases")
+    if listeners is not None and len(listeners) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(listeners)} listeners")
     t0, started_ns = time.perf_counter(), time.time_ns()
     all_hits = retriever.search(list(questions), params.context_chunks if k is None else k)
     t1, retrieved_ns = time.perf_counter(), time.time_ns()
     prompts = [build_prompt(params, q, hits) for q, hits in zip(questions, all_hits, strict=True)]
     shown = [context_docs(params, hits) for hits in all_hits]
-    raws = model.generator.generate(prompts, shown)
+    raws = model.generator.generate(prompts, shown, listeners)
     t2 = time.perf_counter()
     out = []
     for i, (question, hits, prompt, raw) in enumerate(zip(questions, all_hits, prompts, raws, strict=True)):

@@ -1,16 +1,18 @@
 """`ragloop api`: the assistant behind an OpenAI-compatible HTTP API (FastAPI + uvicorn), every answer traced.
 
 - `POST /v1/chat/completions`, `GET /v1/models[/{id}]`: the OpenAI shapes (the official `openai` client works
-  unchanged; `stream: true` gets the whole answer as one server-sent chunk, then `[DONE]`). The question is the
-  last user message. Each answer carries `ragloop: {trace_id, model_version, index_version, sources, cited,
-  intent, answer, checks, traced}` (the openai client keeps it in `model_extra`) and the header
-  `x-ragloop-trace-id`.
+  unchanged). The question is the last user message. Each answer carries `ragloop: {trace_id, model_version,
+  index_version, sources, cited, intent, answer, checks, traced}` (the openai client keeps it in `model_extra`)
+  and the header `x-ragloop-trace-id`. `stream: true` streams the tokens as they are generated, in OpenAI's
+  chunks (components/serving/answers.py): `ragloop` in the last one, which comes once the whole answer is traced,
+  no header (the trace id is not known before), the usage when `stream_options.include_usage` asks.
 - `POST /v1/feedback {trace_id, value, comment?, correction?, user?}`: 200 logged, 202 queued (the tracking store is
   unreachable: the feedback is spooled on disk and delivered later), 404 unknown trace.
 - `GET /health` (no key needed): model and index version, whether the tracking store answers, the spool depth.
 
-Bad requests get a 4xx whose `error.param` names the wrong field; a failure on the server a 5xx with a message, and
-an answer that is not ready within `api.request_timeout_s` a 504. Binding anything but loopback needs an API key
+Bad requests get a 4xx whose `error.param` names the wrong field (a body over `api.max_body_bytes` a 413, before it
+is parsed: components/serving/body_limit.py); a failure on the server a 5xx with a message, and an answer that is
+not ready within `api.request_timeout_s` a 504. Binding anything but loopback needs an API key
 (RAGLOOP_API_KEY), then required on every /v1 call as `Authorization: Bearer <key>`.
 
 The request and response bodies, and the request's checks, are components/serving/protocol.py; no Prefect here
@@ -33,14 +35,18 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from components.config import Params, Settings
+from components.serving import answers
+from components.serving.answers import Streams
+from components.serving.body_limit import BodyLimit
 from components.serving.protocol import (
     ApiError,
     ChatRequest,
+    Chunks,
     FeedbackRequest,
     check_feedback_text,
-    chunks,
     completion,
     error_body,
     model_card,
@@ -85,6 +91,7 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
     """The FastAPI app around a loaded `components.serving.engine.Engine`: the open health probe, then the /v1
     routes behind the key."""
     app = FastAPI(title="ragloop", version="0.1.0", lifespan=_spool_worker(params, settings))
+    app.add_middleware(BodyLimit, max_bytes=params.api.max_body_bytes)
     _answer_errors(app)
     app.include_router(_health(params, settings, engine))
     app.include_router(_models(params, engine), dependencies=[Depends(_bearer(api_key))])
@@ -127,12 +134,18 @@ def _bearer(api_key: str | None) -> Callable[[Request], None]:
 
 
 def _answer_errors(app: FastAPI) -> None:
-    """Every failure as an OpenAI error body: ApiError with its status, a bad body 400 naming the field, anything
-    else 500 with its message."""
+    """Every failure as an OpenAI error body: ApiError with its status, a bad body 400 naming the field, Starlette's
+    own (unknown path 404, wrong method 405) with theirs, anything else 500 with its message."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message, exc.param, exc.code, exc.kind)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(error_body(message, None, None, kind), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -182,30 +195,20 @@ def _chat(params: Params, settings: Settings, engine: Any) -> APIRouter:
     limits = params.api
     router = APIRouter()
 
+    streams = Streams(limits.request_timeout_s, lambda answer, timeout: _trace(params, settings, answer, timeout))
+
     @router.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> JSONResponse | StreamingResponse:
-        from components.knowledge.retrieval import IndexNotReadyError
-        from components.serving.engine import EngineBusyError
-
         question = question_of(req, params)
+        if req.stream:  # the trace id is only known once the whole answer is traced: in the last chunk
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
+            return await streams.respond(engine, question, Chunks(req.model, include_usage))
         deadline = time.monotonic() + limits.request_timeout_s
-        try:
-            future = engine.submit(question)
-        except EngineBusyError as exc:
-            raise ApiError(503, f"busy: {exc}; retry later", None, "overloaded", "server_error") from None
-        try:
-            answered = await asyncio.wait_for(asyncio.wrap_future(future), limits.request_timeout_s)
-        except TimeoutError:
-            raise ApiError(504, f"no answer within api.request_timeout_s={limits.request_timeout_s:g} s", None,
-                           "timeout", "server_error") from None  # fmt: skip
-        except IndexNotReadyError as exc:
-            raise ApiError(503, str(exc), None, "index_not_ready", "server_error") from None
+        answered = await answers.answered(answers.submit(engine, question), limits.request_timeout_s,
+                                          limits.request_timeout_s)  # fmt: skip
         written = await _trace(params, settings, answered, max(1.0, deadline - time.monotonic()))
-        body = completion(req.model, answered, written)
         headers = {TRACE_HEADER: written.trace_id} if written.trace_id else {}
-        if req.stream:
-            return StreamingResponse(chunks(body), media_type="text/event-stream", headers=headers)
-        return JSONResponse(body, headers=headers)
+        return JSONResponse(completion(req.model, answered, written), headers=headers)
 
     return router
 

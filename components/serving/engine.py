@@ -9,7 +9,8 @@ together, up to `api.max_batch`, by the answer pipeline the gate evaluation uses
 0.3x the time per answer of eight single calls, measured on the default-size model). So an answer uses one
 snapshot from its retrieval to its generation (never a new index with an old model, or the reverse), no answer
 fails because of a switch, and the snapshot it replaced is closed at once: no answer holds it any more. A
-request for an answer waits in the queue (`api.max_queue` at most).
+request for an answer waits in the queue (`api.max_queue` at most). A request submitted with a listener receives its
+answer's text as its batch generates it (components/behaviour/token_stream.py); its future holds the whole answer.
 
 Before each answer (at most every `api.switch_check_s`), the worker reads the published version from the
 manifest and the champion from the registry; a change loads the new model (the registry's adapter, or the base
@@ -30,6 +31,7 @@ from typing import Any
 from components.behaviour.assistant import Generator, generator_identity
 from components.behaviour.contract import contract_for
 from components.behaviour.pipeline import Model, answer_batch
+from components.behaviour.token_stream import Listener
 from components.config import Params, Settings
 from components.knowledge.manifest import Manifest, manifest_path
 from components.knowledge.retrieval import IndexNotReadyError, Retriever
@@ -48,6 +50,13 @@ class _Index:
     retriever: Retriever
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    question: str
+    future: Future[Answered]
+    listener: Listener | None  # streams the answer's text as it is generated
+
+
 class Engine:
     """`Engine(params, settings)` loads the champion (or the base model) and the published index; `answer(q)` or
     `submit(q)` answers a question like `ragloop ask`. Thread-safe; `close()` when done."""
@@ -59,7 +68,7 @@ class Engine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-engine")
         self._lock = threading.Lock()
         self._queued = 0
-        self._waiting: queue.SimpleQueue[tuple[str, Future[Answered]]] = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._model: Model | None = None
         self._index: _Index | None = None
         self._checked = float("-inf")
@@ -71,9 +80,10 @@ class Engine:
 
     # --- public --------------------------------------------------------------------------------------------
 
-    def submit(self, question: str) -> Future[Answered]:
-        """Queue a question; the future holds its `Answered` (or the error). EngineBusyError when the queue is
-        full, RuntimeError after close()."""
+    def submit(self, question: str, listener: Listener | None = None) -> Future[Answered]:
+        """Queue a question; the future holds its `Answered` (or the error). `listener` receives the answer's text
+        as it is generated, on the worker thread (components/behaviour/token_stream.py), all of it before the
+        future is done. EngineBusyError when the queue is full, RuntimeError after close()."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -82,7 +92,7 @@ class Engine:
             self._queued += 1
         future: Future[Answered] = Future()
         future.add_done_callback(self._done)
-        self._waiting.put((question, future))
+        self._waiting.put(_Waiting(question, future, listener))
         self._worker.submit(self._drain)  # one drain per question: a drain that finds the queue empty is a no-op
         return future
 
@@ -126,33 +136,35 @@ class Engine:
                 self.counts["answered"] += 1
 
     def _drain(self) -> None:
-        batch: list[tuple[str, Future[Answered]]] = []
+        batch: list[_Waiting] = []
         while len(batch) < self.params.api.max_batch:
             try:
-                question, future = self._waiting.get_nowait()
+                waiting = self._waiting.get_nowait()
             except queue.Empty:
                 break
-            if future.set_running_or_notify_cancel():
-                batch.append((question, future))
+            if waiting.future.set_running_or_notify_cancel():
+                batch.append(waiting)
         if not batch:
             return
         self.counts["batches"] += 1
+        listeners = [w.listener for w in batch]
         try:
-            answers = self._answer_all([q for q, _ in batch])
+            answers = self._answer_all([w.question for w in batch], listeners if any(listeners) else None)
         except BaseException as exc:
-            for _, future in batch:
-                future.set_exception(exc)
+            for w in batch:
+                w.future.set_exception(exc)
             return
-        for (_, future), answered in zip(batch, answers, strict=True):
-            future.set_result(answered)
+        for w, answered in zip(batch, answers, strict=True):
+            w.future.set_result(answered)
 
-    def _answer_all(self, questions: list[str]) -> list[Answered]:
+    def _answer_all(self, questions: list[str], listeners: list[Listener | None] | None = None) -> list[Answered]:
         self._refresh(False)
         model, index = self._model, self._index  # one snapshot for the whole batch
         if index is None:
             raise IndexNotReadyError(f"no index published under {self.params.paths.index}: run `ragloop index`")
         assert model is not None
-        answers = answer_batch(questions, index.retriever, model, self.contract, self.params.generator)
+        answers = answer_batch(questions, index.retriever, model, self.contract, self.params.generator,
+                               listeners=listeners)  # fmt: skip
         errors = [a.check_errors for a in answers if a.check_errors]
         if errors:  # a declared assertion that raised fails its check; the answer is still given
             self.counts["assertion_errors"] += sum(len(e) for e in errors)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +37,11 @@ class _Message(BaseModel):
     content: str | list[_Part] | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     """The fields ragloop reads; the other OpenAI parameters (temperature, max_tokens, ...) are accepted and
     ignored: decoding is greedy and grounded by design."""
@@ -46,6 +50,7 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[_Message]
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
 
@@ -123,38 +128,72 @@ def completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": answered.tokens_in,
-            "completion_tokens": answered.tokens_out,
-            "total_tokens": answered.tokens_in + answered.tokens_out,
-        },
-        "ragloop": {
-            "trace_id": written.trace_id or None,
-            "traced": written.stored,
-            "trace_queued": written.queued,
-            "model_version": answered.model_version,
-            "index_version": answered.index_version,
-            "intent": answered.intent,
-            "answer": answered.answer,
-            "cited": list(answered.cited),
-            "sources": answered.sources(),
-            "checks": answered.checks,
-            "latency_ms": answered.latency_ms,
-        },
+        "usage": usage(answered),
+        "ragloop": extension(answered, written),
     }
 
 
-async def chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
-    """`stream: true`: the whole answer as one server-sent chunk, then the closing chunk, then `[DONE]`."""
-    head = {k: body[k] for k in ("id", "created", "model")}
-    message = body["choices"][0]["message"]
-    first = {**head, "object": "chat.completion.chunk",
-             "choices": [{"index": 0, "delta": message, "finish_reason": None}]}  # fmt: skip
-    last = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "usage": body["usage"], "ragloop": body["ragloop"]}  # fmt: skip
-    for chunk in (first, last):
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+def usage(answered: Any) -> dict[str, int]:
+    return {"prompt_tokens": answered.tokens_in, "completion_tokens": answered.tokens_out,
+            "total_tokens": answered.tokens_in + answered.tokens_out}  # fmt: skip
+
+
+def extension(answered: Any, written: Any) -> dict[str, Any]:
+    """The `ragloop` field: the answer's trace, versions, parse and checks."""
+    return {
+        "trace_id": written.trace_id or None,
+        "traced": written.stored,
+        "trace_queued": written.queued,
+        "model_version": answered.model_version,
+        "index_version": answered.index_version,
+        "intent": answered.intent,
+        "answer": answered.answer,
+        "cited": list(answered.cited),
+        "sources": answered.sources(),
+        "checks": answered.checks,
+        "latency_ms": answered.latency_ms,
+    }
+
+
+class Chunks:
+    """`stream: true`: the server-sent events of one streamed completion, in OpenAI's chunk format. The first
+    delta carries the role, each later one the next piece of text as it is generated; the last has
+    `finish_reason` and the `ragloop` field (the trace is written once the whole answer is); with
+    `stream_options.include_usage` every chunk has `usage: null` and a final chunk with no choices the usage;
+    then `data: [DONE]`."""
+
+    DONE = b"data: [DONE]\n\n"
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model}  # fmt: skip
+        self.include_usage = include_usage
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None, **more: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._event({**self.head, "choices": [choice], **more})
+
+    def first(self) -> bytes:
+        return self.delta({"role": "assistant", "content": ""})
+
+    def text(self, piece: str) -> bytes:
+        return self.delta({"content": piece})
+
+    def last(self, answered: Any, written: Any) -> list[bytes]:
+        events = [self.delta({}, "stop", ragloop=extension(answered, written))]
+        if self.include_usage:
+            events.append(self._event({**self.head, "choices": [], "usage": usage(answered)}))
+        return [*events, self.DONE]
+
+    def error(self, message: str, code: str | None, kind: str = "server_error") -> list[bytes]:
+        """A failure after the stream began (its status is already 200): an error event, as OpenAI sends one
+        (the openai client raises it as an APIError), then [DONE]."""
+        return [f"data: {json.dumps(error_body(message, None, code, kind))}\n\n".encode(), self.DONE]
+
+    def _event(self, chunk: dict[str, Any]) -> bytes:
+        if self.include_usage:
+            chunk.setdefault("usage", None)
+        return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 def model_card(model_id: str, created: int, engine: Any) -> dict[str, Any]:

@@ -4,7 +4,9 @@ the official `openai` client and httpx; traces read back from the real MLflow st
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -84,15 +86,90 @@ def test_models_and_a_chat_completion_through_the_official_openai_client(api: Ap
     assert checks == extra["checks"]
 
 
-def test_a_streamed_completion_is_the_same_answer_in_server_sent_chunks(api: ApiServer) -> None:
+def test_a_streamed_completion_is_the_same_answer_token_by_token(api: ApiServer) -> None:
     client = _openai(api)
-    chunks = list(client.chat.completions.create(model="ragloop", messages=ASK, stream=True))  # type: ignore[arg-type]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    extra = chunks[-1].model_extra["ragloop"]
-    assert _stored(api, extra["trace_id"]).data.spans[0] is not None
+    chunks = list(client.chat.completions.create(model="ragloop", messages=ASK, stream=True,  # type: ignore[arg-type]
+                                                 stream_options={"include_usage": True}))  # fmt: skip
+    *choices, usage = chunks
+    assert choices[0].choices[0].delta.role == "assistant" and usage.choices == []
+    pieces = [c.choices[0].delta.content for c in choices if c.choices[0].delta.content]
+    assert len(pieces) > 1, pieces  # the tiny model's answers run to max_new_tokens: many tokens, many deltas
+    assert [c.choices[0].finish_reason for c in choices] == [None] * (len(choices) - 1) + ["stop"]
+    assert {c.id for c in chunks} == {chunks[0].id} and all(c.object == "chat.completion.chunk" for c in chunks)
+    extra = choices[-1].model_extra["ragloop"]
+    trace = _stored(api, extra["trace_id"])  # traced after the last token, for the whole answer
+    spans = {s.name: s for s in trace.data.spans}
     plain = client.chat.completions.create(model="ragloop", messages=ASK)  # type: ignore[arg-type]
-    assert text == plain.choices[0].message.content  # greedy decoding: the same answer either way
+    text = plain.choices[0].message.content
+    assert "".join(pieces) == text  # greedy decoding: the same answer either way
+    assert spans["generate"].outputs == {"text": text} and extra["checks"] == plain.model_extra["ragloop"]["checks"]
+    assert usage.usage is not None and usage.usage == plain.usage
+
+    without = list(client.chat.completions.create(model="ragloop", messages=ASK, stream=True))  # type: ignore[arg-type]
+    assert all(c.choices and c.usage is None for c in without)  # usage only when asked for
+
+
+def test_concurrent_streams_share_batches_and_each_gets_its_own_text(api: ApiServer) -> None:
+    client = _openai(api)
+    questions = ["I lost my card", "How much is a SWIFT transfer?", "Do you offer mortgages?", "card fees"] * 2
+    expected = {q: client.chat.completions.create(model="ragloop", messages=[{"role": "user", "content": q}]
+                                                  ).choices[0].message.content for q in set(questions)}  # fmt: skip
+    before = api.health()["batches"]
+    got: dict[int, list[str]] = {}
+
+    def stream(i: int) -> None:
+        events = client.chat.completions.create(model="ragloop", stream=True,
+                                                messages=[{"role": "user", "content": questions[i]}])  # fmt: skip
+        got[i] = [c.choices[0].delta.content or "" for c in events]
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert {i: "".join(p) for i, p in got.items()} == {i: expected[q] for i, q in enumerate(questions)}
+    assert all(sum(1 for p in pieces if p) > 1 for pieces in got.values())
+    assert api.health()["batches"] - before < len(questions)  # streamed requests were answered together
+
+
+def test_langchain_chat_openai_streams_from_the_api(api: ApiServer) -> None:
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(model="ragloop", base_url=api.url + "/v1", api_key=KEY, max_retries=0, timeout=300)  # type: ignore[arg-type]
+    parts = list(chat.stream("I lost my card"))
+    text = "".join(str(p.content) for p in parts)
+    assert sum(1 for p in parts if p.content) > 1 and text == chat.invoke("I lost my card").content
+    assert parts[-1].response_metadata.get("finish_reason") == "stop" or any(
+        p.response_metadata.get("finish_reason") == "stop" for p in parts
+    )
+
+
+def test_a_body_over_api_max_body_bytes_is_a_413_before_it_is_read(api: ApiServer) -> None:
+    limit = api.dep.params().api.max_body_bytes
+    with socket.create_connection(("127.0.0.1", api.port), timeout=60) as sock:  # the header alone: no body sent
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n".encode())  # fmt: skip
+        reply = sock.recv(65536).decode()
+    status, _, rest = reply.partition("\r\n")
+    assert status.split()[1] == "413", reply
+    error = json.loads(rest.partition("\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_too_large" and "api.max_body_bytes" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+    def chunked():  # no Content-Length: counted as it arrives
+        piece = b" " * 65536
+        for _ in range(limit // len(piece) + 2):
+            yield piece
+
+    refused = httpx.post(api.url + "/v1/chat/completions", content=chunked(), headers=AUTH, timeout=300)
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large", refused.text
+
+    def small():  # chunked within the limit: read as usual
+        yield json.dumps({"model": "ragloop", "messages": ASK}).encode()
+
+    read = httpx.post(api.url + "/v1/chat/completions", content=small(), timeout=300,
+                      headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    assert read.status_code == 200 and read.json()["ragloop"]["traced"], read.text
 
 
 def test_feedback_lands_on_its_trace_as_human_and_an_unknown_trace_is_404(api: ApiServer) -> None:

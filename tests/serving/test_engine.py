@@ -52,3 +52,27 @@ def test_answers_after_a_promotion_come_from_the_new_champion_and_never_go_back(
         assert (again.model_version, again.adapter_version) == ("v2", "2")
     finally:
         registry.promote(params, SETTINGS, "1")
+
+
+def test_streamed_answers_arrive_piece_by_piece_each_from_its_own_row_of_a_shared_batch(engine_and_params) -> None:
+    """Streamed and whole answers in the same batches: each listener gets its own answer's text, in more than one
+    piece, the first before generation ended, adding up to the answer the question gets alone."""
+    import time
+
+    engine, _ = engine_and_params
+    alone = {q: engine.answer(q).raw for q in QUESTIONS}
+    asked = QUESTIONS * 3
+    pieces: list[list[tuple[int, str]]] = [[] for _ in asked]
+    futures = [engine.submit(q, lambda piece, got=pieces[i]: got.append((time.time_ns(), piece))) if i % 3 else
+               engine.submit(q) for i, q in enumerate(asked)]  # fmt: skip
+    answers = [f.result(timeout=600) for f in futures]
+    assert [a.raw for a in answers] == [alone[q] for q in asked]
+    for i, (answer, got) in enumerate(zip(answers, pieces, strict=True)):
+        if i % 3 == 0:
+            assert got == []
+            continue
+        assert "".join(p for _, p in got) == answer.raw
+        if answer.tokens_out > 1:
+            assert len(got) > 1, got
+        generation_ended_ns = answer.retrieved_ns + answer.generate_ms * 1e6
+        assert got[0][0] < generation_ended_ns  # streamed, not handed over at the end

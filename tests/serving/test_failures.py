@@ -75,3 +75,32 @@ def test_an_index_not_published_yet_is_a_503_that_says_what_to_run(tmp_path) -> 
         finally:
             server.should_exit = True
             thread.join(timeout=60)
+
+
+def test_a_client_gone_mid_stream_still_gets_its_answer_traced(deployment) -> None:
+    from mlflow import MlflowClient
+
+    from components.serving.app import create_app
+    from components.serving.engine import Engine
+    from components.tracking.mlflow_runs import tracking_uri
+
+    params = load_params(deployment.params_file)
+    store = MlflowClient(tracking_uri(params, SETTINGS))
+
+    def traced() -> int:
+        exp = store.get_experiment_by_name(params.tracking.serving_experiment)
+        return 0 if exp is None else len(store.search_traces(locations=[exp.experiment_id], max_results=500))
+
+    with Engine(params, SETTINGS) as engine:
+        server, thread, url = _serve(create_app(params, SETTINGS, engine, None))
+        try:
+            before = traced()
+            with httpx.stream("POST", url + "/v1/chat/completions", json={**ASK, "stream": True}, timeout=120) as r:
+                first = next(r.iter_lines())  # the role's delta: then the client hangs up
+                assert r.status_code == 200 and '"role": "assistant"' in first
+            wait_until(lambda: traced() == before + 1, "the abandoned answer's trace", 120)
+            assert engine.counts["answered"] >= 1 and engine.counts["failed"] == 0
+            assert httpx.post(url + "/v1/chat/completions", json=ASK, timeout=120).status_code == 200
+        finally:
+            server.should_exit = True
+            thread.join(timeout=60)

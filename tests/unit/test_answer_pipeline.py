@@ -61,9 +61,14 @@ class Generator:
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[list[str]] | None]] = []
 
-    def generate(self, prompts: list[str], sources: list[list[str]] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], sources: list[list[str]] | None = None,
+                 listeners: list | None = None) -> list[str]:  # fmt: skip
         self.calls.append((prompts, sources))
-        return [next(out for q, out in OUTPUTS.items() if q in p) for p in prompts]
+        outs = [next(out for q, out in OUTPUTS.items() if q in p) for p in prompts]
+        for out, listener in zip(outs, listeners or [None] * len(outs), strict=True):
+            for word in out.split(" ") if listener else ():
+                listener(word + " ")
+        return outs
 
 
 def _model() -> Model:
@@ -183,3 +188,15 @@ def test_the_evaluation_traces_are_written_from_the_pipeline_records_with_no_tok
         assert (answered.retrieve_ms, answered.generate_ms) == (100.0, 500.0)  # the batch's time, shared out
         assert answered.checks == o.checks and kw["case_id"] == o.id
         assert kw["expectations"] == {"intent": o.intent, "gold_docs": list(o.gold_docs)}
+
+
+def test_a_listener_per_question_receives_its_text_and_the_records_are_those_of_a_batch_without() -> None:
+    questions = list(OUTPUTS)
+    got: list[list[str]] = [[] for _ in questions]
+    listeners = [got[0].append, None, got[2].append]
+    streamed = answer_batch(questions, Retriever(), _model(), CONTRACT, PARAMS, listeners=listeners)
+    plain = answer_batch(questions, Retriever(), _model(), CONTRACT, PARAMS)
+    assert [a.raw for a in streamed] == [a.raw for a in plain]
+    assert "".join(got[0]).strip() == streamed[0].raw and got[1] == [] and "".join(got[2]).strip() == streamed[2].raw
+    with pytest.raises(ValueError, match="listeners"):
+        answer_batch(questions, Retriever(), _model(), CONTRACT, PARAMS, listeners=[None])
