@@ -130,7 +130,7 @@ def completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
         },
         "ragloop": {
             "trace_id": written.trace_id or None,
-            "traced": written.stored,
+            "traced": written.stored or written.queued,  # in the store, or kept on disk on its way there
             "trace_queued": written.queued,
             "model_version": answered.model_version,
             "index_version": answered.index_version,
