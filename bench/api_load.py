@@ -11,12 +11,13 @@ Then, with the gate set's questions in a fixed order:
   in batches of `api.max_batch`, no HTTP, no trace): requests/s and latency percentiles;
 * the server: `ragloop api` started as a user starts it, waited for on /health; for each client count N, N
   threads (httpx) each send their share of a fixed number of chat completions, each answer followed by a
-  feedback call on its trace id: throughput, p50/p95/p99 of the completions, status counts;
+  feedback call on its trace id: throughput (also as a share of the engine's queued limit), p50/p95/p99 of the
+  completions, status counts, and how long the background delivery took to empty the spool after the round;
 * accounting, counted in the tracking store: every completion has exactly one trace (the ids the server returned
   are all in the serving experiment, and the experiment holds no other trace started during the run), and every
   accepted feedback call landed as exactly one `user_feedback` assessment on its trace.
 
-    .venv/bin/python bench/api_load.py [--requests 96] [--clients 1,4,8] [--in-process 48] [--no-champion]
+    .venv/bin/python bench/api_load.py [--requests 96] [--clients 1,4,8,16] [--in-process 48] [--no-champion]
 """
 
 from __future__ import annotations
@@ -179,13 +180,28 @@ def load(port: int, questions: list[str], clients: int, requests: int) -> dict[s
         t.join()
     seconds = time.perf_counter() - t0
     ok = statuses.get("200", 0)
+    depth, drain_s = drained(base)
     result = {"clients": clients, "requests": requests, "seconds": round(seconds, 2),
               "requests_per_s": round(ok / seconds, 2), "latency_ms": percentiles(latencies), "statuses": statuses,
-              "feedback_statuses": feedback, "trace_ids": traces}  # fmt: skip
+              "feedback_statuses": feedback, "spool_depth_at_end": depth, "spool_drained_s": drain_s,
+              "trace_ids": traces}  # fmt: skip
     pct = result["latency_ms"]
     c.log(f"{clients} clients: {result['requests_per_s']} requests/s (with a feedback call each), "
-          f"p50 {pct['p50']} ms, p99 {pct['p99']} ms, statuses {statuses}")  # fmt: skip
+          f"p50 {pct['p50']} ms, p99 {pct['p99']} ms, statuses {statuses}; spool {depth} at the end, "
+          f"empty {drain_s} s later")  # fmt: skip
     return result
+
+
+def drained(base: str, limit: float = 600.0) -> tuple[int, float]:
+    """The spool depth when a round ends, and the seconds the server's background delivery took to empty it (so
+    that a round's backlog is not counted in the next)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    depth = int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])
+    while httpx.get(base + "/health", timeout=60).json()["spool_depth"] and time.perf_counter() - t0 < limit:
+        time.sleep(0.1)
+    return depth, round(time.perf_counter() - t0, 2)
 
 
 def account(params: Any, since_ms: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,16 +231,17 @@ def account(params: Any, since_ms: int, rounds: list[dict[str, Any]]) -> dict[st
     feedback_stored = sum(1 for tid in returned if tid in stored
                           for a in stored[tid].info.assessments if a.name == USER_FEEDBACK)  # fmt: skip
     completions = sum(r["statuses"].get("200", 0) for r in rounds)
+    found = sum(1 for t in set(returned) if t in stored)  # each returned id in the store, under that id
     return {
         "completions": completions,
         "trace_ids_returned": len(returned),
         "distinct_trace_ids": len(set(returned)),
-        "traces_in_store_for_them": sum(1 for t in set(returned) if t in stored),
+        "traces_in_store_for_them": found,
         "traces_in_store_since_start": len(stored),
         "feedback_accepted": accepted,
         "feedback_in_store": feedback_stored,
         "spool_after_delivery": spool,
-        "every_request_one_trace": completions == len(returned) == len(set(returned)) == len(stored),
+        "every_request_one_trace": completions == len(returned) == len(set(returned)) == len(stored) == found,
         "every_feedback_landed": accepted == feedback_stored == len(returned),
     }
 
@@ -232,7 +249,7 @@ def account(params: Any, since_ms: int, rounds: list[dict[str, Any]]) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=96, help="chat completions per client count")
-    ap.add_argument("--clients", default="1,4,8", help="concurrent client counts, comma-separated")
+    ap.add_argument("--clients", default="1,4,8,16", help="concurrent client counts, comma-separated")
     ap.add_argument("--in-process", type=int, default=48, help="questions answered in-process (each way)")
     ap.add_argument("--no-champion", action="store_true", help="serve the base model (skips the fine-tune)")
     ap.add_argument("--deployment", type=Path, help="reuse a deployment built by an earlier run")
@@ -260,16 +277,18 @@ def main() -> None:
         counted = account(params, since_ms, rounds)
 
     base = local["in-process answer"]
+    limit = next(v for k, v in local.items() if k.startswith("in-process, all queued"))["requests_per_s"]
     rows = [[k, v["requests"], v["requests_per_s"], v["latency_ms"]["p50"], v["latency_ms"]["p95"],
-             v["latency_ms"]["p99"], 1.0] for k, v in local.items()]  # fmt: skip
-    for row in rows[1:]:
-        row[-1] = round(local[row[0]]["requests_per_s"] / base["requests_per_s"], 3)
+             v["latency_ms"]["p99"], round(v["requests_per_s"] / base["requests_per_s"], 3),
+             round(v["requests_per_s"] / limit, 3), ""] for k, v in local.items()]  # fmt: skip
     for r in rounds:
         rows.append([f"ragloop api, {r['clients']} client(s)", r["requests"], r["requests_per_s"],
                      r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["p99"],
-                     round(r["requests_per_s"] / base["requests_per_s"], 3)])  # fmt: skip
+                     round(r["requests_per_s"] / base["requests_per_s"], 3), round(r["requests_per_s"] / limit, 3),
+                     f"{r['spool_depth_at_end']} / {r['spool_drained_s']} s"])  # fmt: skip
     print()
-    print(c.table(["path", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "throughput vs in-process"], rows))
+    print(c.table(["path", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "vs in-process",
+                   "vs engine limit", "spool at end / emptied after"], rows))  # fmt: skip
     print(f"\naccounting: {counted}")
     c.save("api_load", {
         "champion": not args.no_champion, "in_process": local,

@@ -325,7 +325,7 @@ class ApiParams(_Section):
     max_batch: int = Field(8, ge=1)  # questions waiting together are answered in one batch, at most this many
     switch_check_s: float = Field(0.0, ge=0)  # least seconds between two checks for a new champion or index
     # version (0: at every request)
-    spool_retry_s: float = Field(15.0, gt=0)  # how often queued feedback is redelivered while any is queued
+    spool_retry_s: float = Field(15.0, gt=0)  # how often spool delivery is retried while the store fails
 
 
 class TriageParams(_Section):

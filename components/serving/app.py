@@ -6,8 +6,12 @@
   and the header `x-ragloop-trace-id`. `stream: true` streams the tokens as they are generated, in OpenAI's
   chunks (components/serving/answers.py): `ragloop` in the last one, which comes once the whole answer is traced,
   no header (the trace id is not known before), the usage when `stream_options.include_usage` asks.
-- `POST /v1/feedback {trace_id, value, comment?, correction?, user?}`: 200 logged, 202 queued (the tracking store is
-  unreachable: the feedback is spooled on disk and delivered later), 404 unknown trace.
+- `POST /v1/feedback {trace_id, value, comment?, correction?, user?}`: 200 logged, 202 queued (its trace is still on
+  its way to the tracking store, or the store is unreachable: the feedback is spooled on disk and delivered after
+  its trace), 404 unknown trace.
+- Each answer's trace is kept on local disk (fsync'd) before the answer is returned, and a background thread
+  delivers the spool to MLflow in batches under the same trace id (components/tracking/traces.py): answers never
+  wait on the store, and a server killed at any moment loses no trace it answered and no feedback it accepted.
 - `GET /health` (no key needed): model and index version, whether the tracking store answers, the spool depth.
 
 Bad requests get a 4xx whose `error.param` names the wrong field (a body over `api.max_body_bytes` a 413, before it
@@ -56,6 +60,8 @@ from components.serving.protocol import (
 API_KEY_ENV = "RAGLOOP_API_KEY"
 TRACE_HEADER = "x-ragloop-trace-id"
 # MLflow 3.17.2 defines no response header for a trace id (MLflow PR #20387 proposes one); ours is the only one.
+DELIVERY_POLL_S = 0.2  # how often the delivery thread looks for spooled traces and feedback (a directory listing)
+SHUTDOWN_DRAIN_S = 10.0  # how long a stopping server keeps delivering; what is left is delivered at the next start
 log = logging.getLogger("ragloop.api")
 
 
@@ -101,7 +107,8 @@ def create_app(params: Params, settings: Settings, engine: Any, api_key: str | N
 
 
 def _spool_worker(params: Params, settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: a thread that delivers queued feedback while the app runs (`_redeliver`)."""
+    """The app's lifespan: a thread that delivers the spooled traces and feedback while the app runs, and for at
+    most SHUTDOWN_DRAIN_S more when it stops (`_redeliver`); what is left waits on disk for the next start."""
     stop = threading.Event()
 
     @asynccontextmanager
@@ -113,7 +120,7 @@ def _spool_worker(params: Params, settings: Settings) -> Callable[[FastAPI], Abs
             yield
         finally:
             stop.set()
-            worker.join(timeout=30)
+            await asyncio.to_thread(worker.join, SHUTDOWN_DRAIN_S + 30)  # the drain, then a trace being written
 
     return lifespan
 
@@ -242,19 +249,21 @@ def _feedback(params: Params, settings: Settings) -> APIRouter:
 
 
 async def _trace(params: Params, settings: Settings, answered: Any, timeout: float) -> Any:
-    """The answer's trace, written before the answer is returned (so feedback can follow at once). A store that
-    fails or is too slow costs the answer its trace, never the answer."""
-    from components.tracking.traces import keep_trace, write_trace
+    """The answer's trace, kept durably on local disk (the trace spool) before the answer is returned: the
+    delivery thread writes it to the store under the same id, and feedback on it can follow at once. Where the
+    disk fails, written to the store directly; a store that fails too costs the answer its trace, never the
+    answer."""
+    from components.tracking.traces import TraceWritten, keep_trace, write_trace
 
     try:
-        written = await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered), timeout)
-        if written.stored:
-            return written
-        trace_id, error = written.trace_id, written.error
+        return await asyncio.wait_for(asyncio.to_thread(keep_trace, params, answered), timeout)
     except Exception as exc:
-        trace_id, error = None, f"{type(exc).__name__}: {exc}"
-    log.warning("tracking store unavailable (%s); the answer's trace is queued", error)
-    return await asyncio.to_thread(keep_trace, params, answered, trace_id)
+        log.error("the trace spool failed (%s: %s); writing the answer's trace to the store", type(exc).__name__, exc)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered), timeout)
+    except Exception as exc:
+        log.error("the answer's trace is lost: %s: %s", type(exc).__name__, exc)
+        return TraceWritten("", False, f"{type(exc).__name__}: {exc}")
 
 
 def _error(status: int, message: str, param: str | None, code: str | None = None,
@@ -264,20 +273,32 @@ def _error(status: int, message: str, param: str | None, code: str | None = None
 
 def _redeliver(params: Params, settings: Settings, stop: threading.Event,
                deliver: Callable[..., dict[str, Any]] | None = None) -> None:  # fmt: skip
-    """At start-up, then every api.spool_retry_s while feedback is queued: deliver it (one process at a time)."""
+    """From start-up until `stop`: deliver what the spools hold, in batches (all that arrived since the last
+    pass), every DELIVERY_POLL_S, or every api.spool_retry_s while the store fails; then a last drain bounded by
+    SHUTDOWN_DRAIN_S. One process delivers at a time (deliver_spool's lock)."""
     from components.tracking import traces
 
     send = deliver or traces.deliver_spool
     while True:
+        failed = False
         if traces.spool_depth(params):
             try:
                 result = send(params, settings, wait=False)
-                if result.get("delivered") or result.get("rejected"):
-                    log.info("queued feedback: %s", result)
+                failed = bool(result.get("error") or (result.get("traces") or {}).get("error"))
+                if failed:
+                    log.warning("tracking store unavailable; %s record(s) stay spooled: %s",
+                                traces.spool_depth(params), result)  # fmt: skip
             except Exception:
-                log.exception("delivering queued feedback failed")
-        if stop.wait(params.api.spool_retry_s):
-            return
+                log.exception("delivering the spool failed")
+                failed = True
+        if stop.wait(params.api.spool_retry_s if failed else DELIVERY_POLL_S):
+            break
+    if traces.spool_depth(params):
+        try:
+            result = send(params, settings, wait=True, until=time.monotonic() + SHUTDOWN_DRAIN_S)
+            log.info("spool drained at shutdown: %s", result)
+        except Exception:
+            log.exception("draining the spool at shutdown failed; it is delivered at the next start")
 
 
 def run_api(params: Params, settings: Settings, host: str | None = None, port: int | None = None) -> None:
@@ -286,7 +307,7 @@ def run_api(params: Params, settings: Settings, host: str | None = None, port: i
     import uvicorn
 
     from components.serving.engine import Engine
-    from components.tracking.traces import bind
+    from components.tracking.trace_store import bind
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = host or params.api.host

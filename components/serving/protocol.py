@@ -142,7 +142,7 @@ def extension(answered: Any, written: Any) -> dict[str, Any]:
     """The `ragloop` field: the answer's trace, versions, parse and checks."""
     return {
         "trace_id": written.trace_id or None,
-        "traced": written.stored,
+        "traced": written.stored or written.queued,  # in the store, or kept on disk on its way there
         "trace_queued": written.queued,
         "model_version": answered.model_version,
         "index_version": answered.index_version,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from components.config import Params, Settings
@@ -73,6 +75,40 @@ def bind(params: Params, settings: Settings, fast_fail: bool = False) -> str:
                     raise
                 _bound[key] = experiment_id(client, params, settings, name)
         return _bound[key]
+
+
+_chosen = threading.local()  # the trace id the next trace started on this thread gets (`chosen_trace_id`)
+
+
+@contextmanager
+def chosen_trace_id(trace_id: str) -> Iterator[None]:
+    """The next trace this thread starts gets `trace_id` ("tr-" and 32 hex digits, MLflow's own form): a trace
+    delivered from the spool is stored under the id its answer was returned with. MLflow makes a trace's id from
+    its OpenTelemetry trace id; the tracer provider's id generator (one object, shared by the tracers it has
+    handed out) is taught to hand this one out once."""
+    from mlflow.tracing.provider import _get_tracer, provider
+
+    _get_tracer(__name__)  # the provider exists from here on (bind() may have just reset it)
+    generator: Any = provider.get().id_generator
+    if not getattr(generator, "_ragloop_chosen", False):
+        generator.generate_trace_id = _chosen_first(generator.generate_trace_id)
+        generator._ragloop_chosen = True
+    _chosen.value = int(trace_id.removeprefix("tr-"), 16)
+    try:
+        yield
+    finally:
+        _chosen.value = None
+
+
+def _chosen_first(generate: Any) -> Any:
+    def generate_trace_id() -> int:
+        chosen = getattr(_chosen, "value", None)
+        if chosen is None:
+            return int(generate())
+        _chosen.value = None
+        return int(chosen)
+
+    return generate_trace_id
 
 
 def store_reachable(params: Params, settings: Settings) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from components.tracking.trace_store import (
     StoreUnavailableError,
     UnknownTraceError,
     bind,
+    chosen_trace_id,
     store_call,
     tracing_client,
 )
@@ -54,11 +56,12 @@ def params_hash(params: Params) -> str:
 
 def write_trace(params: Params, settings: Settings, answered: Answered, origin: str = ORIGIN_LIVE,
                 case_id: str | None = None, tags: dict[str, str] | None = None, experiment: str | None = None,
-                expectations: dict[str, Any] | None = None) -> TraceWritten:  # fmt: skip
+                expectations: dict[str, Any] | None = None, trace_id: str | None = None) -> TraceWritten:  # fmt: skip
     """The answer's trace (root ANSWER span, RETRIEVER span with the chunks as Documents, LLM span), its lineage
     tags, one CODE assessment per check in `answered.checks` and, for a gate case, its gold as expectations
     (source `gate.jsonl`). Returns once all are in the store. `experiment`: another experiment than the serving
-    one (the gate-set evaluation writes into the evaluation experiment).
+    one (the gate-set evaluation writes into the evaluation experiment); `trace_id`: the id to store it under
+    (a spooled answer's, "tr-" and 32 hex digits), a new one otherwise.
 
     The assessments travel in the trace's own record (one store write with the trace, not one per check: 6
     SQLite commits a trace instead of 10, which matters for a gate set of hundreds of cases)."""
@@ -82,8 +85,12 @@ def write_trace(params: Params, settings: Settings, answered: Answered, origin: 
         **({TAG_CASE_ID: case_id} if case_id else {}),
         **(tags or {}),
     }
-    root = client.start_trace(ANSWER_SPAN, span_type=SpanType.CHAIN, inputs={"question": answered.question},
-                              tags=all_tags, experiment_id=exp, start_time_ns=answered.started_ns)  # fmt: skip
+    with chosen_trace_id(trace_id) if trace_id else nullcontext():
+        root = client.start_trace(ANSWER_SPAN, span_type=SpanType.CHAIN, inputs={"question": answered.question},
+                                  tags=all_tags, experiment_id=exp, start_time_ns=answered.started_ns)  # fmt: skip
+    if trace_id is not None and root.trace_id != trace_id:  # never two ids for one answer: end it unwritten
+        client.end_trace(root.trace_id)
+        raise RuntimeError(f"MLflow started trace {root.trace_id}, not the chosen {trace_id}")
     trace_id = str(root.trace_id)
     try:
         span = client.start_span(RETRIEVE_SPAN, trace_id=trace_id, parent_id=root.span_id,

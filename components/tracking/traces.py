@@ -1,13 +1,15 @@
-"""An answer's trace and a user's feedback reach the tracking store: at once, or, when the store cannot be reached,
-through the disk spools under `paths.serving` (spool.py writes both) that the delivery functions empty later (the
-API server retries in the background and at start-up; triage calls `deliver_spool` before reading).
+"""An answer's trace and a user's feedback reach the tracking store through the disk spools under `paths.serving`
+(spool.py writes both), emptied in the background: the API server keeps each answer's trace on local disk
+(`keep_trace`, fsync'd) and returns the answer; its delivery thread writes what the spools hold to the store in
+batches (`deliver_spool`), at start-up too, so a server killed at any moment loses nothing it answered or
+accepted. Triage calls `deliver_spool` before reading.
 
-Feedback is never lost: `submit_feedback` logs it at once (feedback.py) or keeps it in `feedback-spool`. Delivery is
-idempotent: each feedback has an id, stored in its assessments' metadata, and an assessment with that id already on
-the trace is not logged again (a crash between logging and removing the file duplicates nothing). Feedback for a
-trace the store does not have moves to `feedback-rejected` with the reason. An answer whose trace the store could not
-take is kept in `trace-spool` under the id it was returned with (`keep_trace`); feedback sent with that id meanwhile
-waits in the feedback spool and is logged on the delivered trace (`resolve`).
+A spooled trace is stored under the id its answer was returned with (`write_trace(trace_id=...)`); delivery is
+idempotent: a trace already complete in the store (a crash between writing it and removing its file) is not
+written again. Feedback is never lost: `submit_feedback` spools feedback on a trace still on its way (logged on it
+once it lands) or one the store cannot take now, and logs the rest at once (feedback.py). Each feedback has an id,
+stored in its assessments' metadata, and an assessment with that id already on the trace is not logged again.
+Feedback for a trace the store does not have moves to `feedback-rejected` with the reason.
 
 The parts: trace_store.py (binding the trace export, store errors), trace_writer.py (writing a trace), feedback.py
 (logging feedback), spool.py (the disk spool).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import asdict
@@ -31,7 +32,6 @@ from components.tracking.trace_schema import ORIGIN_LIVE
 from components.tracking.trace_store import (
     StoreUnavailableError,
     UnknownTraceError,
-    bind,
     store_call,
     tracing_client,
 )
@@ -45,9 +45,9 @@ log = logging.getLogger("ragloop.traces")
 
 SPOOL = "feedback-spool"
 REJECTED = "feedback-rejected"
-TRACE_SPOOL = "trace-spool"  # answers whose trace the store could not take, written later (`deliver_traces`)
-TRACE_IDS = "trace-ids.jsonl"  # spooled trace id -> the id the store gave it on delivery
-TAG_SPOOLED_AS = "ragloop.spooled_trace_id"  # on a delivered trace: the id its answer was returned with
+TRACE_SPOOL = "trace-spool"  # answers' traces on their way to the store (`deliver_traces`)
+TRACE_IDS = "trace-ids.jsonl"  # written before traces kept their id on delivery: spooled id -> stored id (`resolve`)
+TAG_SPOOLED_AS = "ragloop.spooled_trace_id"  # on a trace delivered from the spool: the id its answer was returned with
 
 
 def spool(params: Params) -> Spool:
@@ -79,17 +79,20 @@ def submit_feedback(params: Params, settings: Settings, trace_id: str, value: bo
         return {"trace_id": trace_id, "feedback_id": record["feedback_id"], "status": "queued"}
 
 
-def deliver_spool(params: Params, settings: Settings, wait: bool = True) -> dict[str, Any]:
-    """Deliver the queued feedback, oldest first, until the store fails again: {"delivered", "rejected",
-    "pending", "error"}. One delivery at a time across processes (a file lock); with wait=False a delivery
-    already running elsewhere makes this return at once with "busy": True."""
+def deliver_spool(params: Params, settings: Settings, wait: bool = True, until: float | None = None) -> dict[str, Any]:
+    """Deliver the spooled traces (`deliver_traces`), then the queued feedback, oldest first, until the store
+    fails again: {"delivered", "rejected", "pending", "error", "traces"}. One delivery at a time across processes
+    (a file lock); with wait=False a delivery already running elsewhere makes this return at once with "busy":
+    True. `until` (time.monotonic()): stop between two records once it has passed (a server shutting down)."""
     queue = spool(params)
     counts: dict[str, Any] = {"delivered": 0, "rejected": 0, "pending": queue.depth(), "error": None}
     with queue.locked(wait) as held:
         if not held:
             return {**counts, "busy": True}
-        counts["traces"] = deliver_traces(params, settings)  # first: feedback may be waiting for one of them
+        counts["traces"] = deliver_traces(params, settings, until)  # first: feedback may be waiting for them
         for path in queue.pending():
+            if until is not None and time.monotonic() > until:
+                break
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
@@ -120,55 +123,67 @@ def spool_depth(params: Params) -> int:
     return spool(params).depth() + trace_spool(params).depth()
 
 
-def keep_trace(params: Params, answered: Answered, trace_id: str | None, origin: str = ORIGIN_LIVE,
+def keep_trace(params: Params, answered: Answered, trace_id: str | None = None, origin: str = ORIGIN_LIVE,
                tags: dict[str, str] | None = None) -> TraceWritten:  # fmt: skip
-    """Keep an answer whose trace the store could not take (unreachable, failing) on disk, under the id its
-    answer is returned with (a new one when it had none): `deliver_traces` writes it later, and feedback sent
-    with that id meanwhile is queued and then logged on the delivered trace. Every answer gets its trace."""
+    """Keep an answer's trace on local disk, durably (written whole, fsync'd), under the id its answer is returned
+    with (a new one, in MLflow's form, when it has none): `deliver_traces` writes it to the store under that id, and
+    feedback sent with it meanwhile is queued and then logged on the delivered trace."""
     trace_id = trace_id or f"tr-{uuid.uuid4().hex}"
     record = {"trace_id": trace_id, "origin": origin, "tags": tags or {}, "answered": asdict(answered)}
     trace_spool(params).put(trace_id, record)
     return TraceWritten(trace_id, False, None, queued=True)
 
 
-def deliver_traces(params: Params, settings: Settings) -> dict[str, Any]:
-    """Write the spooled traces, oldest first, until the store fails: {"delivered", "pending", "error"}. Each
-    gets the tag TAG_SPOOLED_AS (the id its answer was returned with) and a line in TRACE_IDS; one already in the
-    store (a crash between writing it and removing its file) is found by that tag and not written twice."""
-    from components.records import Answered
-
+def deliver_traces(params: Params, settings: Settings, until: float | None = None) -> dict[str, Any]:
+    """Write the spooled traces, oldest first, until the store fails (or `until` passes): {"delivered",
+    "pending", "error"}. Each is stored under the id its answer was returned with, tagged TAG_SPOOLED_AS; one
+    already complete in the store (a crash between writing it and removing its file) is not written again."""
     counts: dict[str, Any] = {"delivered": 0, "pending": 0, "error": None}
     for path in trace_spool(params).pending():
+        if until is not None and time.monotonic() > until:
+            break
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue
-        original = record["trace_id"]
         try:
-            stored = _find_spooled(params, settings, original)
-            if stored is None:
-                fields: dict[str, Any] = {k: tuple(v) if k in {"cited", "hits", "context_docs"} else v
-                                          for k, v in record["answered"].items()}  # fmt: skip
-                written = write_trace(params, settings, Answered(**fields), origin=record["origin"],
-                                      tags={**record["tags"], TAG_SPOOLED_AS: original})  # fmt: skip
-                if not written.stored:
-                    counts["error"] = written.error
-                    break
-                stored = written.trace_id
-        except (StoreUnavailableError, OSError) as exc:
-            counts["error"] = f"{type(exc).__name__}: {exc}"
+            error = _deliver_trace(params, settings, record)
+        except Exception as exc:  # the store failing, also in ways MLflow does not wrap (a refused connection)
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            counts["error"] = error
             break
-        except Exception as exc:  # the store failing in a way MLflow does not wrap (a refused connection)
-            counts["error"] = f"{type(exc).__name__}: {exc}"
-            break
-        with open(params.paths.serving / TRACE_IDS, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"spooled": original, "stored": stored}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
         path.unlink(missing_ok=True)
         counts["delivered"] += 1
     counts["pending"] = trace_spool(params).depth()
     return counts
+
+
+def _deliver_trace(params: Params, settings: Settings, record: dict[str, Any]) -> str | None:
+    """Write one spooled trace unless the store holds it complete already; the error when the store failed."""
+    from components.records import Answered
+
+    trace_id = record["trace_id"]
+    if _stored_complete(params, settings, trace_id):
+        return None
+    fields: dict[str, Any] = {k: tuple(v) if k in {"cited", "hits", "context_docs"} else v
+                              for k, v in record["answered"].items()}  # fmt: skip
+    written = write_trace(params, settings, Answered(**fields), origin=record["origin"],
+                          tags={**record["tags"], TAG_SPOOLED_AS: trace_id}, trace_id=trace_id)  # fmt: skip
+    return None if written.stored else written.error
+
+
+def _stored_complete(params: Params, settings: Settings, trace_id: str) -> bool:
+    """Whether the store holds this trace whole: its info is written last (MLflow marks it finalized), after the
+    spans; a trace whose writing was cut short is written again over what it has."""
+    from mlflow.tracing.constant import TraceMetadataKey
+
+    tracing = tracing_client(params, settings)
+    try:
+        info = store_call(lambda: tracing.get_trace_info(trace_id), trace_id)
+    except UnknownTraceError:
+        return False
+    return bool((info.trace_metadata or {}).get(TraceMetadataKey.TRACE_INFO_FINALIZED) == "true")
 
 
 def trace_pending(params: Params, trace_id: str) -> bool:
@@ -177,7 +192,8 @@ def trace_pending(params: Params, trace_id: str) -> bool:
 
 
 def resolve(params: Params, trace_id: str) -> str:
-    """The id the store knows this trace by: itself, or, for a trace delivered from the spool, its stored id."""
+    """The id the store knows this trace by: itself, or, for a trace delivered from the spool before traces kept
+    their id (TRACE_IDS), its stored id."""
     path = params.paths.serving / TRACE_IDS
     if not path.is_file():
         return trace_id
@@ -185,17 +201,6 @@ def resolve(params: Params, trace_id: str) -> str:
         if row["spooled"] == trace_id:
             return str(row["stored"])
     return trace_id
-
-
-def _find_spooled(params: Params, settings: Settings, original: str) -> str | None:
-    exp = bind(params, settings)
-    tracing = tracing_client(params, settings)
-    where = f"tag.`{TAG_SPOOLED_AS}` = '{original}'"
-    found = store_call(
-        lambda: tracing.search_traces(locations=[exp], max_results=1, filter_string=where, include_spans=False),
-        original,
-    )
-    return str(found[0].info.trace_id) if found else None
 
 
 def _args(record: dict[str, Any]) -> dict[str, Any]:

@@ -165,3 +165,34 @@ def test_feedback_for_an_unreachable_store_is_spooled_then_delivered_exactly_onc
         "error": None,
         "traces": {"delivered": 0, "pending": 0, "error": None},
     }
+
+
+def test_a_spooled_trace_is_stored_under_its_own_id_exactly_once(served) -> None:
+    params, engine = served
+    answered = engine.answer("I lost my card")
+    kept = traces.keep_trace(params, answered)
+    assert kept.queued and not kept.stored and traces.trace_pending(params, kept.trace_id)
+    record = json.loads(traces.trace_spool(params).pending()[0].read_text())
+    queued = traces.submit_feedback(params, SETTINGS, kept.trace_id, True, "before it landed")
+    assert queued["status"] == "queued"  # its trace is on its way: the feedback waits for it
+
+    done = traces.deliver_spool(params, SETTINGS)
+    assert done["traces"]["delivered"] == done["delivered"] == 1 and done["pending"] == 0, done["traces"]
+    trace = trace_writer.read_trace(params, SETTINGS, kept.trace_id)  # the id the answer was returned with
+    assert {s.name for s in trace.data.spans} == {ANSWER_SPAN, RETRIEVE_SPAN, GENERATE_SPAN}
+    assert trace.info.tags[traces.TAG_SPOOLED_AS] == kept.trace_id and traces.resolve(params, kept.trace_id) == (
+        kept.trace_id)  # fmt: skip
+    assert [a.rationale for a in _feedback(trace, USER_FEEDBACK)] == ["before it landed"]
+
+    # a delivery killed between writing the trace and removing its file: the next one writes nothing again
+    traces.trace_spool(params).put(kept.trace_id, record)
+    again = traces.deliver_spool(params, SETTINGS)
+    assert again["traces"] == {"delivered": 1, "pending": 0, "error": None}
+    from components.tracking.mlflow_runs import client_for
+
+    exp = client_for(params, SETTINGS).get_experiment_by_name(params.tracking.serving_experiment).experiment_id
+    found = client_for(params, SETTINGS).search_traces(
+        locations=[exp], filter_string=f"tag.`{traces.TAG_SPOOLED_AS}` = '{kept.trace_id}'"
+    )
+    assert [t.info.trace_id for t in found] == [kept.trace_id]
+    assert len(trace_writer.read_trace(params, SETTINGS, kept.trace_id).data.spans) == 3
