@@ -52,6 +52,11 @@ NOT_DEPLOYMENT_SETTINGS = {
     "PREFECT_HOME": "local mode: where the project's own Prefect server keeps its database",
     "PREFECT_PROFILE": "local mode: a Prefect profile whose API URL wins over the project's server",
     "PREFECT_PROFILES_PATH": "local mode: where that profile is read from",
+    "RAGLOOP_PREFECT_IDLE_S": "local mode: when the project's own Prefect server stops itself",
+    "RAGLOOP_STATE_DIR": "local mode: where the list of the Prefect servers ragloop started lives",
+    "XDG_STATE_HOME": "local mode: that list's default folder",
+    # flows/cli sets it itself (MLflow's run links kept off stdout, where --json goes); nothing to configure
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "set by the ragloop command itself",
 }
 PREFECT_YAML_ENV = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")  # prefect.yaml's "{{ $NAME }}": read by the worker
 # The services whose environment Prefect and MLflow read (elsewhere a PREFECT_* name is just a compose variable).

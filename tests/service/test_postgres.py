@@ -183,6 +183,9 @@ def test_b_two_api_servers_answer_and_log_at_once_then_feedback_and_triage(pg: P
                               headers={"Authorization": f"Bearer {KEY}"},
                               json={"trace_id": trace_id, "value": False, "comment": f"wrong ({n})"})  # fmt: skip
             assert sent.status_code in {200, 202}, sent.text
+        for server in servers:  # answers do not wait for their traces: each server delivers its spool
+            delivered = lambda s=server: s.health()["spool_depth"] == 0  # noqa: E731
+            wait_until(delivered, "the spool delivered", 600, server.proc, server.log)
     finally:
         for server in servers:
             server.stop()
