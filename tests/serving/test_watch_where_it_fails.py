@@ -76,6 +76,7 @@ def test_production_failures_are_routed_to_their_fix(prefect_server, tmp_path) -
         assert all(x["docs"] == ["support.txt"] for x in report["routed"]["stale"])
         again = ask(WEEKEND[0])
         assert again["index_version"] == 2
+        wait_until(lambda: server.health()["spool_depth"] == 0, "the spool delivered", 300, server.proc, server.log)
         from components.config import Settings
         from components.tracking.trace_schema import RETRIEVE_SPAN
         from components.tracking.trace_writer import read_trace
