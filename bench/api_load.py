@@ -137,6 +137,18 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     sys.exit(f"ragloop api did not answer /health within {limit:.0f} s")
 
 
+def timed_clients(client: Any, clients: int) -> float:
+    """Once the machine is quiet, run `clients` threads of `client` at once; the seconds until the last ends."""
+    c.wait_quiet()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def load(port: int, questions: list[str], clients: int, requests: int) -> dict[str, Any]:
     import httpx
 
@@ -171,14 +183,7 @@ def load(port: int, questions: list[str], clients: int, requests: int) -> dict[s
                         traces.append(trace_id)
                         feedback[str(f.status_code)] = feedback.get(str(f.status_code), 0) + 1
 
-    c.wait_quiet()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    seconds = timed_clients(client, clients)
     ok = statuses.get("200", 0)
     depth, drain_s = drained(base)
     result = {"clients": clients, "requests": requests, "seconds": round(seconds, 2),

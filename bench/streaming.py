@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c  # sets the offline environment before the project imports
-from api_load import build, free_port, percentiles, start_server
+from api_load import build, free_port, percentiles, start_server, timed_clients
 
 
 def ask(http: Any, question: str, stream: bool) -> tuple[float, float, str]:
@@ -75,14 +75,7 @@ def rounds(port: int, questions: list[str], clients: int, requests: int, stream:
                     total.append(whole)
                     texts[i] = text
 
-    c.wait_quiet()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    seconds = timed_clients(client, clients)
     row = {"clients": clients, "stream": stream, "requests": requests, "seconds": round(seconds, 2),
            "requests_per_s": round(requests / seconds, 2), "ttft_ms": percentiles(ttft),
            "total_ms": percentiles(total), "texts": texts}  # fmt: skip
