@@ -76,9 +76,13 @@ def _marked_processes() -> dict[int, str]:
         try:
             if mark not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            if (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[:2]
+            if state == "Z":
                 continue
-            found[pid] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if int(ppid) == os.getpid() and "from multiprocessing." in cmd:
+                continue  # this process's own resource tracker or forkserver: it ends with this process
+            found[pid] = cmd
         except OSError:
             continue
     return found
