@@ -122,7 +122,7 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     log = open(work / "api.log", "w")  # noqa: SIM115 (kept open for the server's lifetime)
     proc = subprocess.Popen([RAGLOOP, "api", "--params", str(work / "params.yaml"), "--port", str(port)],
                             cwd=work, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    t0, limit = time.perf_counter(), 300.0
+    t0, limit = time.perf_counter(), 600.0  # a hang guard: imports of torch, transformers, MLflow on a slow machine
     while time.perf_counter() - t0 < limit:
         if proc.poll() is not None:
             sys.exit(f"ragloop api exited {proc.returncode}:\n{(work / 'api.log').read_text()[-3000:]}")
@@ -204,9 +204,21 @@ def drained(base: str, limit: float = 600.0) -> tuple[int, float]:
 
     t0 = time.perf_counter()
     depth = int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])
-    while httpx.get(base + "/health", timeout=60).json()["spool_depth"] and time.perf_counter() - t0 < limit:
+    while (left := int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])) > 0:
+        if time.perf_counter() - t0 > limit:  # a hang guard, not a figure: never report an undrained spool as drained
+            raise RuntimeError(f"the spool still held {left} record(s) after {limit:.0f} s")
         time.sleep(0.1)
     return depth, round(time.perf_counter() - t0, 2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the server drains its spool for up to 10 s), then SIGKILL if it has not exited: none left behind."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def account(params: Any, since_ms: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -277,8 +289,7 @@ def main() -> None:
         try:
             rounds = [load(port, questions, int(n), args.requests) for n in args.clients.split(",")]
         finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+            stop_server(proc)
         counted = account(params, since_ms, rounds)
 
     base = local["in-process answer"]

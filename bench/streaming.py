@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c  # sets the offline environment before the project imports
-from api_load import build, free_port, percentiles, start_server, timed_clients
+from api_load import build, free_port, percentiles, start_server, stop_server, timed_clients
 
 
 def ask(http: Any, question: str, stream: bool) -> tuple[float, float, str]:
@@ -108,8 +108,7 @@ def main() -> None:
             results = [rounds(port, questions, int(n), args.requests, stream)
                        for n in args.clients.split(",") for stream in (False, True)]  # fmt: skip
         finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+            stop_server(proc)
 
     whole = {r["clients"]: r["texts"] for r in results if not r["stream"]}
     same = all(r["texts"] == whole[r["clients"]] for r in results if r["stream"])

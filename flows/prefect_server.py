@@ -418,7 +418,8 @@ def watch(home: Path, port: int, idle_s: float, poll_s: float | None = None) -> 
             pass
         else:  # the server exited by itself
             _unregister(me)
-            if read_state(home) is not None and read_state(home).pid == me.pid:  # type: ignore[union-attr]
+            recorded = read_state(home)
+            if recorded is not None and recorded.pid == me.pid:
                 (home / STATE_FILE).unlink(missing_ok=True)
             return code
         if not home.is_dir():

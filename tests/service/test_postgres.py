@@ -113,7 +113,7 @@ def pg(tmp_path_factory, databases: dict[str, str]) -> Iterator[PgStack]:
                             chroma_ssl=False)  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # build_deployment's registrations
-            dep = build_deployment(root / "project", adapters=1, settings=settings,
+            dep = build_deployment(root / "project", adapters=2, settings=settings,
                                    regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
                                    finetune={"r": 4, "alpha": 8, "dropout": 0.0, "batch_size": 12, "epochs": 1},
                                    api={"spool_retry_s": 1})  # fmt: skip
@@ -132,23 +132,22 @@ def test_a_the_whole_loop_and_the_alias_flip_are_stored_in_postgresql(pg: PgStac
     loop = _json(pg.cli("run", "--json"))
     assert loop["index"]["chunks"]["embedded"] > 0 and loop["evaluation"]["decision"] in {"finetune", "none"}
     registered = _rows(pg.databases["mlflow"], "SELECT version FROM model_versions WHERE name = 'ragloop-assistant'")
-    assert len(registered) >= 1  # the registry lives in PostgreSQL, not in a SQLite file
+    assert len(registered) >= 2  # the registry lives in PostgreSQL, not in a SQLite file (v1, v2 and the loop's)
     runs = _rows(pg.databases["prefect"], "SELECT name, state_type FROM flow_run")
     assert {"COMPLETED"} == {state for name, state in runs if name.startswith(("pipeline-", "reindex-"))}, runs
     if loop["finetune"] and loop["finetune"].get("version"):  # the loop trained a candidate: it is registered
         assert (str(loop["finetune"]["version"]),) in {(str(v),) for (v,) in registered}
 
-    versions = sorted(int(v) for (v,) in registered)
-    target = str(versions[-1] if len(versions) > 1 else versions[0])
     before = dict(_rows(pg.databases["mlflow"], "SELECT alias, version FROM registered_model_aliases"))
+    target = str(max(int(v) for (v,) in registered if str(v) != str(before["champion"])))  # a real flip
     promoted = _json(pg.cli("promote", target, "--json"))
     assert promoted["champion"] == target
     after = dict(_rows(pg.databases["mlflow"], "SELECT alias, version FROM registered_model_aliases"))
-    assert str(after["champion"]) == target
-    if str(before.get("champion")) != target:  # a real flip: the old champion is `previous`, and comes back
-        assert str(after["previous"]) == str(before["champion"])
-        rolled = _json(pg.cli("rollback", "--json"))
-        assert rolled["champion"] == str(before["champion"])
+    assert str(after["champion"]) == target and str(after["previous"]) == str(before["champion"])
+    rolled = _json(pg.cli("rollback", "--json"))  # and back, read from PostgreSQL again
+    assert rolled["champion"] == str(before["champion"])
+    back = dict(_rows(pg.databases["mlflow"], "SELECT alias, version FROM registered_model_aliases"))
+    assert str(back["champion"]) == str(before["champion"])
 
 
 def test_b_two_api_servers_answer_and_log_at_once_then_feedback_and_triage(pg: PgStack) -> None:
