@@ -58,8 +58,14 @@ run: $(STAMP) ## the whole loop: dvc repro (base model, index, evaluate, finetun
 stop: ## stop the project's Prefect server (started by make run or by any ragloop command that runs a flow)
 	@if test -x $(BIN)/ragloop; then $(BIN)/ragloop server stop; fi
 
+# The suite runs in TEST_WORKERS pytest-xdist processes, one test file per worker at a time (a file's tests share
+# their module fixtures and run in order; the files with slow tests go first, tests/conftest.py). Most of its time
+# is servers starting and flows waiting on states, which overlap well; torch gets each worker's share of the cores.
+# TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser lint typecheck ## lint, type-check and run the whole test suite
-	$(BIN)/pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 unit: $(STAMP) ## only the fast unit tests
 	$(BIN)/pytest -q tests/unit

@@ -14,6 +14,16 @@ from components.config import QUIET_OFFLINE_ENV, BaseModelParams
 
 os.environ.update(QUIET_OFFLINE_ENV)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"))
+# `make test` runs the suite in pytest-xdist workers, a test file each at a time (--dist loadfile). Each worker has its
+# own Prefect home and ragloop state folder (a test that lists "every server ragloop started on this machine" must
+# see its own worker's only) and its share of the cores for torch: two workers each spinning two OpenMP threads on 2
+# cores slow each other badly. The session mark below stays the controller's, so its leak check covers the workers.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"ragloop-prefect-{_WORKER}-")
+    os.environ["RAGLOOP_STATE_DIR"] = tempfile.mkdtemp(prefix=f"ragloop-state-{_WORKER}-")
+    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 # Every process that runs a flow with no PREFECT_API_URL (each `ragloop` CLI call, each DVC stage) starts its own
 # temporary Prefect server: 29-34 s to answer on a new database on a slow shared 2-core machine (STACK.md), where
 # Prefect's default wait of 20 s fails the run with "Timed out while attempting to connect to ephemeral Prefect API".
@@ -43,11 +53,27 @@ TINY = BaseModelParams(vocab_size=400, hidden_size=64, layers=2, heads=2, interm
 TINY_UNTRAINED = TINY.model_copy(update={"pretrain_steps": 0})
 
 
+_BUILT: dict[str, tuple[Path, dict[str, Any]]] = {}  # model params + repeats -> (built once, what was built)
+
+
 def build_tiny_model(out_dir: Path, model: BaseModelParams = TINY, repeats: int = 20) -> dict[str, Any]:
-    """The tiny base model built into `out_dir`, pretrained on the test documents `repeats` times over."""
+    """The tiny base model built into `out_dir`, pretrained on the test documents `repeats` times over.
+
+    Built once per test session for each (model, repeats) and copied into `out_dir` after that: the build is
+    seeded and fixed by steps, so the copy holds the very files a new build would (test_finetune.py's
+    test_the_same_params_and_seed_give_the_same_base_model_files builds twice and compares the bytes)."""
+    import json
+    import shutil
+
     from components.behaviour.base_model import build_base_model
 
-    return build_base_model(list(DOCS.values()) * repeats, out_dir, model)
+    key = json.dumps([model.model_dump(), repeats], sort_keys=True)
+    if key not in _BUILT:
+        first = Path(tempfile.mkdtemp(prefix="ragloop-tiny-")) / "model"
+        _BUILT[key] = (first, build_base_model(list(DOCS.values()) * repeats, first, model))
+    built, info = _BUILT[key]
+    shutil.copytree(built, out_dir, dirs_exist_ok=True)
+    return dict(info)
 
 
 @pytest.fixture
@@ -63,6 +89,24 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The session's Prefect server's API URL, for tests that start flow commands as processes (`dvc repro`'s
+    stages): each would otherwise start a temporary Prefect server of its own, seconds each."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the Prefect test harness set no API URL"
+    return str(url)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files that hold slow or server tests first (a stable sort: each file keeps its tests' order), so that the
+    pytest-xdist workers (`make test`) end on the many quick tests instead of one long file running alone."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("server")}
+    items.sort(key=lambda item: item.path not in heavy)
 
 
 def _marked_processes() -> dict[int, str]:
@@ -88,6 +132,7 @@ def _marked_processes() -> dict[int, str]:
     return found
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has shut its workers down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when a process a test started (a server, a watcher, a worker) outlives it, and end it."""
     if hasattr(session.config, "workerinput") or not Path("/proc/self/environ").exists():

@@ -16,6 +16,10 @@ from tests.helpers import Deployment
 
 pytestmark = pytest.mark.slow
 
+# What is measured here is the calibration's bookkeeping (trained, kept, reused, measured again), not whether the
+# candidate learned: a short recipe, so the candidate and its two twins train in a tenth of test_loop's steps.
+EPOCHS = 20
+
 
 @pytest.fixture(scope="module")
 def candidate(tmp_path_factory, prefect_server) -> tuple[Deployment, str]:
@@ -25,7 +29,7 @@ def candidate(tmp_path_factory, prefect_server) -> tuple[Deployment, str]:
     dep = Deployment.create(root)
     write_suite(dep.root / "behaviour")
     build_tiny_model(root / "base")
-    _configure(dep)
+    _configure(dep, epochs=EPOCHS)
     dep.index()
     p = str(dep.params_file)
     assert evaluate(params_file=p)["decision"] == "finetune"
@@ -62,11 +66,11 @@ def test_calibration_is_measured_then_reused_then_measured_again(candidate: tupl
     assert again["calibration"]["slices"] == calibration["slices"]
     assert again["promoted"] is False  # judged once: the first call promoted it or not, the second is a champion
 
-    _configure(dep, epochs=150)  # another recipe: another key, measured again
+    _configure(dep, epochs=EPOCHS // 2)  # another recipe: another key, measured again
     try:
         changed = _gate(dep, version)
     finally:
-        _configure(dep)
+        _configure(dep, epochs=EPOCHS)
     assert changed["calibration"]["reused"] is False and changed["calibration"]["key"] != calibration["key"]
     kept = json.loads((dep.params().paths.metrics / CALIBRATION).read_text())["calibrations"]
     assert set(kept) == {calibration["key"], changed["calibration"]["key"]}

@@ -25,8 +25,7 @@ def _run(cwd: Path, *cmd: str, bytecode: bool = False) -> subprocess.CompletedPr
            "PREFECT_HOME": str(cwd / ".prefect")}  # fmt: skip
     if bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-    # the limit guards against a hang: a `dvc repro` of the tiny loop runs five stages, each a process with its own
-    # temporary Prefect server, minutes on a slow shared machine
+    # the limit guards against a hang: a `dvc repro` of the tiny loop runs six stages, minutes on a slow shared machine
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
 
 
@@ -37,8 +36,11 @@ def _sh(cwd: Path, *cmd: str, bytecode: bool = False) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh git + DVC project with the repo's dvc.yaml, params.yaml and .dvcignore and a tiny knowledge base."""
+def project(tmp_path: Path, prefect_api_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh git + DVC project with the repo's dvc.yaml, params.yaml and .dvcignore and a tiny knowledge base.
+    Its stages' `ragloop` commands run their flows on the session's Prefect server (PREFECT_API_URL, as a team's
+    configured server), not each on a temporary server of its own."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, tmp_path / name)
     for name in ("components", "flows"):
