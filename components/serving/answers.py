@@ -6,7 +6,8 @@ A streamed answer's text leaves as the batch that answers it generates it: the e
 from the worker thread to the request's event loop. The response starts with the first piece, so a failure before
 any text (no index, a full queue, the deadline) is still an HTTP error with its status; one after the first piece
 is an error event in the stream. The trace is written by a task of its own that a client who goes away mid-stream
-does not cancel: every answer generated is traced.
+does not cancel: every answer generated is traced, under the id the response's `x-ragloop-trace-id` header named
+before the first token (feedback can be sent with it as soon as the stream ends).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from components.records import Answered
 from components.serving.protocol import ApiError, Chunks
 
-Trace = Callable[[Answered, float], Awaitable[Any]]  # (answer, seconds left) -> what was written (TraceWritten)
+Trace = Callable[[Answered, float, str], Awaitable[Any]]  # (answer, seconds left, trace id) -> TraceWritten
 _END = object()  # in a stream's queue: the answer is complete (or failed), no more text comes
 
 
@@ -56,9 +57,10 @@ class Streams:
         self.timeout_s, self.trace = timeout_s, trace
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def respond(self, engine: Any, question: str, chunks: Chunks) -> StreamingResponse:
-        """The streaming response, once the first piece of text (or the whole answer) is there; ApiError when
-        the answer fails before any text."""
+    async def respond(self, engine: Any, question: str, chunks: Chunks, trace_id: str,
+                      headers: dict[str, str]) -> StreamingResponse:  # fmt: skip
+        """The streaming response (with `headers`), once the first piece of text (or the whole answer) is there;
+        ApiError when the answer fails before any text. The answer is traced under `trace_id`."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         deadline = time.monotonic() + self.timeout_s
@@ -67,27 +69,29 @@ class Streams:
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
         future = submit(engine, question, listener)
-        finished = asyncio.ensure_future(self._finish(future, deadline, pieces))
+        finished = asyncio.ensure_future(self._finish(future, deadline, pieces, trace_id))
         self._tasks.add(finished)
         finished.add_done_callback(self._forget)
         first = await pieces.get()
         if first is _END:
             await finished  # the answer failed before any text: its ApiError, with its status
-        return StreamingResponse(self._events(chunks, first, pieces, finished), media_type="text/event-stream")
+        return StreamingResponse(self._events(chunks, first, pieces, finished), media_type="text/event-stream",
+                                 headers=headers)  # fmt: skip
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved here too: a client gone before the end never reads it
 
-    async def _finish(self, future: Future[Answered], deadline: float, pieces: asyncio.Queue[Any]) -> Any:
+    async def _finish(self, future: Future[Answered], deadline: float, pieces: asyncio.Queue[Any],
+                      trace_id: str) -> Any:  # fmt: skip
         """(answer, trace written). `_END` follows the answer's last piece: the listener's hand-offs were queued
         on the loop before the future's result."""
         try:
             answer = await answered(future, deadline - time.monotonic(), self.timeout_s)
         finally:
             pieces.put_nowait(_END)
-        return answer, await self.trace(answer, max(1.0, deadline - time.monotonic()))
+        return answer, await self.trace(answer, max(1.0, deadline - time.monotonic()), trace_id)
 
     async def _events(self, chunks: Chunks, first: Any, pieces: asyncio.Queue[Any],
                       finished: asyncio.Future[Any]) -> AsyncIterator[bytes]:  # fmt: skip

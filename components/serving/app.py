@@ -4,8 +4,8 @@
   unchanged). The question is the last user message. Each answer carries `ragloop: {trace_id, model_version,
   index_version, sources, cited, intent, answer, checks, traced}` (the openai client keeps it in `model_extra`)
   and the header `x-ragloop-trace-id`. `stream: true` streams the tokens as they are generated, in OpenAI's
-  chunks (components/serving/answers.py): `ragloop` in the last one, which comes once the whole answer is traced,
-  no header (the trace id is not known before), the usage when `stream_options.include_usage` asks.
+  chunks (components/serving/answers.py): the header names the trace id before the first token, `ragloop` is in the
+  last chunk, which comes once the whole answer is traced, the usage when `stream_options.include_usage` asks.
 - `POST /v1/feedback {trace_id, value, comment?, correction?, user?}`: 200 logged, 202 queued (its trace is still on
   its way to the tracking store, or the store is unreachable: the feedback is spooled on disk and delivered after
   its trace), 404 unknown trace.
@@ -202,14 +202,19 @@ def _chat(params: Params, settings: Settings, engine: Any) -> APIRouter:
     limits = params.api
     router = APIRouter()
 
-    streams = Streams(limits.request_timeout_s, lambda answer, timeout: _trace(params, settings, answer, timeout))
+    streams = Streams(limits.request_timeout_s, lambda answer, left, trace_id: _trace(params, settings, answer, left,
+                                                                                       trace_id))  # fmt: skip
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> JSONResponse | StreamingResponse:
         question = question_of(req, params)
-        if req.stream:  # the trace id is only known once the whole answer is traced: in the last chunk
+        if req.stream:  # traced once the whole answer is, under the id the header names before the first token
+            from components.tracking.traces import new_trace_id
+
             include_usage = req.stream_options is not None and req.stream_options.include_usage
-            return await streams.respond(engine, question, Chunks(req.model, include_usage))
+            trace_id = new_trace_id()
+            return await streams.respond(engine, question, Chunks(req.model, include_usage, trace_id), trace_id,
+                                         {TRACE_HEADER: trace_id})  # fmt: skip
         deadline = time.monotonic() + limits.request_timeout_s
         answered = await answers.answered(answers.submit(engine, question), limits.request_timeout_s,
                                           limits.request_timeout_s)  # fmt: skip
@@ -248,7 +253,8 @@ def _feedback(params: Params, settings: Settings) -> APIRouter:
     return router
 
 
-async def _trace(params: Params, settings: Settings, answered: Any, timeout: float) -> Any:
+async def _trace(params: Params, settings: Settings, answered: Any, timeout: float, trace_id: str | None = None
+                 ) -> Any:  # fmt: skip
     """The answer's trace, kept durably on local disk (the trace spool) before the answer is returned: the
     delivery thread writes it to the store under the same id, and feedback on it can follow at once. Where the
     disk fails, written to the store directly; a store that fails too costs the answer its trace, never the
@@ -256,11 +262,12 @@ async def _trace(params: Params, settings: Settings, answered: Any, timeout: flo
     from components.tracking.traces import TraceWritten, keep_trace, write_trace
 
     try:
-        return await asyncio.wait_for(asyncio.to_thread(keep_trace, params, answered), timeout)
+        return await asyncio.wait_for(asyncio.to_thread(keep_trace, params, answered, trace_id), timeout)
     except Exception as exc:
         log.error("the trace spool failed (%s: %s); writing the answer's trace to the store", type(exc).__name__, exc)
     try:
-        return await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered), timeout)
+        return await asyncio.wait_for(asyncio.to_thread(write_trace, params, settings, answered, trace_id=trace_id),
+                                      timeout)  # fmt: skip
     except Exception as exc:
         log.error("the answer's trace is lost: %s: %s", type(exc).__name__, exc)
         return TraceWritten("", False, f"{type(exc).__name__}: {exc}")

@@ -164,9 +164,9 @@ class Chunks:
 
     DONE = b"data: [DONE]\n\n"
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model}  # fmt: skip
+    def __init__(self, model: str, include_usage: bool, trace_id: str | None = None) -> None:
+        self.head = {"id": f"chatcmpl-{(trace_id or '').removeprefix('tr-') or uuid.uuid4().hex}",
+                     "object": "chat.completion.chunk", "created": int(time.time()), "model": model}  # fmt: skip
         self.include_usage = include_usage
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None, **more: Any) -> bytes:

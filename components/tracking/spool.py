@@ -34,6 +34,23 @@ class Spool:
     def pending(self) -> list[Path]:
         return sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
 
+    def records(self, until: float | None = None) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+        """(file, record) for each pending record, oldest first, until `until` (time.monotonic()) has passed. A file
+        gone meanwhile (delivered by another process) is skipped; an unreadable one is set aside with the reason and
+        yielded with None, so that one bad file never holds up the records queued behind it."""
+        for path in self.pending():
+            if until is not None and time.monotonic() > until:
+                return
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                self.reject(path, {"reason": f"unreadable spool file: {exc}"})
+                yield path, None
+                continue
+            yield path, record
+
     def depth(self) -> int:
         return len(self.pending())
 

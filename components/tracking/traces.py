@@ -17,7 +17,6 @@ The parts: trace_store.py (binding the trace export, store errors), trace_writer
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -46,6 +45,7 @@ log = logging.getLogger("ragloop.traces")
 SPOOL = "feedback-spool"
 REJECTED = "feedback-rejected"
 TRACE_SPOOL = "trace-spool"  # answers' traces on their way to the store (`deliver_traces`)
+REJECTED_TRACES = "trace-rejected"  # spooled traces that could not be read back (kept for a person)
 TRACE_IDS = "trace-ids.jsonl"  # written before traces kept their id on delivery: spooled id -> stored id (`resolve`)
 TAG_SPOOLED_AS = "ragloop.spooled_trace_id"  # on a trace delivered from the spool: the id its answer was returned with
 
@@ -57,7 +57,7 @@ def spool(params: Params) -> Spool:
 
 def trace_spool(params: Params) -> Spool:
     """The trace spool: one file per answer whose trace waits, keyed by the trace id its answer was returned with."""
-    return Spool(params.paths.serving / TRACE_SPOOL)
+    return Spool(params.paths.serving / TRACE_SPOOL, rejected=params.paths.serving / REJECTED_TRACES)
 
 
 def submit_feedback(params: Params, settings: Settings, trace_id: str, value: bool | float,
@@ -90,15 +90,8 @@ def deliver_spool(params: Params, settings: Settings, wait: bool = True, until: 
         if not held:
             return {**counts, "busy": True}
         counts["traces"] = deliver_traces(params, settings, until)  # first: feedback may be waiting for them
-        for path in queue.pending():
-            if until is not None and time.monotonic() > until:
-                break
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as exc:  # unreadable: keep it for a person, out of the queue
-                queue.reject(path, {"reason": f"unreadable spool file: {exc}"})
+        for path, record in queue.records(until):
+            if record is None:  # unreadable: kept aside for a person, out of the queue
                 counts["rejected"] += 1
                 continue
             if trace_pending(params, record["trace_id"]):  # its trace is not in the store yet: keep it queued
@@ -123,12 +116,17 @@ def spool_depth(params: Params) -> int:
     return spool(params).depth() + trace_spool(params).depth()
 
 
+def new_trace_id() -> str:
+    """A trace id in MLflow's form, for an answer whose trace is written after it is returned (or streamed)."""
+    return f"tr-{uuid.uuid4().hex}"
+
+
 def keep_trace(params: Params, answered: Answered, trace_id: str | None = None, origin: str = ORIGIN_LIVE,
                tags: dict[str, str] | None = None) -> TraceWritten:  # fmt: skip
     """Keep an answer's trace on local disk, durably (written whole, fsync'd), under the id its answer is returned
     with (a new one, in MLflow's form, when it has none): `deliver_traces` writes it to the store under that id, and
     feedback sent with it meanwhile is queued and then logged on the delivered trace."""
-    trace_id = trace_id or f"tr-{uuid.uuid4().hex}"
+    trace_id = trace_id or new_trace_id()
     record = {"trace_id": trace_id, "origin": origin, "tags": tags or {}, "answered": asdict(answered)}
     trace_spool(params).put(trace_id, record)
     return TraceWritten(trace_id, False, None, queued=True)
@@ -136,15 +134,13 @@ def keep_trace(params: Params, answered: Answered, trace_id: str | None = None, 
 
 def deliver_traces(params: Params, settings: Settings, until: float | None = None) -> dict[str, Any]:
     """Write the spooled traces, oldest first, until the store fails (or `until` passes): {"delivered",
-    "pending", "error"}. Each is stored under the id its answer was returned with, tagged TAG_SPOOLED_AS; one
-    already complete in the store (a crash between writing it and removing its file) is not written again."""
-    counts: dict[str, Any] = {"delivered": 0, "pending": 0, "error": None}
-    for path in trace_spool(params).pending():
-        if until is not None and time.monotonic() > until:
-            break
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+    "rejected", "pending", "error"} (rejected: files that cannot be read back, set aside under trace-rejected/).
+    Each is stored under the id its answer was returned with, tagged TAG_SPOOLED_AS; one already complete in the
+    store (a crash between writing it and removing its file) is not written again."""
+    counts: dict[str, Any] = {"delivered": 0, "rejected": 0, "pending": 0, "error": None}
+    for path, record in trace_spool(params).records(until):
+        if record is None:  # unreadable: kept aside for a person, out of the queue
+            counts["rejected"] += 1
             continue
         try:
             error = _deliver_trace(params, settings, record)

@@ -90,8 +90,10 @@ def test_models_and_a_chat_completion_through_the_official_openai_client(api: Ap
 
 def test_a_streamed_completion_is_the_same_answer_token_by_token(api: ApiServer) -> None:
     client = _openai(api)
-    chunks = list(client.chat.completions.create(model="ragloop", messages=ASK, stream=True,  # type: ignore[arg-type]
-                                                 stream_options={"include_usage": True}))  # fmt: skip
+    create = client.chat.completions.with_raw_response.create
+    raw = create(model="ragloop", messages=ASK, stream=True, stream_options={"include_usage": True})  # type: ignore[arg-type]
+    header = raw.headers["x-ragloop-trace-id"]  # before the first token: the id the trace will be stored under
+    chunks = list(raw.parse())
     *choices, usage = chunks
     assert choices[0].choices[0].delta.role == "assistant" and usage.choices == []
     pieces = [c.choices[0].delta.content for c in choices if c.choices[0].delta.content]
@@ -99,6 +101,7 @@ def test_a_streamed_completion_is_the_same_answer_token_by_token(api: ApiServer)
     assert [c.choices[0].finish_reason for c in choices] == [None] * (len(choices) - 1) + ["stop"]
     assert {c.id for c in chunks} == {chunks[0].id} and all(c.object == "chat.completion.chunk" for c in chunks)
     extra = choices[-1].model_extra["ragloop"]
+    assert extra["trace_id"] == header and chunks[0].id == "chatcmpl-" + header.removeprefix("tr-")
     trace = _stored(api, extra["trace_id"])  # traced after the last token, for the whole answer
     spans = {s.name: s for s in trace.data.spans}
     plain = client.chat.completions.create(model="ragloop", messages=ASK)  # type: ignore[arg-type]

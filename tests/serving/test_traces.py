@@ -163,7 +163,7 @@ def test_feedback_for_an_unreachable_store_is_spooled_then_delivered_exactly_onc
         "rejected": 0,
         "pending": 0,
         "error": None,
-        "traces": {"delivered": 0, "pending": 0, "error": None},
+        "traces": {"delivered": 0, "rejected": 0, "pending": 0, "error": None},
     }
 
 
@@ -187,7 +187,7 @@ def test_a_spooled_trace_is_stored_under_its_own_id_exactly_once(served) -> None
     # a delivery killed between writing the trace and removing its file: the next one writes nothing again
     traces.trace_spool(params).put(kept.trace_id, record)
     again = traces.deliver_spool(params, SETTINGS)
-    assert again["traces"] == {"delivered": 1, "pending": 0, "error": None}
+    assert again["traces"] == {"delivered": 1, "rejected": 0, "pending": 0, "error": None}
     from components.tracking.mlflow_runs import client_for
 
     exp = client_for(params, SETTINGS).get_experiment_by_name(params.tracking.serving_experiment).experiment_id
@@ -196,3 +196,15 @@ def test_a_spooled_trace_is_stored_under_its_own_id_exactly_once(served) -> None
     )
     assert [t.info.trace_id for t in found] == [kept.trace_id]
     assert len(trace_writer.read_trace(params, SETTINGS, kept.trace_id).data.spans) == 3
+
+
+def test_an_unreadable_trace_file_is_set_aside_and_the_traces_behind_it_are_delivered(served) -> None:
+    params, engine = served
+    bad = traces.trace_spool(params).put("tr-" + "0" * 32, {"trace_id": "tr-" + "0" * 32})
+    bad.write_text("{", encoding="utf-8")  # cut short
+    kept = traces.keep_trace(params, engine.answer("What does a SWIFT transfer cost?"))
+    done = traces.deliver_traces(params, SETTINGS)
+    assert (done["delivered"], done["rejected"], done["pending"], done["error"]) == (1, 1, 0, None)
+    assert trace_writer.read_trace(params, SETTINGS, kept.trace_id) is not None
+    kept_aside = json.loads((params.paths.serving / traces.REJECTED_TRACES / bad.name).read_text())
+    assert kept_aside["reason"].startswith("unreadable spool file")

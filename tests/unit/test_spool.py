@@ -32,6 +32,19 @@ def test_a_rejected_record_leaves_the_queue_with_its_reason(tmp_path: Path) -> N
         Spool(tmp_path / "other").reject(path, {})
 
 
+def test_records_are_read_oldest_first_and_an_unreadable_one_never_holds_up_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "queue", rejected=tmp_path / "rejected")
+    first = spool.put("a", {"n": 1})
+    bad = spool.put("b", {"n": 2})
+    bad.write_text('{"n": ', encoding="utf-8")  # cut short (a disk that lied about its fsync)
+    spool.put("c", {"n": 3})
+    read = [(path.name, record) for path, record in spool.records()]
+    assert read == [(first.name, {"n": 1}), (bad.name, None), (spool.pending()[-1].name, {"n": 3})]
+    assert "unreadable spool file" in json.loads((tmp_path / "rejected" / bad.name).read_text())["reason"]
+    assert spool.depth() == 2  # the bad one is out of the queue, the others wait for their delivery
+    assert list(spool.records(until=0.0)) == []  # a deadline already passed: nothing more is read
+
+
 def test_one_holder_of_the_lock_at_a_time(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "queue")
     with spool.locked(wait=True) as held:
