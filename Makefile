@@ -60,7 +60,7 @@ stop: ## stop the project's Prefect server (started by make run or by any ragloo
 
 # The suite runs in TEST_WORKERS pytest-xdist processes, one test file per worker at a time (a file's tests share
 # their module fixtures and run in order; the files with slow tests go first, tests/conftest.py). Most of its time
-# is servers starting and flows waiting on states, which overlap well; torch gets each worker's share of the cores.
+# is servers starting and flows waiting on states, which overlap well; torch runs one thread in each (conftest.py).
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP) browser lint typecheck ## lint, type-check and run the whole test suite

@@ -6,13 +6,16 @@ built as `make run` builds it: the default base model (`ragloop base-model`), th
 --deployment DIR reuses one built by an earlier run (BENCH_KEEP=1 keeps it).
 
 Then, with the gate set's questions in a fixed order:
-* in-process: `Engine.answer` one question at a time (no HTTP, no trace), `Engine.answer` + `write_trace` (what
-  the server does per request, without HTTP), and every question queued at once (the engine's limit: it generates
-  in batches of `api.max_batch`, no HTTP, no trace): requests/s and latency percentiles;
+* in-process: `Engine.answer` one question at a time (no HTTP, no trace), `Engine.answer` + `write_trace` (the
+  trace written on the request path, as before issue 22), every question queued at once (the engine's limit: it
+  generates in batches of `api.max_batch`, no HTTP, no trace), and the same with the server's store work beside it
+  (each answer's trace spooled, a thread delivering the spool to MLflow as the server's does: the limit of this
+  machine for the server's whole job, without HTTP): requests/s and latency percentiles;
 * the server: `ragloop api` started as a user starts it, waited for on /health; for each client count N, N
   threads (httpx) each send their share of a fixed number of chat completions, each answer followed by a
-  feedback call on its trace id: throughput (also as a share of the engine's queued limit), p50/p95/p99 of the
-  completions, status counts, and how long the background delivery took to empty the spool after the round;
+  feedback call on its trace id: throughput (as a share of both limits), p50/p95/p99 of the completions, status
+  counts, the engine's mean batch size in the round, and how long the background delivery took to empty the spool
+  after the round;
 * accounting, counted in the tracking store: every completion has exactly one trace (the ids the server returned
   are all in the serving experiment, and the experiment holds no other trace started during the run), and every
   accepted feedback call landed as exactly one `user_feedback` assessment on its trace.
@@ -80,6 +83,7 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
     from components.config import Settings
     from components.serving.engine import Engine
     from components.tracking.trace_writer import write_trace
+    from components.tracking.traces import keep_trace
 
     settings = Settings.from_env()
     out: dict[str, Any] = {}
@@ -105,7 +109,34 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
             future.result()
             latencies.append((time.perf_counter() - queued) * 1000)
         out[label] = measured(label, len(questions), time.perf_counter() - t0, latencies)
+        # the same, with the work the server adds beside it but no HTTP: each answer's trace spooled as it is
+        # done and a thread writing the spool to the store (the server's delivery): the limit of this machine for
+        # the server's whole job
+        label = f"in-process, all queued + traces spooled and delivered (batches of {params.api.max_batch})"
+        c.wait_quiet()
+        stop = threading.Event()
+        delivery = threading.Thread(target=_deliver_until, args=(params, settings, stop))
+        t0 = time.perf_counter()
+        delivery.start()
+        futures = [(engine.submit(q), time.perf_counter()) for q in questions]
+        latencies = []
+        for future, queued in futures:
+            keep_trace(params, future.result())
+            latencies.append((time.perf_counter() - queued) * 1000)
+        stop.set()
+        delivery.join()
+        out[label] = measured(label, len(questions), time.perf_counter() - t0, latencies)
     return out
+
+
+def _deliver_until(params: Any, settings: Any, stop: threading.Event) -> None:
+    """The server's delivery loop, in short: write what the spools hold to the store until `stop`, then the rest."""
+    from components.tracking.traces import deliver_spool, spool_depth
+
+    while not stop.wait(0.2):
+        deliver_spool(params, settings, wait=True)
+    while spool_depth(params):
+        deliver_spool(params, settings, wait=True)
 
 
 def measured(label: str, requests: int, seconds: float, latencies: list[float]) -> dict[str, Any]:
@@ -183,17 +214,21 @@ def load(port: int, questions: list[str], clients: int, requests: int) -> dict[s
                         traces.append(trace_id)
                         feedback[str(f.status_code)] = feedback.get(str(f.status_code), 0) + 1
 
+    before = httpx.get(base + "/health", timeout=60).json()
     seconds = timed_clients(client, clients)
     ok = statuses.get("200", 0)
+    after = httpx.get(base + "/health", timeout=60).json()
+    batches = after["batches"] - before["batches"]
     depth, drain_s = drained(base)
     result = {"clients": clients, "requests": requests, "seconds": round(seconds, 2),
               "requests_per_s": round(ok / seconds, 2), "latency_ms": percentiles(latencies), "statuses": statuses,
               "feedback_statuses": feedback, "spool_depth_at_end": depth, "spool_drained_s": drain_s,
+              "mean_batch": round((after["answered"] - before["answered"]) / max(batches, 1), 2),
               "trace_ids": traces}  # fmt: skip
     pct = result["latency_ms"]
     c.log(f"{clients} clients: {result['requests_per_s']} requests/s (with a feedback call each), "
-          f"p50 {pct['p50']} ms, p99 {pct['p99']} ms, statuses {statuses}; spool {depth} at the end, "
-          f"empty {drain_s} s later")  # fmt: skip
+          f"p50 {pct['p50']} ms, p99 {pct['p99']} ms, statuses {statuses}, mean batch {result['mean_batch']}; "
+          f"spool {depth} at the end, empty {drain_s} s later")  # fmt: skip
     return result
 
 
@@ -293,18 +328,22 @@ def main() -> None:
         counted = account(params, since_ms, rounds)
 
     base = local["in-process answer"]
-    limit = next(v for k, v in local.items() if k.startswith("in-process, all queued"))["requests_per_s"]
+    limit = next(v for k, v in local.items() if k.startswith("in-process, all queued ("))["requests_per_s"]
+    whole = next(v for k, v in local.items() if k.startswith("in-process, all queued + "))["requests_per_s"]
     rows = [[k, v["requests"], v["requests_per_s"], v["latency_ms"]["p50"], v["latency_ms"]["p95"],
              v["latency_ms"]["p99"], round(v["requests_per_s"] / base["requests_per_s"], 3),
-             round(v["requests_per_s"] / limit, 3), ""] for k, v in local.items()]  # fmt: skip
+             round(v["requests_per_s"] / limit, 3), round(v["requests_per_s"] / whole, 3), "", ""]
+            for k, v in local.items()]  # fmt: skip
     for r in rounds:
         rows.append([f"ragloop api, {r['clients']} client(s)", r["requests"], r["requests_per_s"],
                      r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["p99"],
                      round(r["requests_per_s"] / base["requests_per_s"], 3), round(r["requests_per_s"] / limit, 3),
+                     round(r["requests_per_s"] / whole, 3), r["mean_batch"],
                      f"{r['spool_depth_at_end']} / {r['spool_drained_s']} s"])  # fmt: skip
     print()
     print(c.table(["path", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "vs in-process",
-                   "vs engine limit", "spool at end / emptied after"], rows))  # fmt: skip
+                   "vs engine limit", "vs limit with traces", "mean batch", "spool at end / emptied after"],
+                  rows))  # fmt: skip
     print(f"\naccounting: {counted}")
     c.save("api_load", {
         "champion": not args.no_champion, "in_process": local,

@@ -10,20 +10,24 @@ import time
 import uuid
 from pathlib import Path
 
+# torch runs one thread in every test process and in every process a test starts, whatever the machine: training is
+# fixed by steps and a seed, and with a fixed thread count it also gives the same weights on a 2-core and a 64-core
+# machine (a matmul's sum order depends on its threads), so the pass rates the loop tests assert do not move with
+# the core count. It is also each pytest-xdist worker's share of 2 cores: two workers each spinning two OpenMP
+# threads slow each other badly. Set before anything imports torch.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 from components.config import QUIET_OFFLINE_ENV, BaseModelParams
 
 os.environ.update(QUIET_OFFLINE_ENV)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ragloop-prefect-"))
 # `make test` runs the suite in pytest-xdist workers, a test file each at a time (--dist loadfile). Each worker has its
-# own Prefect home and ragloop state folder (a test that lists "every server ragloop started on this machine" must
-# see its own worker's only) and its share of the cores for torch: two workers each spinning two OpenMP threads on 2
-# cores slow each other badly. The session mark below stays the controller's, so its leak check covers the workers.
+# own Prefect home and ragloop state folder: a test that lists "every server ragloop started on this machine" must
+# see its own worker's only. The session mark below stays the controller's, so its leak check covers the workers.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"ragloop-prefect-{_WORKER}-")
     os.environ["RAGLOOP_STATE_DIR"] = tempfile.mkdtemp(prefix=f"ragloop-state-{_WORKER}-")
-    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 # Every process that runs a flow with no PREFECT_API_URL (each `ragloop` CLI call, each DVC stage) starts its own
 # temporary Prefect server: 29-34 s to answer on a new database on a slow shared 2-core machine (STACK.md), where
 # Prefect's default wait of 20 s fails the run with "Timed out while attempting to connect to ephemeral Prefect API".

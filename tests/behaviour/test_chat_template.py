@@ -251,7 +251,7 @@ def chat_loop(tmp_path_factory, prefect_server) -> Deployment:
         retrieval={"mode": "dense"},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"format": 0.6}},
         finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 1e-2, "lr_schedule": "constant",
-                  "warmup_steps": 0, "batch_size": 9, "epochs": 60},
+                  "warmup_steps": 0, "batch_size": 9, "epochs": 100},
     )  # fmt: skip
     dep.index()
     return dep

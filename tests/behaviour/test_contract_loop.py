@@ -34,7 +34,7 @@ def json_dep(tmp_path_factory, prefect_server) -> Deployment:
         generator={"model": "base", "max_new_tokens": 120, "context_chunks": 2},
         retrieval={"mode": "dense"},
         regression={"min_cases": 3, "min_effect": 0.2, "floors": {"schema": 0.6, "disclaimer": 0.6}},
-        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 1e-2, "batch_size": 12, "epochs": 300},
+        finetune={"r": 8, "alpha": 16, "dropout": 0.0, "learning_rate": 1e-2, "batch_size": 12, "epochs": 400},
     )  # fmt: skip
     dep.index()
     return dep
