@@ -11,9 +11,11 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +39,7 @@ def _json(result: subprocess.CompletedProcess) -> dict:
 
 
 def _flow_runs(api_url: str) -> list[dict]:
-    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return list(json.loads(response.read()))
+    return list(_post(api_url, "/flow_runs/filter", {}))
 
 
 def _exited(pid: int) -> bool:
@@ -51,11 +50,20 @@ def _exited(pid: int) -> bool:
         return True
 
 
-def _post(api_url: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return dict(json.loads(response.read() or b"{}"))
+def _post(api_url: str, path: str, body: dict, attempts: int = 8) -> Any:
+    """POST as Prefect's own client does: a 429, 502 or 503 is retried with a growing pause (the server answers 503
+    while its SQLite database is locked by another writer, as on a loaded machine); any other error at once."""
+    for attempt in range(attempts):
+        request = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in {429, 502, 503} or attempt == attempts - 1:
+                raise
+            time.sleep(min(2**attempt, 30))
+    raise AssertionError("unreachable")
 
 
 def _group_gone(pgid: int, timeout: float = 300.0) -> bool:
