@@ -43,10 +43,10 @@ def candidate_from(trace: LiveTrace, context_docs: tuple[str, ...], labels: Iter
                    contract: Contract) -> dict:  # fmt: skip
     """The proposed case: the target from the user's correction when there is one (an answer in the contract's
     format, or the answer text alone), else no answer; the intent from the correction, else the model's own label
-    (to be checked)."""
+    as the answer pipeline parsed it when it answered (recorded in the trace, never parsed again here; to be
+    checked)."""
     known = set(labels) | {OUT_OF_SCOPE}
     fixed = contract.answer_of(trace.correction) if trace.correction else None
-    said = contract.answer_of(trace.output)
     intent: str | None
     source: str | None
     answer: str | None
@@ -55,7 +55,7 @@ def candidate_from(trace: LiveTrace, context_docs: tuple[str, ...], labels: Iter
         docs = list(fixed.sources) or list(context_docs)
     else:
         answer = trace.correction
-        intent = said.intent if said is not None and said.intent in known else None
+        intent = trace.intent if trace.intent in known else None
         source = "model" if intent else None
         docs = list(context_docs)
     if intent == OUT_OF_SCOPE:

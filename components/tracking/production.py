@@ -50,6 +50,7 @@ class LiveTrace:
     comment: str | None = None
     correction: str | None = None
     triaged: str | None = None  # the route a past triage tagged it with
+    intent: str | None = None  # the label the answer pipeline parsed from the output, as its trace recorded it
 
     @property
     def negative_feedback(self) -> bool:
@@ -124,6 +125,7 @@ def to_live_trace(trace: Any) -> LiveTrace:
             (d.index_version for d in docs if d.index_version is not None), None),
         model_version=tags.get(ts.TAG_MODEL_VERSION), checks=checks, feedback=feedback, comment=comment,
         correction=correction, triaged=_route_tag(tags.get(ts.TAG_TRIAGED)),
+        intent=outputs.get("intent") if isinstance(outputs, dict) and isinstance(outputs.get("intent"), str) else None,
     )  # fmt: skip
 
 

@@ -37,11 +37,11 @@ LINE = "intent: fees | answer: 2 EUR | sources: [fees.md]"
 
 
 def trace(tid: str = "tr-1", *, checks: dict[str, bool] | None = None, feedback: bool | float | None = None,
-          correction: str | None = None, output: str = LINE, question: str = "how much is an atm withdrawal"
-          ) -> LiveTrace:  # fmt: skip
+          correction: str | None = None, output: str = LINE, question: str = "how much is an atm withdrawal",
+          intent: str | None = "fees") -> LiveTrace:  # fmt: skip
     return LiveTrace(trace_id=tid, timestamp_ms=1, question=question, output=output, retrieved=(), k=2,
                      index_version=1, model_version="v1", checks=checks if checks is not None else {"format": True},
-                     feedback=feedback, correction=correction)  # fmt: skip
+                     feedback=feedback, correction=correction, intent=intent)  # fmt: skip
 
 
 def c(doc: str, rel: float, text: str | None = None, overlap: float | None = None) -> Chunk:
@@ -371,7 +371,7 @@ def test_idf_weighting_makes_the_words_every_chunk_has_count_little() -> None:
 def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one() -> None:
     labels = {"fees", "limits"}
     contract = load_contract(REPO / "data/behaviour/contract.yaml", labels)
-    broken = trace(output="the fee is 2 EUR", checks={"format": False})
+    broken = trace(output="the fee is 2 EUR", checks={"format": False}, intent=None)  # no label could be parsed
     cand = candidate_from(broken, ("fees.md",), labels, contract)
     assert (cand["answer"], cand["intent"], cand["gold_docs"]) == (None, None, ["fees.md"])
     fixed = candidate_from(trace(output="fee 2", correction="intent: limits | answer: 500 EUR a day | sources: "
@@ -381,6 +381,11 @@ def test_a_candidate_takes_its_target_from_the_correction_and_never_invents_one(
     plain = candidate_from(trace(correction="2 EUR after five withdrawals"), ("fees.md",), labels, contract)
     assert (plain["intent"], plain["intent_source"]) == ("fees", "model")  # the model's label, marked as such
     assert plain["answer"] == "2 EUR after five withdrawals"
+    # the label is the one the answer pipeline recorded in the trace: the output is not parsed again
+    recorded = candidate_from(trace(output=LINE, intent="limits"), ("fees.md",), labels, contract)
+    assert (recorded["intent"], recorded["intent_source"]) == ("limits", "model")
+    unknown = candidate_from(trace(intent="mortgages"), ("fees.md",), labels, contract)
+    assert (unknown["intent"], unknown["intent_source"]) == (None, None)  # a label the contract does not know
 
 
 def test_parse_since_takes_iso_times_and_durations() -> None:
