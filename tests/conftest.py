@@ -111,6 +111,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     pytest-xdist workers (`make test`) end on the many quick tests instead of one long file running alone."""
     heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("server")}
     items.sort(key=lambda item: item.path not in heavy)
+    # pytest-xdist keys its work by test id: of several tests with one id it runs one, and says nothing
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    twice = sorted(nodeid for nodeid, n in seen.items() if n > 1)
+    if twice:
+        raise pytest.UsageError(f"tests with the same id (pytest-xdist would run one of each): {twice[:5]}")
 
 
 def _marked_processes() -> dict[int, str]:
