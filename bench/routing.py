@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c  # sets the offline environment before the project imports
-from api_load import RAGLOOP, build, free_port, start_server
+from api_load import RAGLOOP, build, drained, free_port, start_server
 
 ROUTES = ("behaviour", "retrieval", "stale", "missing")
 LIVE_ROUTES = (*ROUTES, "outage")
@@ -99,7 +99,7 @@ def ask_live(port: int, questions: list[str], corrections: dict[str, str]) -> li
         if q in corrections:
             body["correction"] = corrections[q]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/feedback", json=body, timeout=120)
-        if r.status_code != 200:
+        if r.status_code not in {200, 202}:  # 202: queued behind its trace, which the server delivers next
             sys.exit(f"feedback refused: {r.status_code} {r.text}")
         ids.append(trace_id)
     return ids
@@ -166,6 +166,7 @@ def main() -> None:
 
         def live_phase(truth_label: str, questions: list[str]) -> int:
             plain, told = ask_both(port, questions, answers)
+            drained(f"http://127.0.0.1:{port}")  # the traces and feedback in the store before triage reads them
             routes = triage_routes(work, plain + told)  # one triage, as production runs it (stale: it re-indexes)
             live.extend((truth_label, routes[t]) for t in plain)
             live_corrected.extend((truth_label, routes[t]) for t in told)
