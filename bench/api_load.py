@@ -131,9 +131,10 @@ def in_process(params: Any, questions: list[str]) -> dict[str, Any]:
 
 def _deliver_until(params: Any, settings: Any, stop: threading.Event) -> None:
     """The server's delivery loop, in short: write what the spools hold to the store until `stop`, then the rest."""
+    from components.serving.app import DELIVERY_POLL_S
     from components.tracking.traces import deliver_spool, spool_depth
 
-    while not stop.wait(0.2):
+    while not stop.wait(DELIVERY_POLL_S):
         deliver_spool(params, settings, wait=True)
     while spool_depth(params):
         deliver_spool(params, settings, wait=True)
@@ -219,7 +220,7 @@ def load(port: int, questions: list[str], clients: int, requests: int) -> dict[s
     ok = statuses.get("200", 0)
     after = httpx.get(base + "/health", timeout=60).json()
     batches = after["batches"] - before["batches"]
-    depth, drain_s = drained(base)
+    depth, drain_s = drained(base, int(after["spool_depth"]))
     result = {"clients": clients, "requests": requests, "seconds": round(seconds, 2),
               "requests_per_s": round(ok / seconds, 2), "latency_ms": percentiles(latencies), "statuses": statuses,
               "feedback_statuses": feedback, "spool_depth_at_end": depth, "spool_drained_s": drain_s,
@@ -232,17 +233,21 @@ def load(port: int, questions: list[str], clients: int, requests: int) -> dict[s
     return result
 
 
-def drained(base: str, limit: float = 600.0) -> tuple[int, float]:
-    """The spool depth when a round ends, and the seconds the server's background delivery took to empty it (so
-    that a round's backlog is not counted in the next)."""
+def drained(base: str, depth: int | None = None, limit: float = 600.0) -> tuple[int, float]:
+    """The spool depth when a round ends (`depth`, as /health gave it then, or read now), and the seconds the
+    server's background delivery took to empty it (so that a round's backlog is not counted in the next)."""
     import httpx
 
+    def read() -> int:
+        return int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])
+
     t0 = time.perf_counter()
-    depth = int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])
-    while (left := int(httpx.get(base + "/health", timeout=60).json()["spool_depth"])) > 0:
+    depth = left = read() if depth is None else depth
+    while left > 0:
         if time.perf_counter() - t0 > limit:  # a hang guard, not a figure: never report an undrained spool as drained
             raise RuntimeError(f"the spool still held {left} record(s) after {limit:.0f} s")
         time.sleep(0.1)
+        left = read()
     return depth, round(time.perf_counter() - t0, 2)
 
 

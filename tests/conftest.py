@@ -8,6 +8,7 @@ import signal
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 # torch runs one thread in every test process and in every process a test starts, whatever the machine: training is
@@ -112,10 +113,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("server")}
     items.sort(key=lambda item: item.path not in heavy)
     # pytest-xdist keys its work by test id: of several tests with one id it runs one, and says nothing
-    seen: dict[str, int] = {}
-    for item in items:
-        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
-    twice = sorted(nodeid for nodeid, n in seen.items() if n > 1)
+    twice = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
     if twice:
         raise pytest.UsageError(f"tests with the same id (pytest-xdist would run one of each): {twice[:5]}")
 

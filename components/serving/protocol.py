@@ -116,7 +116,7 @@ def check_feedback_text(req: FeedbackRequest, params: Params) -> None:
 def completion(model: str, answered: Any, written: Any) -> dict[str, Any]:
     """The chat completion of an answer (`answered`: the engine's Answered) and its trace (`written`)."""
     return {
-        "id": f"chatcmpl-{(written.trace_id or '').removeprefix('tr-') or uuid.uuid4().hex}",
+        "id": completion_id(written.trace_id),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -155,6 +155,11 @@ def extension(answered: Any, written: Any) -> dict[str, Any]:
     }
 
 
+def completion_id(trace_id: str | None) -> str:
+    """A completion's id, whole or streamed: its trace id's hex digits (a new one when it has no trace)."""
+    return f"chatcmpl-{(trace_id or '').removeprefix('tr-') or uuid.uuid4().hex}"
+
+
 class Chunks:
     """`stream: true`: the server-sent events of one streamed completion, in OpenAI's chunk format. The first
     delta carries the role, each later one the next piece of text as it is generated; the last has
@@ -165,7 +170,7 @@ class Chunks:
     DONE = b"data: [DONE]\n\n"
 
     def __init__(self, model: str, include_usage: bool, trace_id: str | None = None) -> None:
-        self.head = {"id": f"chatcmpl-{(trace_id or '').removeprefix('tr-') or uuid.uuid4().hex}",
+        self.head = {"id": completion_id(trace_id),
                      "object": "chat.completion.chunk", "created": int(time.time()), "model": model}  # fmt: skip
         self.include_usage = include_usage
 
